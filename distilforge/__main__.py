@@ -1,0 +1,3 @@
+from distilforge.cli import main
+
+main()

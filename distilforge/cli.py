@@ -1,0 +1,179 @@
+"""The `distilforge` command line."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from distilforge import __version__
+
+app = typer.Typer(
+    name="distilforge",
+    help="Distil a teacher LLM into a trained, evaluated student: seeds -> teacher -> filters -> dataset -> SFT -> eval.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="Job config (YAML), or an existing run folder to continue.")]
+OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Run folder (default: output.dir, else runs/NAME).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config key: --set teacher.params.temperature=0.2")]
+RunDirArg = Annotated[Path, typer.Argument(help="A run folder written by `distilforge run` or `generate`.")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _load(config_path: Path, overrides: list[str] | None, output: Path | None) -> tuple[Any, Path]:
+    from distilforge.pipeline.run_files import load_run_config
+    from distilforge.schemas.config import load_config
+
+    if config_path.is_dir():
+        config = load_run_config(config_path, overrides)
+        return config, output or config_path
+    config = load_config(config_path, overrides)
+    run_dir = output or (Path(config.output.dir) if config.output.dir else Path("runs") / (config.name or config_path.stem))
+    return config, run_dir
+
+
+def _guard(fn: Any) -> Any:
+    """Known errors become one clear line and exit code 2; Ctrl-C exits 130 with a resume hint."""
+    from distilforge.models import ModelError
+    from distilforge.pipeline.seeds import SeedError
+    from distilforge.schemas.config import ConfigError
+    from distilforge.teachers.base import TeacherError
+
+    try:
+        return fn()
+    except (ConfigError, SeedError, ModelError, TeacherError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: paid responses are in the journal; rerun the same command to resume")
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        from distilforge.trainers.sft import TrainError
+
+        if isinstance(exc, TrainError):
+            _fail(str(exc))
+        raise
+
+
+def _generate(config: Any, run_dir: Path) -> dict[str, Any]:
+    from distilforge.pipeline.job import run_generate
+
+    return run_generate(config, run_dir, console)
+
+
+def _train(config: Any, run_dir: Path) -> dict[str, Any]:
+    from distilforge.pipeline.run_files import update_run
+    from distilforge.trainers import train_student
+
+    console.print(f"[bold]training[/bold] {config.train.student} ({config.train.method}) on {run_dir / 'dataset'}")
+    summary = train_student(config, run_dir)
+    return update_run(run_dir, train=summary)
+
+
+def _eval(config: Any, run_dir: Path) -> dict[str, Any]:
+    from distilforge.evaluation import evaluate_model, load_eval_questions
+    from distilforge.pipeline.run_files import read_run, update_run
+
+    questions = load_eval_questions(config)
+    if not questions:
+        console.print("[yellow]eval skipped[/yellow]: no eval.files configured")
+        return read_run(run_dir)
+    run = read_run(run_dir)
+    results = dict(run.get("eval") or {})
+    if "before" not in results or results["before"].get("n") != len(questions):
+        results["before"] = evaluate_model(config, questions, model=config.train.student, label="eval before", console=console)
+        run = update_run(run_dir, eval=results)
+    student = run_dir / "student"
+    if (student / "adapter_config.json").exists():
+        results["after"] = evaluate_model(config, questions, model=config.train.student, adapter=str(student),
+                                          label="eval after", console=console)
+    elif (student / "config.json").exists():
+        results["after"] = evaluate_model(config, questions, model=str(student), label="eval after", console=console)
+    return update_run(run_dir, eval=results)
+
+
+@app.command()
+def run(config: ConfigArg, output: OutputOpt = None, set_: SetOpt = None) -> None:
+    """Run the whole job: generate -> filter -> dataset, then train -> eval if train.enabled."""
+    from distilforge.summary import print_summary
+
+    def go() -> dict[str, Any]:
+        started = time.monotonic()
+        cfg, run_dir = _load(config, set_, output)
+        result = _generate(cfg, run_dir)
+        if cfg.train.enabled:
+            result = _train(cfg, run_dir)
+            result = _eval(cfg, run_dir)
+        from distilforge.pipeline.run_files import update_run
+
+        total = round(time.monotonic() - started, 3)
+        result = update_run(run_dir, total_seconds=total)
+        print_summary(result, console)
+        console.print(f"run folder: {run_dir}  (total {total:.1f} s)")
+        return result
+
+    _guard(go)
+
+
+@app.command()
+def generate(config: ConfigArg, output: OutputOpt = None, set_: SetOpt = None) -> None:
+    """Only the data stage: seeds -> teacher -> filters -> DIR/dataset. Resumes an existing run folder."""
+    from distilforge.summary import print_summary
+
+    def go() -> None:
+        cfg, run_dir = _load(config, set_, output)
+        print_summary(_generate(cfg, run_dir), console)
+        console.print(f"run folder: {run_dir}")
+
+    _guard(go)
+
+
+@app.command()
+def train(run_dir: RunDirArg, set_: SetOpt = None) -> None:
+    """Fine-tune the student (TRL SFT, LoRA by default) on RUN_DIR/dataset; writes RUN_DIR/student."""
+
+    def go() -> None:
+        cfg, _ = _load(run_dir, set_, None)
+        result = _train(cfg, run_dir)
+        console.print(f"trained: {result['train']['steps']} steps, loss {result['train']['first_loss']} -> "
+                      f"{result['train']['last_loss']}; saved {run_dir / 'student'}")
+
+    _guard(go)
+
+
+@app.command("eval")
+def eval_(run_dir: RunDirArg, set_: SetOpt = None) -> None:
+    """Score the student before (and, once trained, after) training on eval.files; writes run.json 'eval'."""
+    from distilforge.summary import print_summary
+
+    def go() -> None:
+        cfg, _ = _load(run_dir, set_, None)
+        print_summary(_eval(cfg, run_dir), console)
+
+    _guard(go)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(__version__)
+
+
+def main() -> None:
+    # typer maps `--set` to `set_`; keep sys.argv as users typed it.
+    app(prog_name="distilforge", args=sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

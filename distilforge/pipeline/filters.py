@@ -1,0 +1,81 @@
+"""The first rationale-quality filters. Each says only what it rejects and why."""
+
+from __future__ import annotations
+
+import hashlib
+
+from distilforge.pipeline.answers import answers_match, is_refusal
+from distilforge.pipeline.base import Filter
+from distilforge.schemas.records import Record
+
+
+class Truncated(Filter):
+    name = "truncated"
+
+    def check(self, record: Record) -> str | None:
+        if record.finish_reason == "length":
+            return f"hit max_tokens after {record.completion_tokens} tokens"
+        return None
+
+
+class Empty(Filter):
+    name = "empty"
+
+    def check(self, record: Record) -> str | None:
+        return "empty completion" if not record.text.strip() else None
+
+
+class Refusal(Filter):
+    name = "refusal"
+
+    def check(self, record: Record) -> str | None:
+        return f"refused: {record.text.strip()[:60]!r}" if is_refusal(record.text) else None
+
+
+class Unparseable(Filter):
+    name = "unparseable"
+
+    def check(self, record: Record) -> str | None:
+        if record.answer is None:
+            raw = record.meta.get("answer_raw")
+            if raw:
+                return f"stated answer {raw[:60]!r} is not a {record.answer_type} answer"
+            return "no final answer stated"
+        return None
+
+
+class WrongAnswer(Filter):
+    """Numeric-aware: answers and gold are canonical (exact fractions for numbers) before comparing."""
+
+    name = "wrong_answer"
+
+    def check(self, record: Record) -> str | None:
+        if record.gold is None:
+            return None
+        if answers_match(record.answer, record.gold):
+            return None
+        return f"answered {record.answer}, gold {record.gold}"
+
+
+class ExactDuplicate(Filter):
+    """A rationale already kept for the same seed (whitespace and case folded)."""
+
+    name = "duplicate"
+
+    def __init__(self) -> None:
+        super().__init__()
+        # 8-byte digests per kept rationale: memory grows with kept records at a few bytes each.
+        self._seen: set[tuple[str, bytes]] = set()
+
+    def check(self, record: Record) -> str | None:
+        norm = " ".join(record.text.lower().split())
+        digest = (record.seed_id, hashlib.blake2b(norm.encode(), digest_size=8).digest())
+        if digest in self._seen:
+            return f"same rationale as an earlier sample of seed {record.seed_id}"
+        self._seen.add(digest)
+        return None
+
+
+def default_filters() -> list[Filter]:
+    """The checks that always run first, cheapest and most certain first."""
+    return [Truncated(), Empty(), Refusal(), Unparseable(), WrongAnswer(), ExactDuplicate()]

@@ -1,0 +1,184 @@
+"""The generation step: seeds in, one Record per teacher sample out, as responses arrive.
+
+Each seed needs `samples_per_seed` samples. Answers already in the journal are replayed; the rest are
+requested (n per request where the teacher supports it), with at most `max_concurrency` requests in
+flight and a bounded output queue, so memory does not grow with the dataset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from distilforge.pipeline.base import PipelineStep
+from distilforge.pipeline.journal import Journal, request_key
+from distilforge.prompts import build_messages, template_hash
+from distilforge.schemas.config import GenerationConfig
+from distilforge.schemas.records import Record, Seed
+from distilforge.teachers.base import Teacher, TeacherError
+
+_DONE = object()
+
+
+class GenerateStats:
+    def __init__(self) -> None:
+        self.requests_sent = 0
+        self.requests_succeeded = 0
+        self.requests_failed = 0
+        self.samples_from_journal = 0
+        self.samples_new = 0
+        self.samples_failed = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.first_request: float | None = None
+        self.last_response: float | None = None
+
+
+class Generate(PipelineStep):
+    name = "generate"
+
+    def __init__(
+        self,
+        teacher: Teacher,
+        journal: Journal,
+        generation: GenerationConfig,
+        teacher_identity: dict[str, Any],
+        *,
+        on_failure: Callable[[dict[str, Any]], None],
+        on_progress: Callable[[int, int, int], None] | None = None,
+        supports_n: bool = True,
+    ):
+        self.teacher = teacher
+        self.journal = journal
+        self.generation = generation
+        self.identity = teacher_identity
+        self.on_failure = on_failure
+        self.on_progress = on_progress or (lambda samples, p, c: None)
+        self.supports_n = supports_n
+        self.stats = GenerateStats()
+        self.template_hash = template_hash(generation.template)
+
+    def _record(self, seed: Seed, index: int, messages: list[dict[str, str]], text: str, finish: str | None,
+                p_tokens: int, c_tokens: int, model: str) -> Record:
+        return Record(
+            seed_id=seed.seed_id,
+            sample_index=index,
+            question=seed.question,
+            gold=seed.gold,
+            answer_type=seed.answer_type,
+            prompt=messages,
+            teacher_model=model,
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=p_tokens,
+            completion_tokens=c_tokens,
+            meta={"prompt_template": self.generation.template, "prompt_hash": self.template_hash},
+        )
+
+    async def _request(self, seed: Seed, messages: list[dict[str, str]], missing: list[tuple[str, int]],
+                       out: asyncio.Queue[Any]) -> None:
+        """Ask for `missing` samples; a server may return fewer choices than n, so loop until done."""
+        loop = asyncio.get_running_loop()
+        while missing:
+            n = len(missing) if self.supports_n else 1
+            self.stats.requests_sent += 1
+            if self.stats.first_request is None:
+                self.stats.first_request = loop.time()
+            try:
+                response = await self.teacher.complete(messages, n=n)
+            except TeacherError as exc:
+                self.stats.requests_failed += 1
+                self.stats.samples_failed += len(missing)
+                self.on_failure({
+                    "seed_id": seed.seed_id,
+                    "sample_indices": [i for _, i in missing],
+                    "error": str(exc),
+                    "retryable": exc.retryable,
+                })
+                self.on_progress(len(missing), 0, 0)
+                return
+            self.stats.requests_succeeded += 1
+            self.stats.last_response = loop.time()
+            response.completions = response.completions[: len(missing)]
+            taken, missing = missing[: len(response.completions)], missing[len(response.completions):]
+            shares = self.journal.commit(seed.seed_id, taken, response)  # committed before it is used
+            self.stats.prompt_tokens += response.prompt_tokens
+            self.stats.completion_tokens += response.completion_tokens
+            self.stats.samples_new += len(taken)
+            self.on_progress(len(taken), response.prompt_tokens, response.completion_tokens)
+            for (_, index), comp, (p, c) in zip(taken, response.completions, shares, strict=True):
+                await out.put(self._record(seed, index, messages, comp.text, comp.finish_reason, p, c,
+                                           response.model))
+
+    async def _seed(self, seed: Seed, out: asyncio.Queue[Any], slots: asyncio.Semaphore) -> None:
+        messages = build_messages(seed, self.generation)
+        keys = [(request_key(self.identity, messages, i), i) for i in range(self.generation.samples_per_seed)]
+        found = self.journal.lookup([k for k, _ in keys])
+        for key, index in keys:
+            if key in found:
+                comp, p, c, model = found[key]
+                self.stats.samples_from_journal += 1
+                self.on_progress(1, 0, 0)
+                await out.put(self._record(seed, index, messages, comp.text, comp.finish_reason, p, c, model))
+        missing = [(k, i) for k, i in keys if k not in found]
+        if not missing:
+            return
+        if self.supports_n:
+            groups = [missing]
+        else:
+            groups = [[m] for m in missing]
+        await asyncio.gather(*(self._guarded(seed, messages, g, out, slots) for g in groups))
+
+    async def _guarded(self, seed: Seed, messages: list[dict[str, str]], group: list[tuple[str, int]],
+                       out: asyncio.Queue[Any], slots: asyncio.Semaphore) -> None:
+        async with slots:
+            await self._request(seed, messages, group, out)
+
+    async def run(self, seeds: AsyncIterator[Seed]) -> AsyncIterator[Record]:
+        concurrency = self.teacher.max_concurrency
+        out: asyncio.Queue[Any] = asyncio.Queue(maxsize=concurrency * 4)
+        slots = asyncio.Semaphore(concurrency)
+        # Bounds how many seeds are open at once, so the seed stream is read lazily.
+        open_seeds = asyncio.Semaphore(concurrency * 2)
+        errors: list[BaseException] = []
+
+        async def one(seed: Seed) -> None:
+            try:
+                await self._seed(seed, out, slots)
+            except BaseException as exc:
+                errors.append(exc)
+                raise
+            finally:
+                open_seeds.release()
+
+        async def feed() -> None:
+            tasks: set[asyncio.Task[None]] = set()
+            try:
+                async for seed in seeds:
+                    await open_seeds.acquire()
+                    task = asyncio.create_task(one(seed))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await out.put(_DONE)
+
+        feeder = asyncio.create_task(feed())
+        try:
+            while (item := await out.get()) is not _DONE:
+                yield item
+            await feeder
+            if errors:
+                raise errors[0]
+        finally:
+            if not feeder.done():
+                feeder.cancel()
+
+
+def failure_line(failure: dict[str, Any]) -> str:
+    return json.dumps(failure, ensure_ascii=False) + "\n"

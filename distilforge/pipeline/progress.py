@@ -1,0 +1,67 @@
+"""Live progress for long work: samples done/total, kept, tokens, spend and ETA."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class RunProgress:
+    def __init__(self, console: Console, total: int, price: Any = None, label: str = "teacher"):
+        self.console = console
+        self.price = price  # budget.prices or None
+        self.kept = 0
+        self.tokens = 0
+        self.spend = 0.0
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("kept {task.fields[kept]}"),
+            TextColumn("{task.fields[tokens]} tok"),
+            TextColumn("${task.fields[spend]:.4f}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+            disable=not console.is_terminal,
+        )
+        self._task = self._progress.add_task(label, total=total, kept=0, tokens=0, spend=0.0)
+        self._total = total
+        self._done = 0
+        self._last_line = 0.0
+
+    def __enter__(self) -> RunProgress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(*exc)
+
+    def advance(self, samples: int, prompt_tokens: int, completion_tokens: int) -> None:
+        self._done += samples
+        self.tokens += prompt_tokens + completion_tokens
+        if self.price is not None:
+            self.spend += (prompt_tokens * self.price.input_per_million
+                           + completion_tokens * self.price.output_per_million) / 1e6
+        self._refresh(samples)
+
+    def add_kept(self, n: int = 1) -> None:
+        self.kept += n
+        self._refresh(0)
+
+    def _refresh(self, advance: int) -> None:
+        self._progress.update(self._task, advance=advance, kept=self.kept, tokens=self.tokens, spend=self.spend)
+        if not self.console.is_terminal:
+            # Logs (CI, cron) get a line every ~10 seconds instead of a redrawn bar.
+            now = time.monotonic()
+            if now - self._last_line > 10 or self._done == self._total and advance:
+                self._last_line = now
+                self.console.print(
+                    f"progress: {self._done}/{self._total} samples, kept {self.kept}, "
+                    f"{self.tokens} tokens, ${self.spend:.4f}"
+                )

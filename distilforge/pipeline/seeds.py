@@ -1,0 +1,150 @@
+"""Seed readers: stream rows from JSONL/JSON/CSV/Parquet files, a `save_to_disk` folder or a Hub dataset.
+
+Every row error names the file and line (or row index) and the field, and the whole file is checked
+before any request is sent, so bad input never costs money or leaves a half-written run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from distilforge.pipeline.answers import canonical_gold, infer_answer_type
+from distilforge.schemas.config import SeedFields
+from distilforge.schemas.records import Seed
+
+
+class SeedError(ValueError):
+    """Bad seed input; the message names the file, line and field."""
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{lineno}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SeedError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SeedError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    if isinstance(data, dict):
+        # {"data": [...]} and similar single-key wrappers are common exports.
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise SeedError(f"{path}: expected a JSON list of objects")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise SeedError(f"{path}: expected a JSON list of objects")
+    for i, row in enumerate(data):
+        yield f"{path}[{i}]", row
+
+
+def _iter_csv(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        for row in reader:
+            yield f"{path}:{reader.line_num}", row
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    i = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            yield f"{path}[row {i}]", row
+            i += 1
+
+
+def _iter_disk(path: Path) -> Iterator[tuple[str, Any]]:
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise SeedError(f"{path}: a DatasetDict without a 'train' split ({', '.join(ds)})")
+        ds = ds["train"]
+    for i, row in enumerate(ds):
+        yield f"{path}[row {i}]", row
+
+
+def _iter_hub(name: str, subset: str | None, split: str) -> Iterator[tuple[str, Any]]:
+    import datasets
+
+    ds = datasets.load_dataset(name, subset, split=split, streaming=True)
+    for i, row in enumerate(ds):
+        yield f"{name}:{split}[row {i}]", row
+
+
+def iter_rows(path: str, *, split: str = "train", subset: str | None = None) -> Iterator[tuple[str, Any]]:
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "dataset_info.json").exists() and not (p / "dataset_dict.json").exists():
+            raise SeedError(f"{p}: a folder, but not one written by datasets' save_to_disk")
+        return _iter_disk(p)
+    if p.is_file():
+        readers = {".jsonl": _iter_jsonl, ".json": _iter_json, ".csv": _iter_csv, ".parquet": _iter_parquet}
+        reader = readers.get(p.suffix.lower())
+        if reader is None:
+            raise SeedError(f"{p}: unsupported seed file type '{p.suffix}' (use .jsonl, .json, .csv or .parquet)")
+        return reader(p)
+    if path.count("/") == 1 and not path.startswith((".", "/")):
+        return _iter_hub(path, subset, split)
+    raise SeedError(f"{path}: seed file not found")
+
+
+def read_seeds(
+    path: str,
+    fields: SeedFields,
+    *,
+    limit: int | None = None,
+    answer_type: str = "auto",
+    split: str = "train",
+    subset: str | None = None,
+) -> Iterator[Seed]:
+    """Yield validated seeds in file order; `seed_id` is the id field or the row's position."""
+    seen_ids: set[str] = set()
+    for index, (where, row) in enumerate(iter_rows(path, split=split, subset=subset)):
+        if limit is not None and index >= limit:
+            return
+        if not isinstance(row, dict):
+            raise SeedError(f"{where}: expected an object with a '{fields.question}' field")
+        question = row.get(fields.question)
+        if question is None:
+            raise SeedError(f"{where}: missing field '{fields.question}' (seeds.fields.question)")
+        if not isinstance(question, str) or not question.strip():
+            raise SeedError(f"{where}: field '{fields.question}' must be a non-empty string")
+        raw_gold = None
+        if fields.answer is not None:
+            if fields.answer not in row:
+                raise SeedError(f"{where}: missing field '{fields.answer}' (seeds.fields.answer; null if none)")
+            raw_gold = row[fields.answer]
+        kind = infer_answer_type(raw_gold) if answer_type == "auto" else answer_type
+        gold = canonical_gold(raw_gold, kind)
+        if raw_gold is not None and gold is None:
+            raise SeedError(f"{where}: field '{fields.answer}' has no readable {kind} answer: {str(raw_gold)[:80]!r}")
+        if fields.id is not None:
+            if fields.id not in row:
+                raise SeedError(f"{where}: missing field '{fields.id}' (seeds.fields.id)")
+            seed_id = str(row[fields.id])
+            if seed_id in seen_ids:
+                raise SeedError(f"{where}: duplicate id {seed_id!r} in field '{fields.id}'")
+            seen_ids.add(seed_id)
+        else:
+            seed_id = f"{index:06d}"
+        yield Seed(seed_id=seed_id, question=question, gold=gold, answer_type=kind, source=where)
+
+
+def count_and_validate(path: str, fields: SeedFields, **kwargs: Any) -> int:
+    """One streaming pass over the seeds: raises on the first bad row, returns the count."""
+    return sum(1 for _ in read_seeds(path, fields, **kwargs))

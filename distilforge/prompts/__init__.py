@@ -1,0 +1,54 @@
+"""Jinja2 prompt templates. Rendered without HTML autoescape so questions reach the teacher verbatim."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+from distilforge.schemas.config import GenerationConfig
+from distilforge.schemas.records import Seed
+
+PROMPTS_DIR = Path(__file__).parent
+
+ANSWER_HINTS = {
+    "number": "a number",
+    "yes_no": "yes or no",
+    "text": "a short phrase",
+}
+
+
+@lru_cache(maxsize=32)
+def _load(name: str) -> tuple[jinja2.Template, str]:
+    path = Path(name) if Path(name).is_file() else PROMPTS_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt template '{name}' not found (looked in {PROMPTS_DIR})")
+    text = path.read_text(encoding="utf-8")
+    env = jinja2.Environment(autoescape=False, keep_trailing_newline=False, undefined=jinja2.StrictUndefined)
+    return env.from_string(text), hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def render(name: str, **variables: object) -> str:
+    template, _ = _load(name)
+    return template.render(**variables).strip()
+
+
+def template_hash(name: str) -> str:
+    return _load(name)[1]
+
+
+def build_messages(seed: Seed, generation: GenerationConfig) -> list[dict[str, str]]:
+    """The chat messages for one seed: optional system prompt, then the rendered template."""
+    content = render(
+        generation.template,
+        question=seed.question,
+        answer_type=seed.answer_type,
+        answer_hint=ANSWER_HINTS.get(seed.answer_type, "the final answer"),
+    )
+    messages = []
+    if generation.system_prompt:
+        messages.append({"role": "system", "content": generation.system_prompt})
+    messages.append({"role": "user", "content": content})
+    return messages

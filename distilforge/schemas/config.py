@@ -1,0 +1,247 @@
+"""The job config: YAML in, a strict pydantic `JobConfig` out.
+
+Strict means an unknown or mistyped key fails, naming the file, the line and the dotted path,
+so a typo such as `temprature` never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+EMBEDDED_STUDENT = "smollm2-135m-instruct"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file, line and key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SeedFields(Strict):
+    question: str = "question"
+    answer: str | None = "answer"
+    id: str | None = None
+
+
+class SeedsConfig(Strict):
+    path: str = Field(description="JSONL/JSON/CSV/Parquet file, a save_to_disk folder, or a Hub dataset id")
+    fields: SeedFields = SeedFields()
+    limit: int | None = Field(default=None, ge=1)
+    split: str = "train"
+    subset: str | None = None
+
+
+class TeacherParams(Strict):
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=512, ge=1)
+    seed: int | None = None
+    stop: list[str] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="passed verbatim to the server")
+
+
+class TeacherConfig(Strict):
+    backend: Literal["openai", "local"] = "local"
+    model: str = EMBEDDED_STUDENT
+    base_url: str | None = None
+    api_key_env: str | None = Field(
+        default="OPENAI_API_KEY", description="name of the env var holding the key; null for keyless servers"
+    )
+    max_concurrency: int = Field(default=16, ge=1)
+    timeout: float = Field(default=120.0, gt=0)
+    max_attempts: int = Field(default=6, ge=1, description="tries per request, first one included")
+    supports_n: bool = Field(default=True, description="send n samples in one request")
+    batch_size: int = Field(default=8, ge=1, description="local backend: sequences per generate() call")
+    device: str = "auto"
+    params: TeacherParams = TeacherParams()
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _looks_like_env_name(cls, v: str | None) -> str | None:
+        # A pasted secret here would end up in run files; only a variable *name* is accepted.
+        if v is not None and (v.startswith("sk-") or not v.replace("_", "").isalnum()):
+            raise ValueError("must be the name of an environment variable (e.g. OPENAI_API_KEY), not a key")
+        return v
+
+
+class GenerationConfig(Strict):
+    mode: Literal["cot"] = "cot"
+    samples_per_seed: int = Field(default=1, ge=1)
+    answer_type: Literal["auto", "number", "yes_no", "text"] = "auto"
+    template: str = "cot.jinja"
+    system_prompt: str | None = None
+
+
+class Prices(Strict):
+    input_per_million: float = Field(ge=0)
+    output_per_million: float = Field(ge=0)
+
+
+class BudgetConfig(Strict):
+    prices: Prices | None = None
+
+
+class LoraConfig(Strict):
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+
+
+class TrainConfig(Strict):
+    enabled: bool = False
+    student: str = EMBEDDED_STUDENT
+    method: Literal["lora", "full"] = "lora"
+    max_steps: int = Field(default=-1, description="-1: run `epochs` instead")
+    epochs: float = Field(default=1.0, gt=0)
+    learning_rate: float = Field(default=2e-4, gt=0)
+    batch_size: int = Field(default=4, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    max_length: int = Field(default=1024, ge=16)
+    seed: int = 0
+    lora: LoraConfig = LoraConfig()
+
+
+class EvalFile(Strict):
+    path: str
+    fields: SeedFields = SeedFields()
+    limit: int | None = Field(default=None, ge=1)
+    name: str | None = None
+
+
+class EvalConfig(Strict):
+    files: list[EvalFile] = Field(default_factory=list)
+    limit: int | None = Field(default=None, ge=1, description="cap per file")
+    max_tokens: int = Field(default=256, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+
+
+class OutputConfig(Strict):
+    dir: str | None = None
+
+
+class JobConfig(Strict):
+    name: str | None = None
+    seeds: SeedsConfig
+    teacher: TeacherConfig = TeacherConfig()
+    generation: GenerationConfig = GenerationConfig()
+    budget: BudgetConfig = BudgetConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _openai_needs_url_or_key(self) -> JobConfig:
+        if self.teacher.backend == "openai" and not self.teacher.base_url and not self.teacher.api_key_env:
+            raise ValueError("teacher: the openai backend needs base_url or api_key_env")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. teacher.params.temperature=0.2")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from None
+    return key.strip(), value
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the deepest YAML node on `loc`, so errors point into the file."""
+    node, line = root, None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for k, v in node.value:
+                if k.value == str(part):
+                    line, nxt = k.start_mark.line + 1, v
+                    break
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+        if node is None:
+            break
+    return line
+
+
+def format_validation_error(exc: ValidationError, source: str, root: yaml.Node | None) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        line = _line_of(root, loc)
+        where = f"{source}:{line}" if line else source
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"{where}: {dotted}: {msg}")
+    return "\n".join(lines)
+
+
+def resolve_paths(config: JobConfig, base: Path) -> JobConfig:
+    """Relative file paths in a config are relative to the config file, not the shell's cwd."""
+
+    def fix(p: str) -> str:
+        candidate = base / p
+        return str(candidate) if not Path(p).is_absolute() and candidate.exists() else p
+
+    config.seeds.path = fix(config.seeds.path)
+    for f in config.eval.files:
+        f.path = fix(f.path)
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (seeds:, teacher:, ...)")
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(data, key, value)
+    try:
+        config = JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path), root)) from None
+    return resolve_paths(config, path.parent)

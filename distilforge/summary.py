@@ -1,0 +1,49 @@
+"""The end-of-run summary table: what was kept, why the rest was dropped, cost, accuracy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _acc(block: dict[str, Any] | None) -> str:
+    if not block:
+        return "-"
+    low, high = block.get("ci95", [0, 0])
+    return f"{block['accuracy']:.1%} ({block['correct']}/{block['n']}, 95% CI {low:.0%}-{high:.0%})"
+
+
+def print_summary(run: dict[str, Any], console: Console) -> None:
+    table = Table(title=f"distilforge run {run.get('name') or ''}".strip(), show_header=True)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    samples = run.get("samples", {})
+    req = run.get("requests", {})
+    table.add_row("samples expected", str(samples.get("expected", "-")))
+    table.add_row("kept", f"[green]{run.get('kept', 0)}[/green]")
+    for reason, count in sorted(run.get("rejected", {}).items(), key=lambda kv: -kv[1]):
+        table.add_row(f"  rejected: {reason}", str(count))
+    if samples.get("failed"):
+        table.add_row("  failed requests' samples", f"[red]{samples['failed']}[/red]")
+    table.add_row("requests sent / ok / failed", f"{req.get('sent', 0)} / {req.get('succeeded', 0)} / {req.get('failed', 0)}")
+    if samples.get("from_journal"):
+        table.add_row("samples reused from journal", str(samples["from_journal"]))
+    if req.get("retries"):
+        table.add_row("retries (429s)", f"{req['retries']} ({req.get('rate_limited', 0)})")
+    tokens = run.get("tokens", {})
+    table.add_row("tokens prompt / completion", f"{tokens.get('prompt', 0)} / {tokens.get('completion', 0)}")
+    if run.get("spend_usd") is not None:
+        kept = run.get("kept") or 0
+        per = f" (${run['spend_usd'] / kept:.5f} per kept)" if kept else ""
+        table.add_row("spend", f"${run['spend_usd']:.4f}{per}")
+    table.add_row("teacher wall time", f"{run.get('wall_seconds', 0):.1f} s")
+    train = run.get("train")
+    if train:
+        table.add_row("training", f"{train['steps']} steps, loss {train.get('first_loss')} -> {train.get('last_loss')}")
+    ev = run.get("eval") or {}
+    if ev:
+        table.add_row("student accuracy before", _acc(ev.get("before")))
+        table.add_row("student accuracy after", _acc(ev.get("after")))
+    console.print(table)

@@ -1,0 +1,179 @@
+"""An in-process transformers model as a teacher (or as the student, for evaluation).
+
+Requests from many async workers are gathered into batches: one background task takes up to
+`batch_size` waiting sequences, runs `generate` in a thread (so the event loop keeps serving I/O),
+and hands each caller its completions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from distilforge.teachers.base import Completion, Teacher, TeacherError, TeacherResponse, TeacherStats
+
+
+@dataclass
+class _Job:
+    messages: list[dict[str, str]]
+    n: int
+    future: asyncio.Future[TeacherResponse]
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class LocalTeacher(Teacher):
+    def __init__(
+        self,
+        model: str,
+        *,
+        temperature: float = 0.7,
+        top_p: float | None = None,
+        max_tokens: int = 512,
+        seed: int | None = None,
+        batch_size: int = 8,
+        device: str = "auto",
+        adapter: str | None = None,
+    ):
+        self.model = model
+        self.temperature = temperature
+        self.top_p = top_p
+        self.max_tokens = max_tokens
+        self.seed = seed
+        self.batch_size = batch_size
+        self.device = device
+        self.adapter = adapter
+        # Enough callers waiting to fill the next batch while the current one runs.
+        self.max_concurrency = batch_size * 2
+        self.stats = TeacherStats()
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._model: Any = None
+        self._tokenizer: Any = None
+
+    def load(self) -> None:
+        """Load weights (blocking). Separate from start() so eval can load outside an event loop."""
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from distilforge.models import resolve_model
+
+        path = resolve_model(self.model)
+        self.device = pick_device(self.device)
+        dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        if self.adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, self.adapter).merge_and_unload()
+        model.to(self.device).eval()
+        tokenizer.padding_side = "left"  # decoder-only batches pad on the left
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if not tokenizer.chat_template:
+            raise TeacherError(f"model '{self.model}' has no chat template; use an instruct/chat model")
+        if self.seed is not None:
+            torch.manual_seed(self.seed)
+        self._model, self._tokenizer = model, tokenizer
+
+    async def start(self) -> None:
+        if self._worker is not None:
+            return
+        await asyncio.to_thread(self.load)
+        self._queue = asyncio.Queue()
+        self._worker = asyncio.create_task(self._run_batches())
+
+    async def aclose(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+
+    async def complete(self, messages: list[dict[str, str]], n: int = 1) -> TeacherResponse:
+        if self._worker is None:
+            await self.start()
+        assert self._queue is not None
+        future: asyncio.Future[TeacherResponse] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Job(messages, n, future))
+        return await future
+
+    async def _run_batches(self) -> None:
+        assert self._queue is not None
+        while True:
+            jobs = [await self._queue.get()]
+            # Give workers a moment to queue more: a fuller batch costs little more than a small one.
+            await asyncio.sleep(0.01)
+            rows = jobs[0].n
+            while not self._queue.empty() and rows < self.batch_size:
+                job = self._queue.get_nowait()
+                jobs.append(job)
+                rows += job.n
+            try:
+                results = await asyncio.to_thread(self.generate_batch, [(j.messages, j.n) for j in jobs])
+            except Exception as exc:  # a failed batch fails its callers, not the worker
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(TeacherError(f"local generation failed: {exc}"))
+                continue
+            for job, result in zip(jobs, results, strict=True):
+                if not job.future.done():
+                    job.future.set_result(result)
+
+    def generate_batch(self, requests: list[tuple[list[dict[str, str]], int]]) -> list[TeacherResponse]:
+        """Blocking batched generation; one response (with n completions) per request."""
+        import torch
+
+        self.load()
+        tok, model = self._tokenizer, self._model
+        self.stats.attempts += 1
+        prompts = [
+            tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            for messages, n in requests
+            for _ in range(n)
+        ]
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        sample = self.temperature > 0
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_tokens, "do_sample": sample}
+        if sample:
+            kwargs["temperature"] = self.temperature
+            if self.top_p is not None:
+                kwargs["top_p"] = self.top_p
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        eos = tok.eos_token_id
+        with torch.inference_mode():
+            out = model.generate(**enc, **kwargs, pad_token_id=tok.pad_token_id, eos_token_id=eos)
+        width = enc["input_ids"].shape[1]
+        new = out[:, width:].tolist()
+        prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+        responses, row = [], 0
+        for _messages, n in requests:
+            completions, p_tokens, c_tokens = [], 0, 0
+            for _ in range(n):
+                ids = new[row]
+                # Generated ids stop at the first eos; the rest of the row is padding.
+                end = ids.index(eos) if eos in ids else len(ids)
+                finished = end < len(ids)
+                text = tok.decode(ids[:end], skip_special_tokens=True)
+                completions.append(Completion(text, "stop" if finished else "length"))
+                p_tokens += int(prompt_lens[row])
+                c_tokens += end + (1 if finished else 0)
+                row += 1
+            responses.append(TeacherResponse(completions, p_tokens, c_tokens, self.model))
+        return responses
