@@ -27,6 +27,20 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override 
 RunDirArg = Annotated[Path, typer.Argument(help="A run folder written by `distilforge run` or `generate`.")]
 
 
+def _quiet_libraries() -> None:
+    """Our own progress bars say what is happening; the libraries' per-shard bars only add noise."""
+    import os
+
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import warnings
+
+    # transformers 5 renames gradient_checkpointing; TRL still passes the old name. Not the user's concern.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
+
+
 def _fail(message: str, code: int = 2) -> None:
     console.print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(code)
@@ -51,6 +65,7 @@ def _guard(fn: Any) -> Any:
     from distilforge.schemas.config import ConfigError
     from distilforge.teachers.base import TeacherError
 
+    _quiet_libraries()
     try:
         return fn()
     except (ConfigError, SeedError, ModelError, TeacherError, FileNotFoundError) as exc:

@@ -125,10 +125,7 @@ class Generate(PipelineStep):
         missing = [(k, i) for k, i in keys if k not in found]
         if not missing:
             return
-        if self.supports_n:
-            groups = [missing]
-        else:
-            groups = [[m] for m in missing]
+        groups = [missing] if self.supports_n else [[m] for m in missing]
         await asyncio.gather(*(self._guarded(seed, messages, g, out, slots) for g in groups))
 
     async def _guarded(self, seed: Seed, messages: list[dict[str, str]], group: list[tuple[str, int]],

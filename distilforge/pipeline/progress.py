@@ -6,7 +6,14 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 class RunProgress:
@@ -41,6 +48,14 @@ class RunProgress:
 
     def __exit__(self, *exc: object) -> None:
         self._progress.__exit__(*exc)
+        if not self.console.is_terminal:
+            self._line()
+
+    def _line(self) -> None:
+        self._last_line = time.monotonic()
+        self.console.print(
+            f"progress: {self._done}/{self._total} samples, kept {self.kept}, {self.tokens} tokens, ${self.spend:.4f}"
+        )
 
     def advance(self, samples: int, prompt_tokens: int, completion_tokens: int) -> None:
         self._done += samples
@@ -56,12 +71,6 @@ class RunProgress:
 
     def _refresh(self, advance: int) -> None:
         self._progress.update(self._task, advance=advance, kept=self.kept, tokens=self.tokens, spend=self.spend)
-        if not self.console.is_terminal:
-            # Logs (CI, cron) get a line every ~10 seconds instead of a redrawn bar.
-            now = time.monotonic()
-            if now - self._last_line > 10 or self._done == self._total and advance:
-                self._last_line = now
-                self.console.print(
-                    f"progress: {self._done}/{self._total} samples, kept {self.kept}, "
-                    f"{self.tokens} tokens, ${self.spend:.4f}"
-                )
+        # Logs (CI, cron) get a line every ~10 seconds instead of a redrawn bar.
+        if not self.console.is_terminal and time.monotonic() - self._last_line > 10:
+            self._line()

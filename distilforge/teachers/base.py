@@ -50,10 +50,10 @@ class Teacher(abc.ABC):
     @abc.abstractmethod
     async def complete(self, messages: list[dict[str, str]], n: int = 1) -> TeacherResponse: ...
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook, most teachers need it
         """Load weights / check the endpoint before the first request."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections or models."""
 
     @property

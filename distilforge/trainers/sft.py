@@ -91,7 +91,7 @@ def train_student(config: JobConfig, run_dir: Path) -> dict[str, Any]:
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     shutil.rmtree(run_dir / ".checkpoints", ignore_errors=True)
-    losses = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
+    losses = [{"step": h["step"], "loss": round(float(h["loss"]), 4)} for h in trainer.state.log_history if "loss" in h]
     (out_dir / "loss.json").write_text(json.dumps(losses, indent=1))
     return {
         "student": t.student,
