@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -62,17 +63,26 @@ def jsonl_to_dataset(jsonl: Path, columns: list[str], target: Path, parquet: Pat
     """Build a Dataset from `jsonl` (streamed through Arrow, not held in memory) and save it atomically."""
     from datasets import Dataset
 
-    ds = Dataset.from_generator(
-        _rows, gen_kwargs={"path": str(jsonl)}, features=features(columns),
-        cache_dir=str(jsonl.parent / "hf-cache"),
-    ) if jsonl.stat().st_size else Dataset.from_dict({c: [] for c in columns}, features=features(columns))
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    ds.save_to_disk(str(tmp))
-    parquet.parent.mkdir(parents=True, exist_ok=True)
-    parquet_tmp = parquet.with_name(parquet.name + ".tmp")
-    ds.to_parquet(str(parquet_tmp))
+    # A fresh Arrow cache per build: datasets caches generators by their arguments, and the same
+    # staging path on a resumed run would otherwise hand back the previous run's rows.
+    cache = Path(tempfile.mkdtemp(prefix="arrow-", dir=jsonl.parent))
+    try:
+        if jsonl.stat().st_size:
+            ds = Dataset.from_generator(_rows, gen_kwargs={"path": str(jsonl)}, features=features(columns),
+                                        cache_dir=str(cache))
+        else:
+            ds = Dataset.from_dict({c: [] for c in columns}, features=features(columns))
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        ds.save_to_disk(str(tmp))
+        parquet.parent.mkdir(parents=True, exist_ok=True)
+        parquet_tmp = parquet.with_name(parquet.name + ".tmp")
+        ds.to_parquet(str(parquet_tmp))
+        count = len(ds)
+        del ds
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     parquet_tmp.replace(parquet)
-    return len(ds)
+    return count

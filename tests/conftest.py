@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+from fake_openai import FakeOpenAI  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI()
+    server.base_url = server.start()  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def api_config(seeds: Path, base_url: str, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "name": "test",
+        "seeds": {"path": str(seeds), "fields": {"question": "question", "answer": "answer"}},
+        "teacher": {
+            "backend": "openai",
+            "model": "fake-teacher",
+            "base_url": base_url,
+            "api_key_env": "DISTILFORGE_TEST_KEY",
+            "max_concurrency": 4,
+            "max_attempts": 3,
+            "params": {"temperature": 0.7, "max_tokens": 64},
+        },
+        "generation": {"mode": "cot", "samples_per_seed": 2},
+    }
+    for dotted, value in overrides.items():
+        node = config
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return config
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("DISTILFORGE_TEST_KEY", "sk-test-secret-123")
+    from distilforge.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Any:
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke

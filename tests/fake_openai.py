@@ -1,0 +1,157 @@
+"""A realistic fake OpenAI-compatible server on loopback, for tests only.
+
+Real HTTP (stdlib ThreadingHTTPServer): `/v1/chat/completions` and `/v1/models`, usage counts, `n`
+choices, per-request latency, 429 with Retry-After and x-ratelimit-* headers, 5xx, 400, malformed
+bodies, and `finish_reason: length`. A `script` maps a question to how the server behaves for it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Behaviour:
+    """How the server answers one question. `answers[i]` is choice i's text (cycled)."""
+
+    answers: list[str] = field(default_factory=lambda: ["The answer is 0."])
+    finish_reason: str = "stop"
+    # Failures served before success, in order: "429", "500", "503", "malformed", "400", "drop".
+    failures: list[str] = field(default_factory=list)
+    always: str | None = None  # fail every time with this kind
+
+
+@dataclass
+class FakeOpenAI:
+    script: dict[str, Behaviour] = field(default_factory=dict)
+    default: Behaviour = field(default_factory=Behaviour)
+    latency: tuple[float, float] = (0.0, 0.0)
+    supports_n: bool = True
+    retry_after: float = 0.2
+    require_key: str | None = None
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    served: Counter[str] = field(default_factory=Counter)  # question-key -> successful responses
+    _seen: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def behaviour_for(self, prompt: str) -> tuple[str, Behaviour]:
+        for key, behaviour in self.script.items():
+            if key in prompt:
+                return key, behaviour
+        return "", self.default
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> str:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep pytest output clean
+                pass
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/").endswith("/models"):
+                    self._send(200, json.dumps({"object": "list", "data": [{"id": "fake-teacher", "object": "model"}]}).encode())
+                else:
+                    self._send(404, b'{"error": {"message": "not found"}}')
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", 0))
+                body = json.loads(self.rfile.read(length))
+                status, payload, headers = fake.handle(body, dict(self.headers))
+                if payload is None:  # "drop": close without answering
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                self._send(status, payload, headers)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # -- behaviour -------------------------------------------------------------------------
+    def handle(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, bytes | None, dict[str, str]]:
+        low, high = self.latency
+        if high:
+            time.sleep(random.uniform(low, high))
+        prompt = body["messages"][-1]["content"]
+        key, behaviour = self.behaviour_for(prompt)
+        with self.lock:
+            self.requests.append({"body": body, "auth": headers.get("Authorization") or headers.get("authorization")})
+            attempt = self._seen[key]
+            self._seen[key] += 1
+        if self.require_key and (self.requests[-1]["auth"] != f"Bearer {self.require_key}"):
+            return 401, json.dumps({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}).encode(), {}
+        kind = behaviour.always or (behaviour.failures[attempt] if attempt < len(behaviour.failures) else None)
+        if kind == "429":
+            return 429, json.dumps({"error": {"message": "Rate limit reached", "type": "requests"}}).encode(), {
+                "retry-after": str(self.retry_after),
+                "x-ratelimit-limit-requests": "60",
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": f"{self.retry_after}s",
+                "x-ratelimit-limit-tokens": "10000",
+                "x-ratelimit-remaining-tokens": "0",
+            }
+        if kind in ("500", "502", "503"):
+            return int(kind), json.dumps({"error": {"message": "The server had an error", "type": "server_error"}}).encode(), {}
+        if kind == "400":
+            return 400, json.dumps({"error": {"message": "Invalid 'messages'", "type": "invalid_request_error"}}).encode(), {}
+        if kind == "malformed":
+            return 200, b'{"id": "chatcmpl-x", "object": "chat.completion", "choices": [{"index": 0, "mess', {}
+        if kind == "drop":
+            return 0, None, {}
+        n = int(body.get("n") or 1) if self.supports_n else 1
+        prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
+        choices, completion_tokens = [], 0
+        for i in range(n):
+            # Choice i of this request answers sample (earlier successes for this key + i).
+            text = behaviour.answers[(self.served[key] + i) % len(behaviour.answers)]
+            completion_tokens += len(text.split())
+            choices.append({"index": i, "message": {"role": "assistant", "content": text},
+                            "finish_reason": behaviour.finish_reason, "logprobs": None})
+        with self.lock:
+            self.served[key] += n
+        payload = {
+            "id": f"chatcmpl-{len(self.requests)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "fake-teacher"),
+            "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
+        return 200, json.dumps(payload).encode(), {
+            "x-ratelimit-limit-requests": "10000",
+            "x-ratelimit-remaining-requests": "9999",
+            "x-ratelimit-limit-tokens": "1000000",
+            "x-ratelimit-remaining-tokens": "999000",
+        }
+
+
+def count_by(requests: list[dict[str, Any]], predicate: Callable[[str], bool]) -> int:
+    return sum(1 for r in requests if predicate(r["body"]["messages"][-1]["content"]))
