@@ -15,7 +15,7 @@ _NUMBER_RE = re.compile(_NUMBER)
 _FRAC_RE = re.compile(r"\\d?frac\{([^{}]+)\}\{([^{}]+)\}")
 _HASHES_RE = re.compile(r"^[ \t]*####[ \t]*(.+?)[ \t]*$", re.M)
 _PHRASE_RE = re.compile(
-    r"(?:final answer|the answer|answer)\s*(?:is|:|=)\s*[:\-]?\s*(.+?)(?:\s*(?:\.(?:\s|$)|\n|$))",
+    r"(?:final answer|the answer|answer)\s*(?:is|:|=)\s*:?\s*(.+?)(?:\s*(?:\.(?:\s|$)|\n|$))",
     re.I,
 )
 _YES_NO = {"yes": "yes", "no": "no", "true": "yes", "false": "no"}

@@ -1,0 +1,85 @@
+"""Strict config: unknown or mistyped keys fail with the file, line and dotted path."""
+
+from __future__ import annotations
+
+import pytest
+
+from distilforge.schemas.config import ConfigError, load_config
+
+GOOD = """\
+name: t
+seeds:
+  path: seeds.jsonl
+teacher:
+  backend: openai
+  base_url: http://127.0.0.1:1/v1
+  params:
+    temperature: 0.2
+"""
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_good_config_and_relative_paths(tmp_path):
+    (tmp_path / "seeds.jsonl").write_text('{"question": "q", "answer": "#### 1"}\n')
+    config = load_config(_write(tmp_path, GOOD))
+    assert config.teacher.params.temperature == 0.2
+    assert config.seeds.path == str(tmp_path / "seeds.jsonl")  # relative to the config file
+    assert config.generation.mode == "cot" and config.train.enabled is False
+
+
+def test_unknown_key_names_file_line_and_path(tmp_path):
+    path = _write(tmp_path, GOOD.replace("temperature: 0.2", "temprature: 0.2"))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert f"{path}:8: teacher.params.temprature: unknown key" in str(err.value)
+
+
+def test_mistyped_value(tmp_path):
+    path = _write(tmp_path, GOOD + "generation:\n  samples_per_seed: many\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert f"{path}:10: generation.samples_per_seed:" in str(err.value)
+    assert "integer" in str(err.value)
+
+
+def test_missing_required_section(tmp_path):
+    with pytest.raises(ConfigError, match=r"seeds: required key is missing"):
+        load_config(_write(tmp_path, "name: t\n"))
+
+
+def test_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match=r"job.yaml:3: invalid YAML"):
+        load_config(_write(tmp_path, "seeds:\n  path: x\n  - oops\n"))
+
+
+def test_set_overrides_any_key_with_typed_values(tmp_path):
+    config = load_config(_write(tmp_path, GOOD), ["teacher.params.temperature=0", "train.enabled=true",
+                                                   "generation.samples_per_seed=4", "teacher.params.stop=[a, b]"])
+    assert config.teacher.params.temperature == 0
+    assert config.train.enabled is True and config.generation.samples_per_seed == 4
+    assert config.teacher.params.stop == ["a", "b"]
+
+
+def test_set_rejects_unknown_keys_and_bad_form(tmp_path):
+    with pytest.raises(ConfigError, match="teacher.temprature: unknown key"):
+        load_config(_write(tmp_path, GOOD), ["teacher.temprature=1"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(_write(tmp_path, GOOD), ["teacher.params.temperature"])
+
+
+def test_a_pasted_key_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="api_key_env"):
+        load_config(_write(tmp_path, GOOD + "  api_key_env: sk-abc123\n"))
+
+
+def test_cli_bad_config_exits_2_with_one_line(cli, tmp_path):
+    path = _write(tmp_path, GOOD.replace("backend: openai", "backend: anthropic-direct"))
+    result = cli("run", path)
+    assert result.exit_code == 2
+    assert "teacher.backend" in result.output and "job.yaml:5" in result.output
+    assert "Traceback" not in result.output
