@@ -72,3 +72,14 @@ def cli(monkeypatch: pytest.MonkeyPatch):
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_model import build_tiny_model
+
+    corpus = [
+        "Tim buys 3 dozen eggs. The answer is 18.", "Is a whale a mammal? The answer is yes.",
+        "Think step by step, then finish with one line of the form", "0123456789 + - * / = $ , . ?",
+    ] * 20
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", corpus)

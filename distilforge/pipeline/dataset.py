@@ -74,7 +74,7 @@ def jsonl_to_dataset(jsonl: Path, columns: list[str], target: Path, parquet: Pat
             ds = Dataset.from_dict({c: [] for c in columns}, features=features(columns))
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        ds.save_to_disk(str(tmp))
+        ds.save_to_disk(str(tmp), num_shards=1 if len(ds) == 0 else None)  # 0 shards would not load back
         parquet.parent.mkdir(parents=True, exist_ok=True)
         parquet_tmp = parquet.with_name(parquet.name + ".tmp")
         ds.to_parquet(str(parquet_tmp))
