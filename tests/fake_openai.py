@@ -96,15 +96,15 @@ class FakeOpenAI:
 
     # -- behaviour -------------------------------------------------------------------------
     def handle(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, bytes | None, dict[str, str]]:
-        low, high = self.latency
-        if high:
-            time.sleep(random.uniform(low, high))
         prompt = body["messages"][-1]["content"]
         key, behaviour = self.behaviour_for(prompt)
         with self.lock:
             self.requests.append({"body": body, "auth": headers.get("Authorization") or headers.get("authorization")})
             attempt = self._seen[key]
             self._seen[key] += 1
+        low, high = self.latency
+        if high:  # the request is received (and logged) first, then the "model" takes its time
+            time.sleep(random.uniform(low, high))
         if self.require_key and (self.requests[-1]["auth"] != f"Bearer {self.require_key}"):
             return 401, json.dumps({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}).encode(), {}
         kind = behaviour.always or (behaviour.failures[attempt] if attempt < len(behaviour.failures) else None)

@@ -66,7 +66,7 @@ def test_set_overrides_any_key_with_typed_values(tmp_path):
 
 
 def test_set_rejects_unknown_keys_and_bad_form(tmp_path):
-    with pytest.raises(ConfigError, match="teacher.temprature: unknown key"):
+    with pytest.raises(ConfigError, match=r"teacher\.temprature: unknown key"):
         load_config(_write(tmp_path, GOOD), ["teacher.temprature=1"])
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_config(_write(tmp_path, GOOD), ["teacher.params.temperature"])

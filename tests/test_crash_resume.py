@@ -1,0 +1,61 @@
+"""A run killed mid-flight: on resume only what was in flight is paid for again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+
+from conftest import api_config, write_config, write_jsonl
+from fake_openai import Behaviour
+
+
+def test_sigkill_then_resume_pays_only_for_in_flight(fake, tmp_path):
+    n_seeds, concurrency = 12, 2
+    fake.latency = (0.25, 0.3)
+    fake.default = Behaviour(["Adding gives the total.\nThe answer is 3."])
+    seeds = write_jsonl(tmp_path / "seeds.jsonl",
+                        [{"question": f"Item {i}: what is 1 + 2?", "answer": "#### 3"} for i in range(n_seeds)])
+    data = api_config(seeds, fake.base_url)
+    data["teacher"]["max_concurrency"] = concurrency
+    data["generation"]["samples_per_seed"] = 1
+    config = write_config(tmp_path / "job.yaml", data)
+    out = tmp_path / "run"
+    env = {**os.environ, "DISTILFORGE_TEST_KEY": "sk-test"}
+    cmd = [sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)]
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    journal = out / "journal.sqlite"
+    deadline = time.monotonic() + 60
+    committed = 0
+    while time.monotonic() < deadline and committed < 4:
+        time.sleep(0.05)
+        if journal.exists():
+            try:
+                with sqlite3.connect(journal) as db:
+                    committed = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+            except sqlite3.OperationalError:
+                pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)  # let the server log requests that were on the wire at the kill
+    assert 4 <= committed < n_seeds, "the run should have been killed part-way"
+    first_run_requests = len(fake.requests)
+
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["kept"] == n_seeds
+    with sqlite3.connect(journal) as db:
+        assert db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == n_seeds
+
+    asked = Counter(r["body"]["messages"][-1]["content"].split(":")[0] for r in fake.requests)
+    paid_twice = sum(c - 1 for c in asked.values())
+    # Only requests in flight at the kill (at most max_concurrency) were sent again.
+    assert paid_twice <= concurrency
+    assert len(fake.requests) - first_run_requests == n_seeds - run["samples"]["from_journal"]
