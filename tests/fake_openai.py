@@ -24,7 +24,7 @@ class Behaviour:
 
     answers: list[str] = field(default_factory=lambda: ["The answer is 0."])
     finish_reason: str = "stop"
-    # Failures served before success, in order: "429", "500", "503", "malformed", "400", "drop".
+    # Failures served before success, in order: "429", "500", "503", "malformed", "400", "drop", "slow".
     failures: list[str] = field(default_factory=list)
     always: str | None = None  # fail every time with this kind
 
@@ -41,6 +41,8 @@ class FakeOpenAI:
     served: Counter[str] = field(default_factory=Counter)  # question-key -> successful responses
     _seen: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    in_flight: int = 0
+    max_in_flight: int = 0
 
     def behaviour_for(self, prompt: str) -> tuple[str, Behaviour]:
         for key, behaviour in self.script.items():
@@ -102,6 +104,16 @@ class FakeOpenAI:
             self.requests.append({"body": body, "auth": headers.get("Authorization") or headers.get("authorization")})
             attempt = self._seen[key]
             self._seen[key] += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return self._answer(body, headers, key, behaviour, attempt)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def _answer(self, body: dict[str, Any], headers: dict[str, str], key: str, behaviour: Behaviour,
+                attempt: int) -> tuple[int, bytes | None, dict[str, str]]:
         low, high = self.latency
         if high:  # the request is received (and logged) first, then the "model" takes its time
             time.sleep(random.uniform(low, high))
@@ -125,6 +137,8 @@ class FakeOpenAI:
             return 200, b'{"id": "chatcmpl-x", "object": "chat.completion", "choices": [{"index": 0, "mess', {}
         if kind == "drop":
             return 0, None, {}
+        if kind == "slow":  # longer than the client's timeout, then a normal answer nobody reads
+            time.sleep(1.5)
         n = int(body.get("n") or 1) if self.supports_n else 1
         prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
         choices, completion_tokens = [], 0

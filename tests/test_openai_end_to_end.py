@@ -156,3 +156,36 @@ def test_missing_api_key_is_a_clear_error(fake, cli, tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "DISTILFORGE_TEST_KEY is not set" in result.output
     assert fake.requests == []
+
+
+def test_at_most_max_concurrency_requests_in_flight(fake, cli, tmp_path):
+    fake.latency = (0.05, 0.1)
+    fake.default = Behaviour(["1 + 2 = 3.\nThe answer is 3."])
+    seeds = write_jsonl(tmp_path / "seeds.jsonl", [{"question": f"Sum {i}: 1 + 2?", "answer": "#### 3"} for i in range(24)])
+    data = api_config(seeds, fake.base_url)
+    data["teacher"]["max_concurrency"] = 3
+    data["teacher"]["supports_n"] = False  # 2 requests per seed, so seeds alone would not bound it
+    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert len(fake.requests) == 48
+    assert fake.max_in_flight == 3
+
+
+def test_dropped_connection_and_timeout_are_retried(fake, cli, tmp_path):
+    fake.script = {
+        "Q-drop": Behaviour(["1 + 1 = 2.\nThe answer is 2."], failures=["drop"]),
+        "Q-slow": Behaviour(["2 + 2 = 4.\nThe answer is 4."], failures=["slow"]),
+    }
+    seeds = write_jsonl(tmp_path / "seeds.jsonl", [{"question": "Q-drop: 1 + 1?", "answer": "#### 2"},
+                                                   {"question": "Q-slow: 2 + 2?", "answer": "#### 4"}])
+    data = api_config(seeds, fake.base_url)
+    data["teacher"]["timeout"] = 0.5
+    data["generation"]["samples_per_seed"] = 1
+    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["kept"] == 2
+    # The SDK's aiohttp transport may report a dropped socket as a timeout; both are retried.
+    errors = run["requests"]["errors"]
+    assert set(errors) <= {"connection", "timeout"} and sum(errors.values()) == 2
+    assert run["requests"]["retries"] == 2

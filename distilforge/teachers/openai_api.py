@@ -6,6 +6,7 @@ attempt, 429 and 5xx is counted once and Retry-After is honoured.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -77,6 +78,8 @@ class OpenAITeacher(Teacher):
         self.max_concurrency = config.max_concurrency
         self.stats = TeacherStats()
         self._client: openai.AsyncOpenAI | None = None
+        # Bounds requests on the wire, not callers: a request sleeping in backoff holds no slot.
+        self._slots = asyncio.Semaphore(config.max_concurrency)
 
     def _api_key(self) -> str:
         name = self.config.api_key_env
@@ -135,9 +138,10 @@ class OpenAITeacher(Teacher):
 
     async def _attempt(self, messages: list[dict[str, str]], n: int) -> TeacherResponse:
         assert self._client is not None
-        self.stats.attempts += 1
         try:
-            resp = await self._client.chat.completions.create(**self._request_body(messages, n))
+            async with self._slots:
+                self.stats.attempts += 1
+                resp = await self._client.chat.completions.create(**self._request_body(messages, n))
             completions = [Completion(c.message.content or "", c.finish_reason) for c in resp.choices]
             if not completions:
                 raise ValueError("response has no choices")
