@@ -11,6 +11,10 @@ Table 2 pushes synthetic teacher answers through ParseAnswer and the default fil
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
 import argparse
 import asyncio
 import json

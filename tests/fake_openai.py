@@ -1,12 +1,14 @@
 """A realistic fake OpenAI-compatible server on loopback, for tests only.
 
-Real HTTP (stdlib ThreadingHTTPServer): `/v1/chat/completions` and `/v1/models`, usage counts, `n`
+Real HTTP (aiohttp.web on its own event loop in a background thread, so it can keep up with the
+client): `/v1/chat/completions` and `/v1/models`, usage counts, `n`
 choices, per-request latency, 429 with Retry-After and x-ratelimit-* headers, 5xx, 400, malformed
 bodies, and `finish_reason: length`. A `script` maps a question to how the server behaves for it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import threading
@@ -14,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
@@ -52,52 +53,56 @@ class FakeOpenAI:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> str:
-        fake = self
+        from aiohttp import web
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        async def models(_request: web.Request) -> web.Response:
+            return web.json_response({"object": "list", "data": [{"id": "fake-teacher", "object": "model"}]})
 
-            def log_message(self, *args: Any) -> None:  # keep pytest output clean
-                pass
+        async def chat(request: web.Request) -> web.StreamResponse:
+            body = await request.json()
+            status, payload, headers, delay = self.handle(body, dict(request.headers))
+            try:
+                if delay:
+                    await asyncio.sleep(delay)
+                if payload is None:  # "drop": close the socket without answering
+                    assert request.transport is not None
+                    request.transport.close()
+                    return web.Response(status=500)
+                return web.Response(status=status, body=payload, headers=headers, content_type="application/json")
+            finally:
+                with self.lock:
+                    self.in_flight -= 1
 
-            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
+        app = web.Application()
+        app.router.add_get("/v1/models", models)
+        app.router.add_post("/v1/chat/completions", chat)
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
 
-            def do_GET(self) -> None:
-                if self.path.rstrip("/").endswith("/models"):
-                    self._send(200, json.dumps({"object": "list", "data": [{"id": "fake-teacher", "object": "model"}]}).encode())
-                else:
-                    self._send(404, b'{"error": {"message": "not found"}}')
+        def serve() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._runner = web.AppRunner(app, access_log=None)
+            self._loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
+            self._loop.run_until_complete(site.start())
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            ready.set()
+            self._loop.run_forever()
+            self._loop.run_until_complete(self._runner.cleanup())
+            self._loop.close()
 
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length", 0))
-                body = json.loads(self.rfile.read(length))
-                status, payload, headers = fake.handle(body, dict(self.headers))
-                if payload is None:  # "drop": close without answering
-                    self.close_connection = True
-                    self.connection.shutdown(2)
-                    return
-                self._send(status, payload, headers)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=serve, daemon=True)
         self.thread.start()
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        ready.wait(10)
+        return f"http://127.0.0.1:{self.port}/v1"
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self.thread.join(10)
 
     # -- behaviour -------------------------------------------------------------------------
-    def handle(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, bytes | None, dict[str, str]]:
+    def handle(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, bytes | None, dict[str, str], float]:
+        """(status, body or None to drop the connection, headers, seconds to wait before answering)."""
         prompt = body["messages"][-1]["content"]
         key, behaviour = self.behaviour_for(prompt)
         with self.lock:
@@ -106,20 +111,19 @@ class FakeOpenAI:
             self._seen[key] += 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            return self._answer(body, headers, key, behaviour, attempt)
-        finally:
-            with self.lock:
-                self.in_flight -= 1
+        low, high = self.latency
+        # The request is received (and logged) first, then the "model" takes its time.
+        delay = random.uniform(low, high) if high else 0.0
+        kind = behaviour.always or (behaviour.failures[attempt] if attempt < len(behaviour.failures) else None)
+        if kind == "slow":  # longer than the client's timeout, then a normal answer nobody reads
+            delay += 1.5
+        status, payload, extra = self._answer(body, headers, key, behaviour, kind)
+        return status, payload, extra, delay
 
     def _answer(self, body: dict[str, Any], headers: dict[str, str], key: str, behaviour: Behaviour,
-                attempt: int) -> tuple[int, bytes | None, dict[str, str]]:
-        low, high = self.latency
-        if high:  # the request is received (and logged) first, then the "model" takes its time
-            time.sleep(random.uniform(low, high))
+                kind: str | None) -> tuple[int, bytes | None, dict[str, str]]:
         if self.require_key and (self.requests[-1]["auth"] != f"Bearer {self.require_key}"):
             return 401, json.dumps({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}).encode(), {}
-        kind = behaviour.always or (behaviour.failures[attempt] if attempt < len(behaviour.failures) else None)
         if kind == "429":
             return 429, json.dumps({"error": {"message": "Rate limit reached", "type": "requests"}}).encode(), {
                 "retry-after": str(self.retry_after),
@@ -137,8 +141,6 @@ class FakeOpenAI:
             return 200, b'{"id": "chatcmpl-x", "object": "chat.completion", "choices": [{"index": 0, "mess', {}
         if kind == "drop":
             return 0, None, {}
-        if kind == "slow":  # longer than the client's timeout, then a normal answer nobody reads
-            time.sleep(1.5)
         n = int(body.get("n") or 1) if self.supports_n else 1
         prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
         choices, completion_tokens = [], 0
