@@ -8,16 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from distilforge.pipeline.answers import answers_match, canonical, split_answer
+from distilforge.pipeline.progress import progress_bar
 from distilforge.pipeline.seeds import SeedError, read_seeds
 from distilforge.prompts import build_messages
 from distilforge.schemas.config import JobConfig
@@ -67,10 +60,7 @@ def evaluate_model(
     student.load()
     results: list[dict[str, Any]] = []
     size = config.eval.batch_size
-    with Progress(
-        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not console.is_terminal,
-    ) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task(label, total=len(questions))
         for start in range(0, len(questions), size):
             chunk = questions[start : start + size]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 class ModelError(RuntimeError):
-    pass
+    """A model spec that cannot be resolved to weights on this machine."""
 
 
 # alias -> (module that carries the file, file name inside it, install hint)

@@ -16,6 +16,22 @@ from rich.progress import (
 )
 
 
+def progress_bar(console: Console, *extra: TextColumn) -> Progress:
+    """A bar with done/total, elapsed and ETA; `extra` columns go after the counts."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *extra,
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal,
+    )
+
+
 class RunProgress:
     def __init__(self, console: Console, total: int, price: Any = None, label: str = "teacher"):
         self.console = console
@@ -23,19 +39,11 @@ class RunProgress:
         self.kept = 0
         self.tokens = 0
         self.spend = 0.0
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
+        self._progress = progress_bar(
+            console,
             TextColumn("kept {task.fields[kept]}"),
             TextColumn("{task.fields[tokens]} tok"),
             TextColumn("${task.fields[spend]:.4f}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-            disable=not console.is_terminal,
         )
         self._task = self._progress.add_task(label, total=total, kept=0, tokens=0, spend=0.0)
         self._total = total

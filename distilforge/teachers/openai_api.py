@@ -22,23 +22,26 @@ from distilforge.teachers.base import Completion, Teacher, TeacherError, Teacher
 RETRY_AFTER_CAP = 120.0  # never sleep longer than this on a server's say-so
 
 
+def _as_float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
 def retry_after_seconds(headers: Any) -> float | None:
     """Seconds to wait from `retry-after-ms` / `retry-after` (seconds or an HTTP date)."""
     if headers is None:
         return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
+    ms = _as_float(headers.get("retry-after-ms"))
+    if ms is not None:
+        return max(0.0, ms / 1000)
     value = headers.get("retry-after")
     if not value:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    seconds = _as_float(value)
+    if seconds is not None:
+        return max(0.0, seconds)
     try:
         import datetime as dt
 

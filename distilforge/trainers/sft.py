@@ -16,7 +16,7 @@ from distilforge.schemas.config import JobConfig
 
 
 class TrainError(RuntimeError):
-    pass
+    """Training cannot start (no dataset, nothing kept); the message says what to do."""
 
 
 def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
