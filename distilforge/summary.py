@@ -30,14 +30,21 @@ def print_summary(run: dict[str, Any], console: Console) -> None:
     table.add_row("requests sent / ok / failed", f"{req.get('sent', 0)} / {req.get('succeeded', 0)} / {req.get('failed', 0)}")
     if samples.get("from_journal"):
         table.add_row("samples reused from journal", str(samples["from_journal"]))
-    if req.get("retries"):
-        table.add_row("retries (429s)", f"{req['retries']} ({req.get('rate_limited', 0)})")
+    if req.get("retried"):
+        table.add_row("retries (of them 429s)", f"{req['retried']} ({req.get('rate_limited', 0)})")
     tokens = run.get("tokens", {})
     table.add_row("tokens prompt / completion", f"{tokens.get('prompt', 0)} / {tokens.get('completion', 0)}")
-    if run.get("spend_usd") is not None:
+    if run.get("cost_usd") is not None:
         kept = run.get("kept") or 0
-        per = f" (${run['spend_usd'] / kept:.5f} per kept)" if kept else ""
-        table.add_row("spend", f"${run['spend_usd']:.4f}{per}")
+        per = f" (${run['cost_usd'] / kept:.5f} per kept)" if kept else ""
+        table.add_row("cost", f"${run['cost_usd']:.4f}{per}")
+        cap = (run.get("budget") or {}).get("max_usd")
+        if cap:
+            table.add_row("budget used (all runs)", f"${run['budget']['spent_usd_total']:.4f} of ${cap}")
+    if run.get("stopped") not in (None, "done"):
+        table.add_row("stopped", f"[yellow]{run['stopped']}[/yellow]")
+    if samples.get("not_sent"):
+        table.add_row("samples not sent (stop)", str(samples["not_sent"]))
     table.add_row("teacher wall time", f"{run.get('wall_seconds', 0):.1f} s")
     train = run.get("train")
     if train:

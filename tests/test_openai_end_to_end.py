@@ -79,13 +79,13 @@ def test_mixed_answers_keep_exactly_the_correct_complete_ones(fake, cli, tmp_pat
     assert run["samples"]["failed"] == 2
     assert run["requests"] == {
         "sent": 12, "succeeded": 11, "failed": 1,
-        "attempts": 11 + 3 + 3, "retries": 3 + 2, "rate_limited": 1,
+        "attempts": 11 + 3 + 3, "retried": 3 + 2, "rate_limited": 1,
         "errors": {"429": 1, "500": 1, "malformed": 1, "503": 3},
     }
     # Every seed x sample ends up kept, rejected or failed, exactly once.
     assert run["kept"] + sum(run["rejected"].values()) + run["samples"]["failed"] == len(SEEDS) * 2
     failed = [json.loads(line) for line in (out / "failed.jsonl").read_text().splitlines()]
-    assert [f["sample_indices"] for f in failed] == [[0, 1]] and "503" in failed[0]["error"]
+    assert [f["sample_index"] for f in failed] == [0, 1] and "503" in failed[0]["error"]
 
     # Usage is recorded from the responses.
     sent_ok = [r for r in fake.requests if "Q-down" not in r["body"]["messages"][-1]["content"]]
@@ -188,4 +188,4 @@ def test_dropped_connection_and_timeout_are_retried(fake, cli, tmp_path):
     # The SDK's aiohttp transport may report a dropped socket as a timeout; both are retried.
     errors = run["requests"]["errors"]
     assert set(errors) <= {"connection", "timeout"} and sum(errors.values()) == 2
-    assert run["requests"]["retries"] == 2
+    assert run["requests"]["retried"] == 2

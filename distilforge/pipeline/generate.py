@@ -1,17 +1,21 @@
 """The generation step: seeds in, one Record per teacher sample out, as responses arrive.
 
 Each seed needs `samples_per_seed` samples. Answers already in the journal are replayed; the rest are
-requested (n per request where the teacher supports it), with at most `max_concurrency` requests in
-flight and a bounded output queue, so memory does not grow with the dataset.
+requested (n per request where the teacher supports it), with bounded concurrency and a bounded output
+queue, so memory does not grow with the dataset. Before a request goes out its worst-case cost is
+reserved against the budget and persisted; the answer is committed to the journal before any later
+step sees it. When the budget or a Ctrl-C says stop, no new request is dispatched, what is in flight
+finishes, and every record produced so far flows on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from distilforge.budget import Budget, prompt_tokens_upper_bound
 from distilforge.pipeline.base import PipelineStep
 from distilforge.pipeline.journal import Journal, request_key
 from distilforge.prompts import build_messages, template_hash
@@ -30,6 +34,7 @@ class GenerateStats:
         self.samples_from_journal = 0
         self.samples_new = 0
         self.samples_failed = 0
+        self.samples_not_sent = 0  # left undone by a budget stop or an interrupt
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.first_request: float | None = None
@@ -46,19 +51,28 @@ class Generate(PipelineStep):
         generation: GenerationConfig,
         teacher_identity: dict[str, Any],
         *,
-        on_failure: Callable[[dict[str, Any]], None],
+        budget: Budget,
+        completion_budget: int,
         on_progress: Callable[[int, int, int], None] | None = None,
         supports_n: bool = True,
+        journal_only: bool = False,
     ):
         self.teacher = teacher
         self.journal = journal
         self.generation = generation
         self.identity = teacher_identity
-        self.on_failure = on_failure
+        self.budget = budget
+        self.completion_budget = completion_budget
         self.on_progress = on_progress or (lambda samples, p, c: None)
         self.supports_n = supports_n
+        self.journal_only = journal_only  # Batch API runs: answers come from the journal only
         self.stats = GenerateStats()
         self.template_hash = template_hash(generation.template)
+        self.stopped: str | None = None  # "budget" | "interrupted"
+
+    def stop(self, reason: str) -> None:
+        if self.stopped is None:
+            self.stopped = reason
 
     def _record(self, seed: Seed, index: int, messages: list[dict[str, str]], text: str, finish: str | None,
                 p_tokens: int, c_tokens: int, model: str) -> Record:
@@ -77,33 +91,51 @@ class Generate(PipelineStep):
             meta={"prompt_template": self.generation.template, "prompt_hash": self.template_hash},
         )
 
+    def worst_case_usd(self, messages: list[dict[str, str]], n: int) -> float:
+        return self.budget.cost(prompt_tokens_upper_bound(messages), self.completion_budget * n)
+
+    def _fail(self, seed: Seed, request_id: str | None, missing: list[tuple[str, int]], error: str,
+              retryable: bool) -> None:
+        self.stats.samples_failed += len(missing)
+        self.journal.fail(request_id, seed.seed_id, missing, error, retryable)
+        self.on_progress(len(missing), 0, 0)
+
     async def _request(self, seed: Seed, messages: list[dict[str, str]], missing: list[tuple[str, int]],
                        out: asyncio.Queue[Any]) -> None:
         """Ask for `missing` samples; a server may return fewer choices than n, so loop until done."""
         loop = asyncio.get_running_loop()
         while missing:
+            if self.journal_only:
+                self._fail(seed, None, missing, "no answer from the batch", True)
+                return
             n = len(missing) if self.supports_n else 1
+            reserve = self.worst_case_usd(messages, n)
+            if self.stopped or not self.budget.try_reserve(reserve):
+                self.stop("budget")
+                self.stats.samples_not_sent += len(missing)
+                self.on_progress(len(missing), 0, 0)
+                return
+            request_id = uuid.uuid4().hex
+            # Persisted before sending: if we crash now, the next run counts it at worst case.
+            self.journal.begin(request_id, seed.seed_id, [k for k, _ in missing[:n]], reserve)
             self.stats.requests_sent += 1
             if self.stats.first_request is None:
                 self.stats.first_request = loop.time()
             try:
                 response = await self.teacher.complete(messages, n=n)
             except TeacherError as exc:
+                self.budget.release(reserve)
                 self.stats.requests_failed += 1
-                self.stats.samples_failed += len(missing)
-                self.on_failure({
-                    "seed_id": seed.seed_id,
-                    "sample_indices": [i for _, i in missing],
-                    "error": str(exc),
-                    "retryable": exc.retryable,
-                })
-                self.on_progress(len(missing), 0, 0)
+                self._fail(seed, request_id, missing, str(exc), exc.retryable)
                 return
             self.stats.requests_succeeded += 1
             self.stats.last_response = loop.time()
             response.completions = response.completions[: len(missing)]
             taken, missing = missing[: len(response.completions)], missing[len(response.completions):]
-            shares = self.journal.commit(seed.seed_id, taken, response)  # committed before it is used
+            cost = self.budget.cost(response.prompt_tokens, response.completion_tokens)
+            # Committed before it is used; the same transaction closes the reservation.
+            shares = self.journal.commit(seed.seed_id, taken, response, cost_usd=cost, request_id=request_id)
+            self.budget.settle(reserve, cost)
             self.stats.prompt_tokens += response.prompt_tokens
             self.stats.completion_tokens += response.completion_tokens
             self.stats.samples_new += len(taken)
@@ -112,7 +144,8 @@ class Generate(PipelineStep):
                 await out.put(self._record(seed, index, messages, comp.text, comp.finish_reason, p, c,
                                            response.model))
 
-    async def _seed(self, seed: Seed, out: asyncio.Queue[Any], slots: asyncio.Semaphore) -> None:
+    async def _replay(self, seed: Seed, out: asyncio.Queue[Any]) -> tuple[list[dict[str, str]], list[tuple[str, int]]]:
+        """Emit what the journal already holds for `seed`; return its messages and the missing samples."""
         messages = build_messages(seed, self.generation)
         keys = [(request_key(self.identity, messages, i), i) for i in range(self.generation.samples_per_seed)]
         found = self.journal.lookup([k for k, _ in keys])
@@ -122,7 +155,10 @@ class Generate(PipelineStep):
                 self.stats.samples_from_journal += 1
                 self.on_progress(1, 0, 0)
                 await out.put(self._record(seed, index, messages, comp.text, comp.finish_reason, p, c, model))
-        missing = [(k, i) for k, i in keys if k not in found]
+        return messages, [(k, i) for k, i in keys if k not in found]
+
+    async def _seed(self, seed: Seed, out: asyncio.Queue[Any], slots: asyncio.Semaphore) -> None:
+        messages, missing = await self._replay(seed, out)
         if not missing:
             return
         groups = [missing] if self.supports_n else [[m] for m in missing]
@@ -144,9 +180,10 @@ class Generate(PipelineStep):
         async def one(seed: Seed) -> None:
             try:
                 await self._seed(seed, out, slots)
+            except asyncio.CancelledError:
+                raise
             except BaseException as exc:
                 errors.append(exc)
-                raise
             finally:
                 open_seeds.release()
 
@@ -155,6 +192,13 @@ class Generate(PipelineStep):
             try:
                 async for seed in seeds:
                     await open_seeds.acquire()
+                    if self.stopped:
+                        # Seeds after a stop still replay what the journal holds, but send nothing.
+                        open_seeds.release()
+                        _, missing = await self._replay(seed, out)
+                        self.stats.samples_not_sent += len(missing)
+                        self.on_progress(len(missing), 0, 0)
+                        continue
                     task = asyncio.create_task(one(seed))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -175,7 +219,3 @@ class Generate(PipelineStep):
         finally:
             if not feeder.done():
                 feeder.cancel()
-
-
-def failure_line(failure: dict[str, Any]) -> str:
-    return json.dumps(failure, ensure_ascii=False) + "\n"

@@ -1,8 +1,16 @@
-"""The request journal: every teacher completion is committed to SQLite before it is used.
+"""The request journal: every teacher answer is committed to SQLite before it is used.
 
 Keyed by the logical request (teacher model and sampling params, messages, sample index) rather than
 the endpoint it went to, so a rerun on the same run folder reuses every answer already paid for and
 only asks again for what was in flight when the previous run stopped.
+
+Three tables:
+- `responses`: one row per sample, with its share of the tokens and cost.
+- `inflight`: a row per request, written *before* it is sent with its worst-case cost, and deleted in
+  the same transaction that commits its answer. Rows left by a crashed run are orphans: their cost is
+  unknown, so every later run counts them at worst case against `budget.max_usd`.
+- `dead_letters`: requests that failed after all retries, retried by the next run on this folder.
+- `batches`: OpenAI Batch API jobs, so a restart polls a submitted batch instead of paying again.
 """
 
 from __future__ import annotations
@@ -26,14 +34,46 @@ CREATE TABLE IF NOT EXISTS responses (
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     model TEXT NOT NULL,
+    created REAL NOT NULL,
+    cost_usd REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS inflight (
+    request_id TEXT PRIMARY KEY,
+    seed_id TEXT NOT NULL,
+    keys TEXT NOT NULL,
+    reserved_usd REAL NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    key TEXT PRIMARY KEY,
+    seed_id TEXT NOT NULL,
+    sample_index INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    retryable INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id TEXT PRIMARY KEY,
+    input_file_id TEXT NOT NULL,
+    keys TEXT NOT NULL,
+    reserved_usd REAL NOT NULL,
+    status TEXT NOT NULL,
     created REAL NOT NULL
 );
 """
+
+Found = tuple[Completion, int, int, str]
 
 
 def request_key(teacher_identity: dict[str, Any], messages: list[dict[str, str]], sample_index: int) -> str:
     blob = json.dumps({"t": teacher_identity, "m": messages, "i": sample_index}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _split(total: int | float, n: int, j: int) -> Any:
+    if isinstance(total, float):
+        return total / n
+    return total // n + (1 if j < total % n else 0)
 
 
 class Journal:
@@ -47,41 +87,116 @@ class Journal:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
 
-    def lookup(self, keys: list[str]) -> dict[str, Completion | tuple[Completion, int, int, str]]:
+    # -- reads ---------------------------------------------------------------------------------
+    def lookup(self, keys: list[str]) -> dict[str, Found]:
         if not keys:
             return {}
         marks = ",".join("?" * len(keys))
         rows = self._db.execute(
-            f"SELECT key, text, finish_reason, prompt_tokens, completion_tokens, model FROM responses WHERE key IN ({marks})",
+            "SELECT key, text, finish_reason, prompt_tokens, completion_tokens, model FROM responses "
+            f"WHERE key IN ({marks})",
             keys,
         ).fetchall()
         return {r[0]: (Completion(r[1], r[2]), r[3], r[4], r[5]) for r in rows}
 
-    def commit(
-        self, seed_id: str, keys_and_indices: list[tuple[str, int]], response: TeacherResponse
-    ) -> list[tuple[int, int]]:
-        """Store a response's completions under their keys; returns per-sample (prompt, completion) tokens.
-
-        Usage comes per response, not per choice: it is split evenly so that run totals stay exact.
-        """
-        n = len(response.completions)
-        shares = []
-        for j in range(n):
-            p = response.prompt_tokens // n + (1 if j < response.prompt_tokens % n else 0)
-            c = response.completion_tokens // n + (1 if j < response.completion_tokens % n else 0)
-            shares.append((p, c))
-        now = time.time()
-        rows = [
-            (key, seed_id, index, comp.text, comp.finish_reason, shares[j][0], shares[j][1], response.model, now)
-            for j, ((key, index), comp) in enumerate(zip(keys_and_indices, response.completions, strict=False))
-        ]
-        self._db.execute("BEGIN")
-        self._db.executemany("INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?,?,?,?)", rows)
-        self._db.execute("COMMIT")
-        return shares
-
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+
+    def spent_usd(self) -> float:
+        """Settled cost of every answer in the journal, plus orphaned reservations at worst case."""
+        paid = self._db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM responses").fetchone()[0]
+        return float(paid) + self.orphaned_usd()
+
+    def orphaned_usd(self) -> float:
+        return float(self._db.execute("SELECT COALESCE(SUM(reserved_usd), 0) FROM inflight").fetchone()[0])
+
+    def orphan_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM inflight").fetchone()[0])
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT seed_id, sample_index, error, retryable FROM dead_letters ORDER BY seed_id, sample_index"
+        ).fetchall()
+        return [{"seed_id": r[0], "sample_index": r[1], "error": r[2], "retryable": bool(r[3])} for r in rows]
+
+    # -- writes --------------------------------------------------------------------------------
+    def begin(self, request_id: str, seed_id: str, keys: list[str], reserved_usd: float) -> None:
+        """Persist a reservation before the request goes out (its own committed transaction)."""
+        self._db.execute(
+            "INSERT INTO inflight VALUES (?,?,?,?,?)",
+            (request_id, seed_id, json.dumps(keys), reserved_usd, time.time()),
+        )
+
+    def commit(
+        self,
+        seed_id: str,
+        keys_and_indices: list[tuple[str, int]],
+        response: TeacherResponse,
+        *,
+        cost_usd: float = 0.0,
+        request_id: str | None = None,
+    ) -> list[tuple[int, int]]:
+        """Store a response's completions and close its reservation in one transaction.
+
+        Usage comes per response, not per choice: it is split evenly so that run totals stay exact.
+        Returns each sample's (prompt, completion) tokens.
+        """
+        n = len(response.completions)
+        now = time.time()
+        rows, shares = [], []
+        for j, ((key, index), comp) in enumerate(zip(keys_and_indices, response.completions, strict=False)):
+            p, c = _split(response.prompt_tokens, n, j), _split(response.completion_tokens, n, j)
+            shares.append((p, c))
+            rows.append((key, seed_id, index, comp.text, comp.finish_reason, p, c, response.model, now,
+                         _split(float(cost_usd), n, j)))
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany("INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            self._db.executemany("DELETE FROM dead_letters WHERE key = ?", [(r[0],) for r in rows])
+            if request_id is not None:
+                self._db.execute("DELETE FROM inflight WHERE request_id = ?", (request_id,))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return shares
+
+    def fail(self, request_id: str | None, seed_id: str, keys_and_indices: list[tuple[str, int]], error: str,
+             retryable: bool) -> None:
+        """A request that failed for good: nothing was billed, so its reservation closes."""
+        now = time.time()
+        self._db.execute("BEGIN")
+        self._db.executemany(
+            "INSERT OR REPLACE INTO dead_letters VALUES (?,?,?,?,?,?)",
+            [(key, seed_id, index, error, int(retryable), now) for key, index in keys_and_indices],
+        )
+        if request_id is not None:
+            self._db.execute("DELETE FROM inflight WHERE request_id = ?", (request_id,))
+        self._db.execute("COMMIT")
+
+    def cancel(self, request_id: str) -> None:
+        """Close a reservation for a request that was never sent."""
+        self._db.execute("DELETE FROM inflight WHERE request_id = ?", (request_id,))
+
+    # -- Batch API -----------------------------------------------------------------------------
+    def add_batch(self, batch_id: str, input_file_id: str, keys: list[str], reserved_usd: float) -> None:
+        self._db.execute("INSERT INTO batches VALUES (?,?,?,?,?,?)",
+                         (batch_id, input_file_id, json.dumps(keys), reserved_usd, "submitted", time.time()))
+
+    def open_batches(self) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT batch_id, input_file_id, keys, reserved_usd FROM batches WHERE status = 'submitted'"
+        ).fetchall()
+        return [{"batch_id": r[0], "input_file_id": r[1], "keys": json.loads(r[2]), "reserved_usd": r[3]}
+                for r in rows]
+
+    def close_batch(self, batch_id: str, status: str) -> None:
+        self._db.execute("UPDATE batches SET status = ? WHERE batch_id = ?", (status, batch_id))
+
+    def batch_reserved_usd(self) -> float:
+        """Submitted batches not yet reconciled: counted at worst case, like in-flight requests."""
+        return float(self._db.execute(
+            "SELECT COALESCE(SUM(reserved_usd), 0) FROM batches WHERE status = 'submitted'").fetchone()[0])
 
     def close(self) -> None:
         self._db.close()

@@ -33,9 +33,9 @@ def progress_bar(console: Console, *extra: TextColumn) -> Progress:
 
 
 class RunProgress:
-    def __init__(self, console: Console, total: int, price: Any = None, label: str = "teacher"):
+    def __init__(self, console: Console, total: int, budget: Any = None, label: str = "teacher"):
         self.console = console
-        self.price = price  # budget.prices or None
+        self.budget = budget  # prices the tokens for the spend column
         self.kept = 0
         self.tokens = 0
         self.spend = 0.0
@@ -68,9 +68,8 @@ class RunProgress:
     def advance(self, samples: int, prompt_tokens: int, completion_tokens: int) -> None:
         self._done += samples
         self.tokens += prompt_tokens + completion_tokens
-        if self.price is not None:
-            self.spend += (prompt_tokens * self.price.input_per_million
-                           + completion_tokens * self.price.output_per_million) / 1e6
+        if self.budget is not None:
+            self.spend += self.budget.cost(prompt_tokens, completion_tokens)
         self._refresh(samples)
 
     def add_kept(self, n: int = 1) -> None:

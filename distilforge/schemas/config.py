@@ -41,17 +41,21 @@ class TeacherParams(Strict):
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     max_tokens: int = Field(default=512, ge=1)
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, description="reasoning models: sent instead of max_tokens; reasoning tokens count"
+    )
     seed: int | None = None
     stop: list[str] | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    response_format: dict[str, Any] | None = Field(default=None, description="OpenAI/vLLM structured output")
     extra_body: dict[str, Any] = Field(default_factory=dict, description="passed verbatim to the server")
 
 
 class TeacherConfig(Strict):
-    backend: Literal["openai", "local"] = "local"
+    backend: Literal["openai", "vllm", "vllm-offline", "local"] = "local"
     model: str = EMBEDDED_STUDENT
-    base_url: str | None = None
+    base_url: str | list[str] | None = Field(default=None, description="one endpoint, or several replicas")
     api_key_env: str | None = Field(
         default="OPENAI_API_KEY", description="name of the env var holding the key; null for keyless servers"
     )
@@ -59,9 +63,24 @@ class TeacherConfig(Strict):
     timeout: float = Field(default=120.0, gt=0)
     max_attempts: int = Field(default=6, ge=1, description="tries per request, first one included")
     supports_n: bool = Field(default=True, description="send n samples in one request")
+    rpm: float | None = Field(default=None, gt=0, description="requests per minute this endpoint allows")
+    tpm: float | None = Field(default=None, gt=0, description="tokens per minute (prompt + completion)")
+    batch: bool = Field(default=False, description="use the OpenAI Batch API (cheaper, asynchronous)")
+    batch_poll_seconds: float = Field(default=30.0, gt=0, description="first poll interval; backs off to 10x")
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="vllm-offline: vllm.LLM(**engine_args)")
     batch_size: int = Field(default=8, ge=1, description="local backend: sequences per generate() call")
     device: str = "auto"
     params: TeacherParams = TeacherParams()
+
+    @property
+    def base_urls(self) -> list[str]:
+        if self.base_url is None:
+            return []
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
+
+    def completion_budget(self) -> int:
+        """Tokens one sample may produce: what we reserve for rate limits and budget."""
+        return self.params.max_completion_tokens or self.params.max_tokens
 
     @field_validator("api_key_env")
     @classmethod
@@ -86,7 +105,9 @@ class Prices(Strict):
 
 
 class BudgetConfig(Strict):
-    prices: Prices | None = None
+    prices: Prices | None = Field(default=None, description="default: the built-in table for known models")
+    max_usd: float | None = Field(default=None, gt=0, description="hard cap on teacher spend for the run folder")
+    batch_discount: float = Field(default=0.5, gt=0, le=1, description="price multiplier for Batch API requests")
 
 
 class LoraConfig(Strict):
@@ -140,8 +161,13 @@ class JobConfig(Strict):
 
     @model_validator(mode="after")
     def _openai_needs_url_or_key(self) -> JobConfig:
-        if self.teacher.backend == "openai" and not self.teacher.base_url and not self.teacher.api_key_env:
+        t = self.teacher
+        if t.backend == "openai" and not t.base_url and not t.api_key_env:
             raise ValueError("teacher: the openai backend needs base_url or api_key_env")
+        if t.backend == "vllm" and not t.base_url:
+            raise ValueError("teacher.base_url: the vllm backend needs the server's URL (or a list of replicas)")
+        if t.batch and t.backend != "openai":
+            raise ValueError("teacher.batch: the Batch API needs backend: openai")
         return self
 
 

@@ -7,7 +7,7 @@ from distilforge.teachers.base import Completion, Teacher, TeacherError, Teacher
 
 
 def make_teacher(config: TeacherConfig) -> Teacher:
-    if config.backend == "openai":
+    if config.backend in ("openai", "vllm"):
         from distilforge.teachers.openai_api import OpenAITeacher
 
         return OpenAITeacher(config)

@@ -10,16 +10,21 @@ import asyncio
 import json
 import os
 import random
+import time
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from distilforge.budget.tokens import estimate_prompt_tokens
 from distilforge.schemas.config import TeacherConfig
 from distilforge.teachers.base import Completion, Teacher, TeacherError, TeacherResponse, TeacherStats
+from distilforge.teachers.ratelimit import RateLimiter
 
 RETRY_AFTER_CAP = 120.0  # never sleep longer than this on a server's say-so
+UNHEALTHY_SECONDS = 5.0  # a replica that just failed sits out this long
 
 
 def _as_float(value: str | None) -> float | None:
@@ -74,13 +79,27 @@ def classify(exc: BaseException) -> tuple[str, bool, float | None]:
     return type(exc).__name__, False, None
 
 
+@dataclass
+class Endpoint:
+    """One server (replica) of the teacher: its client, its rate limiter and its load."""
+
+    url: str | None
+    client: openai.AsyncOpenAI
+    limiter: RateLimiter
+    in_flight: int = 0
+    sent: int = 0
+    unhealthy_until: float = 0.0
+
+
 class OpenAITeacher(Teacher):
+    """Chat completions over HTTP. Also the `vllm` backend: the same client plus vLLM's checks."""
+
     def __init__(self, config: TeacherConfig):
         self.config = config
         self.model = config.model
         self.max_concurrency = config.max_concurrency
         self.stats = TeacherStats()
-        self._client: openai.AsyncOpenAI | None = None
+        self.endpoints: list[Endpoint] = []
         # Bounds requests on the wire, not callers: a request sleeping in backoff holds no slot.
         self._slots = asyncio.Semaphore(config.max_concurrency)
 
@@ -93,37 +112,53 @@ class OpenAITeacher(Teacher):
             raise TeacherError(f"teacher.api_key_env: environment variable {name} is not set")
         return key
 
-    async def start(self) -> None:
-        if self._client is not None:
-            return
+    def _client(self, base_url: str | None) -> openai.AsyncOpenAI:
         try:
-            http_client = openai.DefaultAioHttpClient(timeout=self.config.timeout)
-        except RuntimeError:  # aiohttp extra missing: the default transport still works
+            # aiohttp is the SDK's fastest transport; its pool is sized to our concurrency so
+            # connections are reused rather than churned.
+            http_client = openai.DefaultAioHttpClient(
+                timeout=self.config.timeout, limits=httpx2_limits(self.config.max_concurrency)
+            )
+        except RuntimeError:  # the aiohttp extra is missing: the default transport still works
             http_client = None
-        self._client = openai.AsyncOpenAI(
+        return openai.AsyncOpenAI(
             api_key=self._api_key(),
-            base_url=self.config.base_url,
+            base_url=base_url,
             max_retries=0,
             timeout=self.config.timeout,
             http_client=http_client,
         )
 
+    async def start(self) -> None:
+        if self.endpoints:
+            return
+        urls: list[str | None] = list(self.config.base_urls) or [None]
+        for url in urls:
+            self.endpoints.append(Endpoint(url, self._client(url), RateLimiter(self.config.rpm, self.config.tpm)))
+        if self.config.backend == "vllm":
+            await check_vllm_servers([u for u in urls if u], self.model, self._api_key())
+
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        for endpoint in self.endpoints:
+            await endpoint.client.close()
+        self.endpoints = []
+
+    def _pick(self) -> Endpoint:
+        """The least-loaded healthy replica (a replica that just failed sits out a few seconds)."""
+        now = time.monotonic()
+        healthy = [e for e in self.endpoints if e.unhealthy_until <= now] or self.endpoints
+        return min(healthy, key=lambda e: (e.in_flight, e.sent))
 
     def _request_body(self, messages: list[dict[str, str]], n: int) -> dict[str, Any]:
         p = self.config.params
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": messages,
-            "temperature": p.temperature,
-            "max_tokens": p.max_tokens,
-        }
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": p.temperature}
+        if p.max_completion_tokens is not None:
+            body["max_completion_tokens"] = p.max_completion_tokens
+        else:
+            body["max_tokens"] = p.max_tokens
         if n > 1:
             body["n"] = n
-        for key in ("top_p", "seed", "stop", "presence_penalty", "frequency_penalty"):
+        for key in ("top_p", "seed", "stop", "presence_penalty", "frequency_penalty", "response_format"):
             value = getattr(p, key)
             if value is not None:
                 body[key] = value
@@ -140,35 +175,51 @@ class OpenAITeacher(Teacher):
         return random.uniform(0, min(30.0, 0.25 * 2 ** (state.attempt_number - 1)))
 
     async def _attempt(self, messages: list[dict[str, str]], n: int) -> TeacherResponse:
-        assert self._client is not None
-        try:
-            async with self._slots:
-                self.stats.attempts += 1
-                resp = await self._client.chat.completions.create(**self._request_body(messages, n))
-            completions = [Completion(c.message.content or "", c.finish_reason) for c in resp.choices]
-            if not completions:
-                raise ValueError("response has no choices")
-            usage = resp.usage
-            return TeacherResponse(
-                completions=completions,
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-                model=resp.model or self.model,
-            )
-        except Exception as exc:
-            kind, retryable, retry_after = classify(exc)
-            self.stats.count_error(kind)
-            if kind == "429":
-                self.stats.rate_limited += 1
-            elif retryable:
-                self.stats.server_errors += 1
-            message = f"{kind}: {str(exc)[:300]}"
-            if retryable:
-                raise _Retryable(message, retry_after) from exc
-            raise TeacherError(message) from exc
+        async with self._slots:
+            endpoint = self._pick()
+            limiter = endpoint.limiter
+            reserved = estimate_prompt_tokens(messages) + self.config.completion_budget() * n
+            if limiter.active:
+                await limiter.acquire(reserved)
+            endpoint.in_flight += 1
+            endpoint.sent += 1
+            self.stats.attempts += 1
+            try:
+                body = self._request_body(messages, n)
+                if limiter.active:
+                    raw = await endpoint.client.chat.completions.with_raw_response.create(**body)
+                    limiter.observe_headers(raw.headers)
+                    resp = raw.parse()
+                else:
+                    resp = await endpoint.client.chat.completions.create(**body)
+                completions = [Completion(c.message.content or "", c.finish_reason) for c in resp.choices]
+                if not completions:
+                    raise ValueError("response has no choices")
+            except Exception as exc:
+                kind, retryable, retry_after = classify(exc)
+                self.stats.count_error(kind)
+                limiter.refund(reserved)
+                if kind == "429":
+                    self.stats.rate_limited += 1
+                    limiter.on_rate_limited(retry_after)
+                elif retryable:
+                    self.stats.server_errors += 1
+                    if len(self.endpoints) > 1 and (kind in ("connection", "timeout") or kind.startswith("5")):
+                        endpoint.unhealthy_until = time.monotonic() + UNHEALTHY_SECONDS
+                message = f"{kind}: {str(exc)[:300]}"
+                if retryable:
+                    raise _Retryable(message, retry_after) from exc
+                raise TeacherError(message) from exc
+            finally:
+                endpoint.in_flight -= 1
+        usage = resp.usage
+        prompt_tokens = usage.prompt_tokens if usage else 0
+        completion_tokens = usage.completion_tokens if usage else 0
+        limiter.reconcile(reserved, prompt_tokens + completion_tokens if usage else reserved)
+        return TeacherResponse(completions, prompt_tokens, completion_tokens, resp.model or self.model)
 
     async def complete(self, messages: list[dict[str, str]], n: int = 1) -> TeacherResponse:
-        if self._client is None:
+        if not self.endpoints:
             await self.start()
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.config.max_attempts),
@@ -184,3 +235,31 @@ class OpenAITeacher(Teacher):
         except _Retryable as exc:
             raise TeacherError(f"gave up after {self.config.max_attempts} attempts: {exc}", retryable=True) from exc
         raise AssertionError("unreachable")
+
+
+def httpx2_limits(concurrency: int) -> Any:
+    import httpx2
+
+    return httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+
+async def check_vllm_servers(urls: list[str], model: str, api_key: str) -> None:
+    """vLLM serves /health at the server root and /v1/models: fail early, and clearly, if either is off."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        for url in urls:
+            root = url.rstrip("/")
+            root = root[: -len("/v1")] if root.endswith("/v1") else root
+            try:
+                health = await http.get(f"{root}/health")
+                models = await http.get(f"{url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"})
+            except httpx.HTTPError as exc:
+                raise TeacherError(f"teacher.base_url {url}: vLLM server unreachable ({type(exc).__name__}: {exc})") from None
+            if health.status_code != 200:
+                raise TeacherError(f"teacher.base_url {url}: /health answered {health.status_code}")
+            if models.status_code != 200:
+                raise TeacherError(f"teacher.base_url {url}: /v1/models answered {models.status_code}")
+            served = [m.get("id") for m in models.json().get("data", [])]
+            if model not in served:
+                raise TeacherError(f"teacher.model {model!r} is not served by {url}; it serves {served}")

@@ -1,0 +1,47 @@
+"""Built-in list prices (USD per million tokens) for well-known API models.
+
+Dated: prices change, so a config's `budget.prices` always wins, and a model missing here has no
+price (free for self-hosted servers; an error when `budget.max_usd` is set, so a cap is never
+enforced against a guessed price).
+"""
+
+from __future__ import annotations
+
+from distilforge.schemas.config import JobConfig, Prices
+
+PRICES_CHECKED = "2025-08-15"  # OpenAI's published list prices on that day (standard tier)
+
+# model prefix -> (input, output); the longest matching prefix wins ("gpt-4o-mini" before "gpt-4o").
+_TABLE: dict[str, tuple[float, float]] = {
+    "gpt-5-nano": (0.05, 0.40),
+    "gpt-5-mini": (0.25, 2.00),
+    "gpt-5": (1.25, 10.00),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "o4-mini": (1.10, 4.40),
+    "o3-mini": (1.10, 4.40),
+    "o3": (2.00, 8.00),
+    "o1": (15.00, 60.00),
+    "gpt-3.5-turbo": (0.50, 1.50),
+}
+
+
+def lookup_price(model: str) -> Prices | None:
+    name = model.rsplit("/", 1)[-1].lower()
+    best = max((p for p in _TABLE if name.startswith(p)), key=len, default=None)
+    if best is None:
+        return None
+    inp, out = _TABLE[best]
+    return Prices(input_per_million=inp, output_per_million=out)
+
+
+def resolve_prices(config: JobConfig) -> Prices | None:
+    """The config's prices, else the table's for an API model; local models cost nothing here."""
+    if config.budget.prices is not None:
+        return config.budget.prices
+    if config.teacher.backend in ("local", "vllm-offline"):
+        return Prices(input_per_million=0.0, output_per_million=0.0)
+    return lookup_price(config.teacher.model)
