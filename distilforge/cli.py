@@ -42,7 +42,9 @@ def _quiet_libraries() -> None:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -60,6 +62,7 @@ def _load(config_path: Path, overrides: list[str] | None, output: Path | None) -
 
 def _guard(fn: Any) -> Any:
     """Known errors become one clear line and exit code 2; Ctrl-C exits 130 with a resume hint."""
+    from distilforge.budget import BudgetError
     from distilforge.models import ModelError
     from distilforge.pipeline.seeds import SeedError
     from distilforge.schemas.config import ConfigError
@@ -68,7 +71,7 @@ def _guard(fn: Any) -> Any:
     _quiet_libraries()
     try:
         return fn()
-    except (ConfigError, SeedError, ModelError, TeacherError, FileNotFoundError) as exc:
+    except (ConfigError, SeedError, ModelError, TeacherError, BudgetError, FileNotFoundError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: paid responses are in the journal; rerun the same command to resume")
@@ -127,6 +130,10 @@ def run(config: ConfigArg, output: OutputOpt = None, set_: SetOpt = None) -> Non
         started = time.monotonic()
         cfg, run_dir = _load(config, set_, output)
         result = _generate(cfg, run_dir)
+        if result.get("stopped") == "interrupted":
+            print_summary(result, console)
+            console.print(f"[yellow]interrupted[/yellow]: rerun `distilforge run {config} --output {run_dir}` to resume")
+            raise typer.Exit(130)
         if cfg.train.enabled:
             result = _train(cfg, run_dir)
             result = _eval(cfg, run_dir)
@@ -150,6 +157,50 @@ def generate(config: ConfigArg, output: OutputOpt = None, set_: SetOpt = None) -
         cfg, run_dir = _load(config, set_, output)
         print_summary(_generate(cfg, run_dir), console)
         console.print(f"run folder: {run_dir}")
+
+    _guard(go)
+
+
+@app.command()
+def estimate(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    completion_tokens: Annotated[int | None, typer.Option(
+        "--completion-tokens", help="Expected completion tokens per sample (default: half of max_tokens).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Expected and worst-case teacher cost of CONFIG, without sending a request."""
+    import json
+
+    from rich.table import Table
+
+    from distilforge.budget.estimate import estimate_cost
+
+    def go() -> None:
+        cfg, _ = _load(config, set_, None)
+        est = estimate_cost(cfg, completion_tokens)
+        if as_json:
+            print(json.dumps(est, indent=2))
+            return
+        table = Table(title=f"cost estimate: {est['model']}, {est['seeds']} seeds, {est['samples']} samples, "
+                            f"{est['requests']} requests")
+        for col in ("", "prompt tokens", "completion tokens", "USD"):
+            table.add_column(col, justify="right")
+        for name in ("expected", "worst_case"):
+            row = est[name]
+            usd = "-" if row["usd"] is None else f"${row['usd']:.4f}"
+            table.add_row(name.replace("_", " "), f"{row['prompt_tokens']:,}", f"{row['completion_tokens']:,}", usd)
+        Console().print(table)
+        if est["prices"] is None:
+            print("no price known for this model: set budget.prices to get dollars")
+        else:
+            print(f"prices from {est['prices_source']}: ${est['prices']['input_per_million']}/M input, "
+                  f"${est['prices']['output_per_million']}/M output"
+                  + (f", batch discount x{est['batch_discount']}" if est["batch_discount"] else ""))
+        print(f"expected assumes {est['assumed_completion_tokens_per_sample']} completion tokens per sample; "
+              "worst case assumes every sample uses max_tokens")
+        if est["max_usd"] is not None and est["worst_case"]["usd"] is not None and est["worst_case"]["usd"] > est["max_usd"]:
+            print(f"budget.max_usd ${est['max_usd']} is below the worst case: the run may stop early (stopped: budget)")
 
     _guard(go)
 

@@ -30,6 +30,28 @@ class Behaviour:
     always: str | None = None  # fail every time with this kind
 
 
+class ServerBucket:
+    """The server's own limiter: a bucket holding one second of a per-minute limit."""
+
+    def __init__(self, per_minute: float):
+        self.per_minute = per_minute
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate)
+        self.level = self.capacity
+        self.stamp = time.monotonic()
+
+    def take(self, amount: float) -> float:
+        """0 when granted, else seconds until it would be."""
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+        need = min(amount, self.capacity)
+        if self.level >= need:
+            self.level -= amount
+            return 0.0
+        return (need - self.level) / self.rate
+
+
 @dataclass
 class FakeOpenAI:
     script: dict[str, Behaviour] = field(default_factory=dict)
@@ -37,6 +59,10 @@ class FakeOpenAI:
     latency: tuple[float, float] = (0.0, 0.0)
     supports_n: bool = True
     retry_after: float = 0.2
+    rpm_limit: float | None = None  # enforced server-side, like a real provider
+    tpm_limit: float | None = None
+    model_ids: list[str] = field(default_factory=lambda: ["fake-teacher"])
+    rejected_429: int = 0
     require_key: str | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     served: Counter[str] = field(default_factory=Counter)  # question-key -> successful responses
@@ -56,7 +82,10 @@ class FakeOpenAI:
         from aiohttp import web
 
         async def models(_request: web.Request) -> web.Response:
-            return web.json_response({"object": "list", "data": [{"id": "fake-teacher", "object": "model"}]})
+            return web.json_response({"object": "list", "data": [{"id": m, "object": "model"} for m in self.model_ids]})
+
+        async def health(_request: web.Request) -> web.Response:
+            return web.Response(status=200)
 
         async def chat(request: web.Request) -> web.StreamResponse:
             body = await request.json()
@@ -75,6 +104,7 @@ class FakeOpenAI:
 
         app = web.Application()
         app.router.add_get("/v1/models", models)
+        app.router.add_get("/health", health)
         app.router.add_post("/v1/chat/completions", chat)
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -125,14 +155,10 @@ class FakeOpenAI:
         if self.require_key and (self.requests[-1]["auth"] != f"Bearer {self.require_key}"):
             return 401, json.dumps({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}).encode(), {}
         if kind == "429":
-            return 429, json.dumps({"error": {"message": "Rate limit reached", "type": "requests"}}).encode(), {
-                "retry-after": str(self.retry_after),
-                "x-ratelimit-limit-requests": "60",
-                "x-ratelimit-remaining-requests": "0",
-                "x-ratelimit-reset-requests": f"{self.retry_after}s",
-                "x-ratelimit-limit-tokens": "10000",
-                "x-ratelimit-remaining-tokens": "0",
-            }
+            return self._too_many(self.retry_after)
+        wait = self._limits(body)
+        if wait:
+            return self._too_many(wait)
         if kind in ("500", "502", "503"):
             return int(kind), json.dumps({"error": {"message": "The server had an error", "type": "server_error"}}).encode(), {}
         if kind == "400":
@@ -143,13 +169,18 @@ class FakeOpenAI:
             return 0, None, {}
         n = int(body.get("n") or 1) if self.supports_n else 1
         prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
+        cap = body.get("max_completion_tokens") or body.get("max_tokens") or 10**9
         choices, completion_tokens = [], 0
         for i in range(n):
             # Choice i of this request answers sample (earlier successes for this key + i).
             text = behaviour.answers[(self.served[key] + i) % len(behaviour.answers)]
-            completion_tokens += len(text.split())
+            words = text.split(" ")
+            finish = behaviour.finish_reason
+            if len(words) > cap:  # a real server stops at max_tokens (a word is a token here)
+                text, finish = " ".join(words[:cap]), "length"
+            completion_tokens += min(len(words), cap)
             choices.append({"index": i, "message": {"role": "assistant", "content": text},
-                            "finish_reason": behaviour.finish_reason, "logprobs": None})
+                            "finish_reason": finish, "logprobs": None})
         with self.lock:
             self.served[key] += n
         payload = {
@@ -161,12 +192,43 @@ class FakeOpenAI:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
-        return 200, json.dumps(payload).encode(), {
-            "x-ratelimit-limit-requests": "10000",
-            "x-ratelimit-remaining-requests": "9999",
-            "x-ratelimit-limit-tokens": "1000000",
-            "x-ratelimit-remaining-tokens": "999000",
-        }
+        return 200, json.dumps(payload).encode(), self._limit_headers()
+
+    # -- rate limits ---------------------------------------------------------------------------
+    def _limits(self, body: dict[str, Any]) -> float:
+        """Seconds until this request would be allowed; 0 when it is (and it is counted)."""
+        with self.lock:
+            if not hasattr(self, "_buckets"):
+                self._buckets = (ServerBucket(self.rpm_limit) if self.rpm_limit else None,
+                                 ServerBucket(self.tpm_limit) if self.tpm_limit else None)
+            requests, tokens = self._buckets
+            wait = requests.take(1) if requests else 0.0
+            if not wait and tokens:
+                words = sum(len(m["content"].split()) for m in body["messages"])
+                cost = words + (body.get("max_completion_tokens") or body.get("max_tokens") or 0) * int(body.get("n") or 1)
+                wait = tokens.take(cost)
+                if wait and requests:
+                    requests.level += 1  # refused requests do not count
+            if wait:
+                self.rejected_429 += 1
+            return wait
+
+    def _limit_headers(self) -> dict[str, str]:
+        buckets = getattr(self, "_buckets", (None, None))
+        headers = {}
+        for name, limit, bucket in (("requests", self.rpm_limit, buckets[0]), ("tokens", self.tpm_limit, buckets[1])):
+            headers[f"x-ratelimit-limit-{name}"] = str(int(limit or 1_000_000))
+            remaining = int(max(0.0, bucket.level) * 60) if bucket else int(limit or 1_000_000)
+            headers[f"x-ratelimit-remaining-{name}"] = str(remaining)
+            headers[f"x-ratelimit-reset-{name}"] = "1s"
+        return headers
+
+    def _too_many(self, retry_after: float) -> tuple[int, bytes, dict[str, str]]:
+        headers = self._limit_headers()
+        headers["retry-after"] = f"{retry_after:.3f}"
+        headers["x-ratelimit-remaining-requests"] = "0"
+        return 429, json.dumps({"error": {"message": "Rate limit reached", "type": "requests",
+                                          "code": "rate_limit_exceeded"}}).encode(), headers
 
 
 def count_by(requests: list[dict[str, Any]], predicate: Callable[[str], bool]) -> int:

@@ -36,10 +36,8 @@ def update_run(run_dir: Path, **sections: Any) -> dict[str, Any]:
     return data
 
 
-def _strip_userinfo(url: str | None) -> str | None:
+def _strip_userinfo(url: str) -> str:
     # A base_url like https://user:secret@host must not land in run files.
-    if not url:
-        return url
     parts = urlsplit(url)
     if parts.username or parts.password:
         host = parts.hostname or ""
@@ -50,7 +48,8 @@ def _strip_userinfo(url: str | None) -> str | None:
 
 def snapshot_config(config: JobConfig, run_dir: Path) -> None:
     data = config.model_dump(mode="json")
-    data["teacher"]["base_url"] = _strip_userinfo(config.teacher.base_url)
+    urls = [_strip_userinfo(u) for u in config.teacher.base_urls]
+    data["teacher"]["base_url"] = urls[0] if isinstance(config.teacher.base_url, str) else (urls or None)
     write_atomic(run_dir / CONFIG_SNAPSHOT, yaml.safe_dump(data, sort_keys=False))
 
 

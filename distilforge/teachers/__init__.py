@@ -25,6 +25,10 @@ def make_teacher(config: TeacherConfig) -> Teacher:
             batch_size=config.batch_size,
             device=config.device,
         )
+    if config.backend == "vllm-offline":
+        from distilforge.teachers.vllm_offline import VllmOfflineTeacher
+
+        return VllmOfflineTeacher(config)
     raise ValueError(f"teacher.backend: unknown backend {config.backend!r}")
 
 

@@ -1,25 +1,11 @@
-"""An in-process transformers model as a teacher (or as the student, for evaluation).
-
-Requests from many async workers are gathered into batches: one background task takes up to
-`batch_size` waiting sequences, runs `generate` in a thread (so the event loop keeps serving I/O),
-and hands each caller its completions.
-"""
+"""An in-process transformers model as a teacher (or as the student, for evaluation)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from dataclasses import dataclass
 from typing import Any
 
-from distilforge.teachers.base import Completion, Teacher, TeacherError, TeacherResponse, TeacherStats
-
-
-@dataclass
-class _Job:
-    messages: list[dict[str, str]]
-    n: int
-    future: asyncio.Future[TeacherResponse]
+from distilforge.teachers.base import Completion, TeacherError, TeacherResponse
+from distilforge.teachers.batched import BatchedTeacher
 
 
 def pick_device(requested: str) -> str:
@@ -34,7 +20,7 @@ def pick_device(requested: str) -> str:
     return "cpu"
 
 
-class LocalTeacher(Teacher):
+class LocalTeacher(BatchedTeacher):
     def __init__(
         self,
         model: str,
@@ -47,24 +33,18 @@ class LocalTeacher(Teacher):
         device: str = "auto",
         adapter: str | None = None,
     ):
-        self.model = model
+        super().__init__(model, batch_size)
         self.temperature = temperature
         self.top_p = top_p
         self.max_tokens = max_tokens
         self.seed = seed
-        self.batch_size = batch_size
         self.device = device
         self.adapter = adapter
-        # Enough callers waiting to fill the next batch while the current one runs.
-        self.max_concurrency = batch_size * 2
-        self.stats = TeacherStats()
-        self._queue: asyncio.Queue[_Job] | None = None
-        self._worker: asyncio.Task[None] | None = None
         self._model: Any = None
         self._tokenizer: Any = None
 
     def load(self) -> None:
-        """Load weights (blocking). Separate from start() so eval can load outside an event loop."""
+        """Load weights (blocking); eval calls it directly, outside any event loop."""
         if self._model is not None:
             return
         import torch
@@ -90,50 +70,6 @@ class LocalTeacher(Teacher):
         if self.seed is not None:
             torch.manual_seed(self.seed)
         self._model, self._tokenizer = model, tokenizer
-
-    async def start(self) -> None:
-        if self._worker is not None:
-            return
-        await asyncio.to_thread(self.load)
-        self._queue = asyncio.Queue()
-        self._worker = asyncio.create_task(self._run_batches())
-
-    async def aclose(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
-
-    async def complete(self, messages: list[dict[str, str]], n: int = 1) -> TeacherResponse:
-        if self._worker is None:
-            await self.start()
-        assert self._queue is not None
-        future: asyncio.Future[TeacherResponse] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(messages, n, future))
-        return await future
-
-    async def _run_batches(self) -> None:
-        assert self._queue is not None
-        while True:
-            jobs = [await self._queue.get()]
-            # Give workers a moment to queue more: a fuller batch costs little more than a small one.
-            await asyncio.sleep(0.01)
-            rows = jobs[0].n
-            while not self._queue.empty() and rows < self.batch_size:
-                job = self._queue.get_nowait()
-                jobs.append(job)
-                rows += job.n
-            try:
-                results = await asyncio.to_thread(self.generate_batch, [(j.messages, j.n) for j in jobs])
-            except Exception as exc:  # a failed batch fails its callers, not the worker
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(TeacherError(f"local generation failed: {exc}"))
-                continue
-            for job, result in zip(jobs, results, strict=True):
-                if not job.future.done():
-                    job.future.set_result(result)
 
     def generate_batch(self, requests: list[tuple[list[dict[str, str]], int]]) -> list[TeacherResponse]:
         """Blocking batched generation; one response (with n completions) per request."""

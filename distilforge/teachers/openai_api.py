@@ -179,19 +179,16 @@ class OpenAITeacher(Teacher):
             endpoint = self._pick()
             limiter = endpoint.limiter
             reserved = estimate_prompt_tokens(messages) + self.config.completion_budget() * n
-            if limiter.active:
-                await limiter.acquire(reserved)
+            await limiter.acquire(reserved)
             endpoint.in_flight += 1
             endpoint.sent += 1
             self.stats.attempts += 1
             try:
                 body = self._request_body(messages, n)
-                if limiter.active:
-                    raw = await endpoint.client.chat.completions.with_raw_response.create(**body)
-                    limiter.observe_headers(raw.headers)
-                    resp = raw.parse()
-                else:
-                    resp = await endpoint.client.chat.completions.create(**body)
+                # The raw response carries the x-ratelimit-* headers the limiter learns from.
+                raw = await endpoint.client.chat.completions.with_raw_response.create(**body)
+                limiter.observe_headers(raw.headers)
+                resp = raw.parse()
                 completions = [Completion(c.message.content or "", c.finish_reason) for c in resp.choices]
                 if not completions:
                     raise ValueError("response has no choices")
@@ -201,6 +198,7 @@ class OpenAITeacher(Teacher):
                 limiter.refund(reserved)
                 if kind == "429":
                     self.stats.rate_limited += 1
+                    limiter.observe_headers(exc.response.headers)  # type: ignore[attr-defined]
                     limiter.on_rate_limited(retry_after)
                 elif retryable:
                     self.stats.server_errors += 1

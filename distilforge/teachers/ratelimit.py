@@ -14,6 +14,10 @@ import re
 import time
 from collections.abc import Mapping
 
+# Pace at 97% of the limit: the server's window and ours never line up exactly (network jitter moves
+# arrivals by milliseconds), and a client at exactly 100% turns every jitter into a 429.
+HEADROOM = 0.97
+
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -40,7 +44,7 @@ class TokenBucket:
 
     def set_rate(self, per_minute: float) -> None:
         self.per_minute = per_minute
-        self.rate = per_minute / 60.0
+        self.rate = per_minute * HEADROOM / 60.0
         self.capacity = max(self.min_capacity, self.rate)  # one second of the limit
         if hasattr(self, "level"):
             self.level = min(self.level, self.capacity)
@@ -77,6 +81,8 @@ class RateLimiter:
         return self.requests is not None or self.tokens is not None
 
     async def acquire(self, tokens: int) -> None:
+        if not self.active and time.monotonic() >= self.cooldown_until:
+            return  # no limit known and no cool-down: the fast path takes no lock
         # One waiter at a time: requests leave in arrival order and never race for the same refill.
         async with self._lock:
             while True:
@@ -113,17 +119,25 @@ class RateLimiter:
                 bucket.drain()
 
     def observe_headers(self, headers: Mapping[str, str]) -> None:
-        """Lower configured rates to what the server says the limit is; never raise them."""
-        for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
-            if bucket is None:
-                continue
+        """Lower the rates to what the server says its limit is; never raise them.
+
+        With no configured rate the limit is unbounded, so a server's first header sets it.
+        """
+        for name in ("requests", "tokens"):
             limit = headers.get(f"x-ratelimit-limit-{name}")
             try:
                 value = float(limit) if limit else None
             except ValueError:
                 value = None
-            if value is not None and 0 < value < bucket.per_minute:
-                bucket.set_rate(value)
+            bucket = getattr(self, name)
+            if value is not None and value > 0:
+                if bucket is None:
+                    setattr(self, name, TokenBucket(value))
+                    bucket = getattr(self, name)
+                elif value < bucket.per_minute:
+                    bucket.set_rate(value)
+            if bucket is None:
+                continue
             remaining = headers.get(f"x-ratelimit-remaining-{name}")
             if remaining is not None and remaining.strip() == "0":
                 reset = parse_reset(headers.get(f"x-ratelimit-reset-{name}"))

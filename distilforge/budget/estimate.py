@@ -1,0 +1,46 @@
+"""`distilforge estimate`: expected and worst-case cost of a job, computed without sending anything."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distilforge.budget.ledger import Budget
+from distilforge.budget.prices import PRICES_CHECKED, resolve_prices
+from distilforge.budget.tokens import estimate_prompt_tokens, prompt_tokens_upper_bound
+from distilforge.pipeline.seeds import read_seeds
+from distilforge.prompts import build_messages
+from distilforge.schemas.config import JobConfig
+
+
+def estimate_cost(config: JobConfig, expected_completion_tokens: int | None = None) -> dict[str, Any]:
+    t, g = config.teacher, config.generation
+    k = g.samples_per_seed
+    completion_cap = t.completion_budget()
+    expected_completion = expected_completion_tokens if expected_completion_tokens is not None else completion_cap // 2
+    # Each request re-sends the prompt: once per seed with n, once per sample without.
+    prompts_per_seed = 1 if t.supports_n else k
+    seeds = prompt_est = prompt_max = 0
+    for seed in read_seeds(config.seeds.path, config.seeds.fields, limit=config.seeds.limit,
+                           answer_type=g.answer_type, split=config.seeds.split, subset=config.seeds.subset):
+        messages = build_messages(seed, g)
+        seeds += 1
+        prompt_est += estimate_prompt_tokens(messages) * prompts_per_seed
+        prompt_max += prompt_tokens_upper_bound(messages) * prompts_per_seed
+    prices = resolve_prices(config)
+    multiplier = config.budget.batch_discount if t.batch else 1.0
+    budget = Budget(prices, None, multiplier=multiplier)
+    expected = {"prompt_tokens": prompt_est, "completion_tokens": seeds * k * expected_completion}
+    worst = {"prompt_tokens": prompt_max, "completion_tokens": seeds * k * completion_cap}
+    return {
+        "model": t.model,
+        "seeds": seeds,
+        "samples": seeds * k,
+        "requests": seeds * prompts_per_seed,
+        "prices": prices.model_dump() if prices else None,
+        "prices_source": "config" if config.budget.prices else (f"built-in table ({PRICES_CHECKED})" if prices else None),
+        "batch_discount": multiplier if t.batch else None,
+        "assumed_completion_tokens_per_sample": expected_completion,
+        "expected": {**expected, "usd": budget.cost(expected["prompt_tokens"], expected["completion_tokens"]) if prices else None},
+        "worst_case": {**worst, "usd": budget.cost(worst["prompt_tokens"], worst["completion_tokens"]) if prices else None},
+        "max_usd": config.budget.max_usd,
+    }
