@@ -63,6 +63,11 @@ class FakeOpenAI:
     tpm_limit: float | None = None
     model_ids: list[str] = field(default_factory=lambda: ["fake-teacher"])
     rejected_429: int = 0
+    # Batch API state: uploaded files, batches, and how long a batch takes to finish.
+    files: dict[str, bytes] = field(default_factory=dict)
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    batch_seconds: float = 0.3
+    batch_expire: bool = False  # finish as "expired" with only the first half of the rows done
     require_key: str | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     served: Counter[str] = field(default_factory=Counter)  # question-key -> successful responses
@@ -102,7 +107,51 @@ class FakeOpenAI:
                 with self.lock:
                     self.in_flight -= 1
 
-        app = web.Application()
+        async def upload(request: web.Request) -> web.Response:
+            form = await request.post()
+            part = form["file"]
+            data = part.file.read()  # type: ignore[union-attr]
+            with self.lock:
+                file_id = f"file-{len(self.files) + 1}"
+                self.files[file_id] = data
+            return web.json_response({"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                                      "filename": part.filename, "purpose": form.get("purpose"), "status": "processed"})  # type: ignore[union-attr]
+
+        async def file_content(request: web.Request) -> web.Response:
+            data = self.files.get(request.match_info["file_id"])
+            if data is None:
+                return web.json_response({"error": {"message": "no such file"}}, status=404)
+            return web.Response(body=data, content_type="application/octet-stream")
+
+        async def create_batch(request: web.Request) -> web.Response:
+            body = await request.json()
+            if body.get("input_file_id") not in self.files:
+                return web.json_response({"error": {"message": "unknown input_file_id"}}, status=400)
+            with self.lock:
+                batch_id = f"batch_{len(self.batches) + 1}"
+                self.batches[batch_id] = {"id": batch_id, "object": "batch", "endpoint": body["endpoint"],
+                                          "input_file_id": body["input_file_id"], "completion_window": "24h",
+                                          "status": "validating", "created_at": int(time.time()),
+                                          "metadata": body.get("metadata"), "_started": time.monotonic()}
+            return web.json_response(self._batch_view(batch_id))
+
+        async def get_batch(request: web.Request) -> web.Response:
+            batch_id = request.match_info["batch_id"]
+            if batch_id not in self.batches:
+                return web.json_response({"error": {"message": "no such batch"}}, status=404)
+            self._advance_batch(batch_id)
+            return web.json_response(self._batch_view(batch_id))
+
+        async def list_batches(_request: web.Request) -> web.Response:
+            return web.json_response({"object": "list", "data": [self._batch_view(b) for b in self.batches],
+                                      "has_more": False})
+
+        app = web.Application(client_max_size=256 * 1024 * 1024)
+        app.router.add_post("/v1/files", upload)
+        app.router.add_get("/v1/files/{file_id}/content", file_content)
+        app.router.add_post("/v1/batches", create_batch)
+        app.router.add_get("/v1/batches", list_batches)
+        app.router.add_get("/v1/batches/{batch_id}", get_batch)
         app.router.add_get("/v1/models", models)
         app.router.add_get("/health", health)
         app.router.add_post("/v1/chat/completions", chat)
@@ -193,6 +242,45 @@ class FakeOpenAI:
                       "total_tokens": prompt_tokens + completion_tokens},
         }
         return 200, json.dumps(payload).encode(), self._limit_headers()
+
+    # -- Batch API -------------------------------------------------------------------------------
+    def _batch_view(self, batch_id: str) -> dict[str, Any]:
+        return {k: v for k, v in self.batches[batch_id].items() if not k.startswith("_")}
+
+    def _advance_batch(self, batch_id: str) -> None:
+        batch = self.batches[batch_id]
+        if batch["status"] in ("completed", "expired", "failed", "cancelled"):
+            return
+        if time.monotonic() - batch["_started"] < self.batch_seconds:
+            batch["status"] = "in_progress"
+            return
+        lines = [json.loads(x) for x in self.files[batch["input_file_id"]].decode().splitlines() if x.strip()]
+        total = len(lines)
+        if self.batch_expire:
+            lines = lines[: total // 2]
+        out, err = [], []
+        for line in lines:
+            key, behaviour = self.behaviour_for(line["body"]["messages"][-1]["content"])
+            with self.lock:
+                self.requests.append({"body": line["body"], "auth": None, "batch": batch_id})
+                attempt = self._seen[key]
+                self._seen[key] += 1
+            kind = behaviour.always or (behaviour.failures[attempt] if attempt < len(behaviour.failures) else None)
+            # A batch has no sockets to drop or bodies to garble: those become 500 rows; "slow" is just slow.
+            kind = {"drop": "500", "malformed": "500", "slow": None}.get(kind or "", kind)
+            status, payload, _ = self._answer(line["body"], {}, key, behaviour, kind)
+            result = {"id": f"batch_req_{len(out) + len(err)}", "custom_id": line["custom_id"],
+                      "response": {"status_code": status, "request_id": "req", "body": json.loads(payload or b"{}")},
+                      "error": None}
+            (out if status == 200 else err).append(result)
+        with self.lock:
+            for name, rows in (("output_file_id", out), ("error_file_id", err)):
+                if rows:
+                    file_id = f"file-{len(self.files) + 1}"
+                    self.files[file_id] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                    batch[name] = file_id
+        batch["status"] = "expired" if self.batch_expire else "completed"
+        batch["request_counts"] = {"total": total, "completed": len(out), "failed": len(err)}
 
     # -- rate limits ---------------------------------------------------------------------------
     def _limits(self, body: dict[str, Any]) -> float:

@@ -97,7 +97,7 @@ class Generate(PipelineStep):
     def _fail(self, seed: Seed, request_id: str | None, missing: list[tuple[str, int]], error: str,
               retryable: bool) -> None:
         self.stats.samples_failed += len(missing)
-        self.journal.fail(request_id, seed.seed_id, missing, error, retryable)
+        self.journal.fail(request_id, seed.seed_id, missing, error, retryable, replace=not self.journal_only)
         self.on_progress(len(missing), 0, 0)
 
     async def _request(self, seed: Seed, messages: list[dict[str, str]], missing: list[tuple[str, int]],
@@ -106,7 +106,11 @@ class Generate(PipelineStep):
         loop = asyncio.get_running_loop()
         while missing:
             if self.journal_only:
-                self._fail(seed, None, missing, "no answer from the batch", True)
+                if self.stopped == "budget":
+                    self.stats.samples_not_sent += len(missing)
+                    self.on_progress(len(missing), 0, 0)
+                else:
+                    self._fail(seed, None, missing, "no answer from the batch", True)
                 return
             n = len(missing) if self.supports_n else 1
             reserve = self.worst_case_usd(messages, n)

@@ -162,12 +162,13 @@ class Journal:
         return shares
 
     def fail(self, request_id: str | None, seed_id: str, keys_and_indices: list[tuple[str, int]], error: str,
-             retryable: bool) -> None:
+             retryable: bool, *, replace: bool = True) -> None:
         """A request that failed for good: nothing was billed, so its reservation closes."""
         now = time.time()
+        verb = "REPLACE" if replace else "IGNORE"  # IGNORE keeps an earlier, more specific error
         self._db.execute("BEGIN")
         self._db.executemany(
-            "INSERT OR REPLACE INTO dead_letters VALUES (?,?,?,?,?,?)",
+            f"INSERT OR {verb} INTO dead_letters VALUES (?,?,?,?,?,?)",
             [(key, seed_id, index, error, int(retryable), now) for key, index in keys_and_indices],
         )
         if request_id is not None:
@@ -179,24 +180,32 @@ class Journal:
         self._db.execute("DELETE FROM inflight WHERE request_id = ?", (request_id,))
 
     # -- Batch API -----------------------------------------------------------------------------
-    def add_batch(self, batch_id: str, input_file_id: str, keys: list[str], reserved_usd: float) -> None:
+    # A batch row is written when its file is uploaded (status 'uploaded', keyed by the file id) and
+    # updated with the batch id once created; a crash in between is healed by matching the file id.
+    def add_batch(self, input_file_id: str, groups: dict[str, Any], reserved_usd: float) -> None:
         self._db.execute("INSERT INTO batches VALUES (?,?,?,?,?,?)",
-                         (batch_id, input_file_id, json.dumps(keys), reserved_usd, "submitted", time.time()))
+                         (input_file_id, input_file_id, json.dumps(groups), reserved_usd, "uploaded", time.time()))
+
+    def batch_created(self, input_file_id: str, batch_id: str) -> None:
+        self._db.execute("UPDATE batches SET batch_id = ?, status = 'submitted' WHERE input_file_id = ?",
+                         (batch_id, input_file_id))
 
     def open_batches(self) -> list[dict[str, Any]]:
         rows = self._db.execute(
-            "SELECT batch_id, input_file_id, keys, reserved_usd FROM batches WHERE status = 'submitted'"
+            "SELECT batch_id, input_file_id, keys, reserved_usd, status FROM batches "
+            "WHERE status IN ('uploaded', 'submitted') ORDER BY created"
         ).fetchall()
-        return [{"batch_id": r[0], "input_file_id": r[1], "keys": json.loads(r[2]), "reserved_usd": r[3]}
-                for r in rows]
+        return [{"batch_id": r[0], "input_file_id": r[1], "groups": json.loads(r[2]), "reserved_usd": r[3],
+                 "status": r[4]} for r in rows]
 
-    def close_batch(self, batch_id: str, status: str) -> None:
-        self._db.execute("UPDATE batches SET status = ? WHERE batch_id = ?", (status, batch_id))
+    def close_batch(self, input_file_id: str, status: str) -> None:
+        self._db.execute("UPDATE batches SET status = ? WHERE input_file_id = ?", (status, input_file_id))
 
     def batch_reserved_usd(self) -> float:
-        """Submitted batches not yet reconciled: counted at worst case, like in-flight requests."""
+        """Batches not yet reconciled: counted at worst case, like in-flight requests."""
         return float(self._db.execute(
-            "SELECT COALESCE(SUM(reserved_usd), 0) FROM batches WHERE status = 'submitted'").fetchone()[0])
+            "SELECT COALESCE(SUM(reserved_usd), 0) FROM batches WHERE status IN ('uploaded', 'submitted')"
+        ).fetchone()[0])
 
     def close(self) -> None:
         self._db.close()

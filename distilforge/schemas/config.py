@@ -67,6 +67,8 @@ class TeacherConfig(Strict):
     tpm: float | None = Field(default=None, gt=0, description="tokens per minute (prompt + completion)")
     batch: bool = Field(default=False, description="use the OpenAI Batch API (cheaper, asynchronous)")
     batch_poll_seconds: float = Field(default=30.0, gt=0, description="first poll interval; backs off to 10x")
+    batch_max_requests: int = Field(default=50_000, ge=1, le=50_000, description="rows per batch (API limit 50,000)")
+    batch_rounds: int = Field(default=3, ge=1, description="batches resubmitted for failed rows within one run")
     engine_args: dict[str, Any] = Field(default_factory=dict, description="vllm-offline: vllm.LLM(**engine_args)")
     batch_size: int = Field(default=8, ge=1, description="local backend: sequences per generate() call")
     device: str = "auto"

@@ -149,7 +149,7 @@ class OpenAITeacher(Teacher):
         healthy = [e for e in self.endpoints if e.unhealthy_until <= now] or self.endpoints
         return min(healthy, key=lambda e: (e.in_flight, e.sent))
 
-    def _request_body(self, messages: list[dict[str, str]], n: int) -> dict[str, Any]:
+    def request_body(self, messages: list[dict[str, str]], n: int) -> dict[str, Any]:
         p = self.config.params
         body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": p.temperature}
         if p.max_completion_tokens is not None:
@@ -184,7 +184,7 @@ class OpenAITeacher(Teacher):
             endpoint.sent += 1
             self.stats.attempts += 1
             try:
-                body = self._request_body(messages, n)
+                body = self.request_body(messages, n)
                 # The raw response carries the x-ratelimit-* headers the limiter learns from.
                 raw = await endpoint.client.chat.completions.with_raw_response.create(**body)
                 limiter.observe_headers(raw.headers)

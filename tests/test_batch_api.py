@@ -1,0 +1,86 @@
+"""The OpenAI Batch API flow end to end against the fake: upload, poll, partial failure, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import api_config, write_config, write_jsonl
+from fake_openai import Behaviour
+
+PRICES = {"input_per_million": 100.0, "output_per_million": 100.0}
+
+
+def _job(tmp_path, fake, n=10, **teacher):
+    fake.script = {f"B{i}:": Behaviour([f"{i} + 1 = {i + 1}.\nThe answer is {i + 1}."] * 2,
+                                       failures=["500"] if i % 4 == 0 else [])
+                   for i in range(n)}
+    seeds = write_jsonl(tmp_path / "seeds.jsonl",
+                        [{"question": f"B{i}: {i} + 1?", "answer": f"#### {i + 1}"} for i in range(n)])
+    data = api_config(seeds, fake.base_url)
+    data["teacher"].update(batch=True, batch_poll_seconds=0.05, **teacher)
+    data["budget"] = {"prices": PRICES}
+    return write_config(tmp_path / "job.yaml", data)
+
+
+def test_batch_flow_with_partial_failure_and_discount(fake, cli, tmp_path):
+    fake.batch_seconds = 0.2
+    out = tmp_path / "run"
+    result = cli("run", _job(tmp_path, fake, batch_max_requests=4), "--output", out)
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "run.json").read_text())
+    # 10 requests (n=2) split 4/4/2 across three files; 3 rows fail once and go in a second round.
+    first_round = [b for b in fake.batches.values() if b["input_file_id"] in ("file-1", "file-2", "file-3")]
+    assert len(first_round) == 3 and len(fake.batches) == 4
+    assert run["batch"]["rows_ok"] == 10 and run["batch"]["rows_failed"] == 3
+    assert run["kept"] == 10 and run["rejected"] == {"duplicate": 10} and run["samples"]["failed"] == 0
+    assert all(r.get("batch") for r in fake.requests)  # nothing went to the synchronous endpoint
+    full = (run["tokens"]["prompt"] + run["tokens"]["completion"]) * 100 / 1e6
+    assert run["cost_usd"] == pytest.approx(full * 0.5)  # the batch discount
+
+
+def test_expired_batch_rows_are_resubmitted(fake, cli, tmp_path):
+    fake.batch_expire = True
+    out = tmp_path / "run"
+    result = cli("run", _job(tmp_path, fake, n=4, batch_rounds=2), "--output", out)
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "run.json").read_text())
+    # Round 1 expires with 2 of 4 rows done (one of them a scripted 500); round 2 expires too.
+    assert [b["status"] for b in run["batch"]["batches"]] == ["expired", "expired"]
+    assert run["samples"]["failed"] > 0
+    failed = [json.loads(x) for x in (out / "failed.jsonl").read_text().splitlines()]
+    assert any("expired before this row ran" in f["error"] for f in failed)
+    fake.batch_expire = False
+    result = cli("run", out)
+    run = json.loads((out / "run.json").read_text())
+    assert run["samples"]["failed"] == 0 and run["kept"] == 4
+
+
+def test_restart_polls_the_submitted_batch_instead_of_paying_again(fake, tmp_path):
+    fake.batch_seconds = 2.0
+    config = _job(tmp_path, fake, n=6)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)]
+    env = {**os.environ, "DISTILFORGE_TEST_KEY": "sk-test"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not fake.batches and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(fake.batches) == 1 and len(fake.files) == 1
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["kept"] == 6 and run["samples"]["failed"] == 0
+    # The first batch was polled, not re-created; only its failed rows went in a second batch.
+    assert len(fake.batches) == 2
+    second = fake.batches["batch_2"]
+    assert len(fake.files[second["input_file_id"]].splitlines()) == 2  # B0 and B4 failed once
