@@ -94,10 +94,11 @@ class Generate(PipelineStep):
     def worst_case_usd(self, messages: list[dict[str, str]], n: int) -> float:
         return self.budget.cost(prompt_tokens_upper_bound(messages), self.completion_budget * n)
 
-    def _fail(self, seed: Seed, request_id: str | None, missing: list[tuple[str, int]], error: str,
-              retryable: bool) -> None:
+    async def _fail(self, seed: Seed, request_id: str | None, missing: list[tuple[str, int]], error: str,
+                    retryable: bool) -> None:
         self.stats.samples_failed += len(missing)
-        self.journal.fail(request_id, seed.seed_id, missing, error, retryable, replace=not self.journal_only)
+        await self.journal.fail_async(request_id, seed.seed_id, missing, error, retryable,
+                                      replace=not self.journal_only)
         self.on_progress(len(missing), 0, 0)
 
     async def _request(self, seed: Seed, messages: list[dict[str, str]], missing: list[tuple[str, int]],
@@ -110,7 +111,7 @@ class Generate(PipelineStep):
                     self.stats.samples_not_sent += len(missing)
                     self.on_progress(len(missing), 0, 0)
                 else:
-                    self._fail(seed, None, missing, "no answer from the batch", True)
+                    await self._fail(seed, None, missing, "no answer from the batch", True)
                 return
             n = len(missing) if self.supports_n else 1
             reserve = self.worst_case_usd(messages, n)
@@ -121,7 +122,7 @@ class Generate(PipelineStep):
                 return
             request_id = uuid.uuid4().hex
             # Persisted before sending: if we crash now, the next run counts it at worst case.
-            self.journal.begin(request_id, seed.seed_id, [k for k, _ in missing[:n]], reserve)
+            await self.journal.begin_async(request_id, seed.seed_id, [k for k, _ in missing[:n]], reserve)
             self.stats.requests_sent += 1
             if self.stats.first_request is None:
                 self.stats.first_request = loop.time()
@@ -130,7 +131,7 @@ class Generate(PipelineStep):
             except TeacherError as exc:
                 self.budget.release(reserve)
                 self.stats.requests_failed += 1
-                self._fail(seed, request_id, missing, str(exc), exc.retryable)
+                await self._fail(seed, request_id, missing, str(exc), exc.retryable)
                 return
             self.stats.requests_succeeded += 1
             self.stats.last_response = loop.time()
@@ -138,7 +139,8 @@ class Generate(PipelineStep):
             taken, missing = missing[: len(response.completions)], missing[len(response.completions):]
             cost = self.budget.cost(response.prompt_tokens, response.completion_tokens)
             # Committed before it is used; the same transaction closes the reservation.
-            shares = self.journal.commit(seed.seed_id, taken, response, cost_usd=cost, request_id=request_id)
+            shares = await self.journal.commit_async(seed.seed_id, taken, response, cost_usd=cost,
+                                                     request_id=request_id)
             self.budget.settle(reserve, cost)
             self.stats.prompt_tokens += response.prompt_tokens
             self.stats.completion_tokens += response.completion_tokens

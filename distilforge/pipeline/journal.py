@@ -15,10 +15,12 @@ Three tables:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,7 @@ CREATE TABLE IF NOT EXISTS batches (
 """
 
 Found = tuple[Completion, int, int, str]
+Op = Callable[[sqlite3.Connection], Any]
 
 
 def request_key(teacher_identity: dict[str, Any], messages: list[dict[str, str]], sample_index: int) -> str:
@@ -85,7 +88,15 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode survives a process crash (the case we guard); fsync waits for checkpoints.
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
+        # Group commit: writes from the event loop queue up and a worker thread commits them together,
+        # one transaction per round, on its own connection (SQLite releases the GIL while it works).
+        self._writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._writer.execute("PRAGMA synchronous=NORMAL")
+        self._writer.execute("PRAGMA busy_timeout=10000")
+        self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     # -- reads ---------------------------------------------------------------------------------
     def lookup(self, keys: list[str]) -> dict[str, Found]:
@@ -120,27 +131,55 @@ class Journal:
         return [{"seed_id": r[0], "sample_index": r[1], "error": r[2], "retryable": bool(r[3])} for r in rows]
 
     # -- writes --------------------------------------------------------------------------------
-    def begin(self, request_id: str, seed_id: str, keys: list[str], reserved_usd: float) -> None:
-        """Persist a reservation before the request goes out (its own committed transaction)."""
-        self._db.execute(
-            "INSERT INTO inflight VALUES (?,?,?,?,?)",
-            (request_id, seed_id, json.dumps(keys), reserved_usd, time.time()),
-        )
+    @staticmethod
+    def _transaction(conn: sqlite3.Connection, ops: list[Op]) -> list[Any]:
+        results: list[Any] = []
+        conn.execute("BEGIN")
+        try:
+            for op in ops:
+                results.append(op(conn))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return results
 
-    def commit(
-        self,
-        seed_id: str,
-        keys_and_indices: list[tuple[str, int]],
-        response: TeacherResponse,
-        *,
-        cost_usd: float = 0.0,
-        request_id: str | None = None,
-    ) -> list[tuple[int, int]]:
-        """Store a response's completions and close its reservation in one transaction.
+    def _apply(self, op: Op) -> Any:
+        """Run one write now, in its own transaction (the synchronous path)."""
+        return self._transaction(self._db, [op])[0]
 
-        Usage comes per response, not per choice: it is split evenly so that run totals stay exact.
-        Returns each sample's (prompt, completion) tokens.
-        """
+    async def _submit(self, op: Op) -> Any:
+        """Queue a write for the next group commit; returns once it is durable."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            ops = [op for op, _ in batch]
+            try:
+                results = await asyncio.to_thread(self._transaction, self._writer, ops)
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    @staticmethod
+    def _begin_op(request_id: str, seed_id: str, keys: list[str], reserved_usd: float) -> Op:
+        row = (request_id, seed_id, json.dumps(keys), reserved_usd, time.time())
+        return lambda conn: conn.execute("INSERT INTO inflight VALUES (?,?,?,?,?)", row)
+
+    @staticmethod
+    def _commit_op(seed_id: str, keys_and_indices: list[tuple[str, int]], response: TeacherResponse,
+                   cost_usd: float, request_id: str | None) -> Op:
+        # Usage comes per response, not per choice: split evenly so that run totals stay exact.
         n = len(response.completions)
         now = time.time()
         rows, shares = [], []
@@ -149,31 +188,57 @@ class Journal:
             shares.append((p, c))
             rows.append((key, seed_id, index, comp.text, comp.finish_reason, p, c, response.model, now,
                          _split(float(cost_usd), n, j)))
-        self._db.execute("BEGIN")
-        try:
-            self._db.executemany("INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-            self._db.executemany("DELETE FROM dead_letters WHERE key = ?", [(r[0],) for r in rows])
+
+        def op(conn: sqlite3.Connection) -> list[tuple[int, int]]:
+            conn.executemany("INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            conn.executemany("DELETE FROM dead_letters WHERE key = ?", [(r[0],) for r in rows])
             if request_id is not None:
-                self._db.execute("DELETE FROM inflight WHERE request_id = ?", (request_id,))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        return shares
+                conn.execute("DELETE FROM inflight WHERE request_id = ?", (request_id,))
+            return shares
+
+        return op
+
+    @staticmethod
+    def _fail_op(request_id: str | None, seed_id: str, keys_and_indices: list[tuple[str, int]], error: str,
+                 retryable: bool, replace: bool) -> Op:
+        now = time.time()
+        verb = "REPLACE" if replace else "IGNORE"  # IGNORE keeps an earlier, more specific error
+        rows = [(key, seed_id, index, error, int(retryable), now) for key, index in keys_and_indices]
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(f"INSERT OR {verb} INTO dead_letters VALUES (?,?,?,?,?,?)", rows)
+            if request_id is not None:
+                conn.execute("DELETE FROM inflight WHERE request_id = ?", (request_id,))
+
+        return op
+
+    def begin(self, request_id: str, seed_id: str, keys: list[str], reserved_usd: float) -> None:
+        """Persist a reservation before the request goes out."""
+        self._apply(self._begin_op(request_id, seed_id, keys, reserved_usd))
+
+    async def begin_async(self, request_id: str, seed_id: str, keys: list[str], reserved_usd: float) -> None:
+        await self._submit(self._begin_op(request_id, seed_id, keys, reserved_usd))
+
+    def commit(self, seed_id: str, keys_and_indices: list[tuple[str, int]], response: TeacherResponse, *,
+               cost_usd: float = 0.0, request_id: str | None = None) -> list[tuple[int, int]]:
+        """Store a response's completions and close its reservation in one transaction.
+
+        Returns each sample's (prompt, completion) tokens.
+        """
+        return self._apply(self._commit_op(seed_id, keys_and_indices, response, cost_usd, request_id))
+
+    async def commit_async(self, seed_id: str, keys_and_indices: list[tuple[str, int]], response: TeacherResponse,
+                           *, cost_usd: float = 0.0, request_id: str | None = None) -> list[tuple[int, int]]:
+        return await self._submit(self._commit_op(seed_id, keys_and_indices, response, cost_usd, request_id))
 
     def fail(self, request_id: str | None, seed_id: str, keys_and_indices: list[tuple[str, int]], error: str,
              retryable: bool, *, replace: bool = True) -> None:
         """A request that failed for good: nothing was billed, so its reservation closes."""
-        now = time.time()
-        verb = "REPLACE" if replace else "IGNORE"  # IGNORE keeps an earlier, more specific error
-        self._db.execute("BEGIN")
-        self._db.executemany(
-            f"INSERT OR {verb} INTO dead_letters VALUES (?,?,?,?,?,?)",
-            [(key, seed_id, index, error, int(retryable), now) for key, index in keys_and_indices],
-        )
-        if request_id is not None:
-            self._db.execute("DELETE FROM inflight WHERE request_id = ?", (request_id,))
-        self._db.execute("COMMIT")
+        self._apply(self._fail_op(request_id, seed_id, keys_and_indices, error, retryable, replace))
+
+    async def fail_async(self, request_id: str | None, seed_id: str, keys_and_indices: list[tuple[str, int]],
+                         error: str, retryable: bool, *, replace: bool = True) -> None:
+        await self._submit(self._fail_op(request_id, seed_id, keys_and_indices, error, retryable, replace))
 
     def cancel(self, request_id: str) -> None:
         """Close a reservation for a request that was never sent."""
@@ -208,4 +273,9 @@ class Journal:
         ).fetchone()[0])
 
     def close(self) -> None:
+        # Writes whose callers were cancelled (a second Ctrl-C) are still made durable.
+        if self._pending:
+            self._transaction(self._db, [op for op, _ in self._pending])
+            self._pending = []
+        self._writer.close()
         self._db.close()

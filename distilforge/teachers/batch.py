@@ -31,10 +31,6 @@ MAX_FILE_BYTES = 190 * 1024 * 1024  # the API takes 200 MB per input file; keep 
 FINAL = {"completed", "failed", "expired", "cancelled"}
 
 
-def _body(teacher: Any, messages: list[dict[str, str]], n: int) -> dict[str, Any]:
-    body = teacher.request_body(messages, n)
-    extra = body.pop("extra_body", None) or {}
-    return {**body, **extra}  # a batch line carries the raw JSON body: extra_body fields go inline
 
 
 class _Writer:
@@ -200,7 +196,7 @@ async def run_batches(config: JobConfig, teacher: Any, journal: Journal, budget:
                     if not budget.try_reserve(reserve):
                         generate.stop("budget")
                         break
-                    writer.add(chunk[0][0], _body(teacher, messages, len(chunk)),
+                    writer.add(chunk[0][0], teacher.request_body(messages, len(chunk)),
                                [seed.seed_id, [list(pair) for pair in chunk]], reserve)
                 if generate.stopped:
                     break
