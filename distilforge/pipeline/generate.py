@@ -11,7 +11,9 @@ finishes, and every record produced so far flows on.
 from __future__ import annotations
 
 import asyncio
-import uuid
+import itertools
+import os
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -69,6 +71,9 @@ class Generate(PipelineStep):
         self.stats = GenerateStats()
         self.template_hash = template_hash(generation.template)
         self.stopped: str | None = None  # "budget" | "interrupted"
+        # Request ids: unique per run (pid + start time) and cheap (uuid4 reads the OS RNG each call).
+        self._run_token = f"{os.getpid():x}{int(time.time() * 1000):x}"
+        self._ids = itertools.count()
 
     def stop(self, reason: str) -> None:
         if self.stopped is None:
@@ -120,7 +125,7 @@ class Generate(PipelineStep):
                 self.stats.samples_not_sent += len(missing)
                 self.on_progress(len(missing), 0, 0)
                 return
-            request_id = uuid.uuid4().hex
+            request_id = f"{self._run_token}-{next(self._ids)}"
             # Persisted before sending: if we crash now, the next run counts it at worst case.
             await self.journal.begin_async(request_id, seed.seed_id, [k for k, _ in missing[:n]], reserve)
             self.stats.requests_sent += 1

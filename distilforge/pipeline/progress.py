@@ -35,6 +35,7 @@ def progress_bar(console: Console, *extra: TextColumn) -> Progress:
 class RunProgress:
     def __init__(self, console: Console, total: int, budget: Any = None, label: str = "teacher"):
         self.console = console
+        self._terminal = console.is_terminal  # asked once: it is an isatty() call
         self.budget = budget  # prices the tokens for the spend column
         self.kept = 0
         self.tokens = 0
@@ -56,7 +57,7 @@ class RunProgress:
 
     def __exit__(self, *exc: object) -> None:
         self._progress.__exit__(*exc)
-        if not self.console.is_terminal:
+        if not self._terminal:
             self._line()
 
     def _line(self) -> None:
@@ -79,5 +80,5 @@ class RunProgress:
     def _refresh(self, advance: int) -> None:
         self._progress.update(self._task, advance=advance, kept=self.kept, tokens=self.tokens, spend=self.spend)
         # Logs (CI, cron) get a line every ~10 seconds instead of a redrawn bar.
-        if not self.console.is_terminal and time.monotonic() - self._last_line > 10:
+        if not self._terminal and time.monotonic() - self._last_line > 10:
             self._line()

@@ -7,7 +7,7 @@ teacher responses) instead of on every hop.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -47,9 +47,9 @@ class Record:
         return [*user, {"role": "assistant", "content": self.text.strip()}]
 
     def to_row(self) -> dict[str, Any]:
-        row = asdict(self)
+        # Shallow on purpose (asdict deep-copies the prompt): rows are serialized straight away.
+        row = {name: getattr(self, name) for name in self.__slots__ if name != "meta"}  # type: ignore[attr-defined]
         row["messages"] = self.messages()
         row["prompt_template"] = self.meta.get("prompt_template")
         row["prompt_hash"] = self.meta.get("prompt_hash")
-        row.pop("meta")
         return row
