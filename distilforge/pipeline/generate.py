@@ -125,14 +125,19 @@ class Generate(PipelineStep):
                 self.stats.samples_not_sent += len(missing)
                 self.on_progress(len(missing), 0, 0)
                 return
-            request_id = f"{self._run_token}-{next(self._ids)}"
-            # Persisted before sending: if we crash now, the next run counts it at worst case.
-            await self.journal.begin_async(request_id, seed.seed_id, [k for k, _ in missing[:n]], reserve)
+            request_id = None
+            if self.budget.max_usd is not None:
+                # Persisted before sending: if we crash now, the next run counts it at worst case.
+                # (Without a cap nothing depends on it, so the write and its wait are skipped.)
+                request_id = f"{self._run_token}-{next(self._ids)}"
+                await self.journal.begin_async(request_id, seed.seed_id, [k for k, _ in missing[:n]], reserve)
             self.stats.requests_sent += 1
             if self.stats.first_request is None:
                 self.stats.first_request = loop.time()
             try:
-                response = await self.teacher.complete(messages, n=n)
+                # The slot covers the request only, not the journal writes around it.
+                async with self._slots:
+                    response = await self.teacher.complete(messages, n=n)
             except TeacherError as exc:
                 self.budget.release(reserve)
                 self.stats.requests_failed += 1
@@ -168,29 +173,27 @@ class Generate(PipelineStep):
                 await out.put(self._record(seed, index, messages, comp.text, comp.finish_reason, p, c, model))
         return messages, [(k, i) for k, i in keys if k not in found]
 
-    async def _seed(self, seed: Seed, out: asyncio.Queue[Any], slots: asyncio.Semaphore) -> None:
+    async def _seed(self, seed: Seed, out: asyncio.Queue[Any]) -> None:
         messages, missing = await self._replay(seed, out)
         if not missing:
             return
         groups = [missing] if self.supports_n else [[m] for m in missing]
-        await asyncio.gather(*(self._guarded(seed, messages, g, out, slots) for g in groups))
-
-    async def _guarded(self, seed: Seed, messages: list[dict[str, str]], group: list[tuple[str, int]],
-                       out: asyncio.Queue[Any], slots: asyncio.Semaphore) -> None:
-        async with slots:
-            await self._request(seed, messages, group, out)
+        if len(groups) == 1:
+            await self._request(seed, messages, groups[0], out)
+        else:
+            await asyncio.gather(*(self._request(seed, messages, g, out) for g in groups))
 
     async def run(self, seeds: AsyncIterator[Seed]) -> AsyncIterator[Record]:
         concurrency = self.teacher.max_concurrency
         out: asyncio.Queue[Any] = asyncio.Queue(maxsize=concurrency * 4)
-        slots = asyncio.Semaphore(concurrency)
+        self._slots = asyncio.Semaphore(concurrency)
         # Bounds how many seeds are open at once, so the seed stream is read lazily.
         open_seeds = asyncio.Semaphore(concurrency * 2)
         errors: list[BaseException] = []
 
         async def one(seed: Seed) -> None:
             try:
-                await self._seed(seed, out, slots)
+                await self._seed(seed, out)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:
