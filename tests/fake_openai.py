@@ -63,6 +63,7 @@ class FakeOpenAI:
     tpm_limit: float | None = None
     model_ids: list[str] = field(default_factory=lambda: ["fake-teacher"])
     rejected_429: int = 0
+    log_requests: bool = True  # off for long benchmarks, where the log itself would grow
     # Batch API state: uploaded files, batches, and how long a batch takes to finish.
     files: dict[str, bytes] = field(default_factory=dict)
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -185,7 +186,8 @@ class FakeOpenAI:
         prompt = body["messages"][-1]["content"]
         key, behaviour = self.behaviour_for(prompt)
         with self.lock:
-            self.requests.append({"body": body, "auth": headers.get("Authorization") or headers.get("authorization")})
+            if self.log_requests:
+                self.requests.append({"body": body, "auth": headers.get("Authorization") or headers.get("authorization")})
             attempt = self._seen[key]
             self._seen[key] += 1
             self.in_flight += 1

@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 
+import pytest
 from conftest import api_config, write_config, write_jsonl
 from fake_openai import Behaviour
 
@@ -59,3 +60,44 @@ def test_sigkill_then_resume_pays_only_for_in_flight(fake, tmp_path):
     # Only requests in flight at the kill (at most max_concurrency) were sent again.
     assert paid_twice <= concurrency
     assert len(fake.requests) - first_run_requests == n_seeds - run["samples"]["from_journal"]
+
+
+def test_reservations_of_a_killed_run_count_at_worst_case(fake, tmp_path):
+    """With a cap, a request in flight at a crash may have been billed: the next run assumes it was."""
+    fake.latency = (0.3, 0.35)
+    fake.default = Behaviour(["Adding gives the total.\nThe answer is 3."])
+    seeds = write_jsonl(tmp_path / "seeds.jsonl",
+                        [{"question": f"Item {i}: what is 1 + 2?", "answer": "#### 3"} for i in range(8)])
+    data = api_config(seeds, fake.base_url)
+    data["teacher"]["max_concurrency"] = 2
+    data["generation"]["samples_per_seed"] = 1
+    data["budget"] = {"prices": {"input_per_million": 1000.0, "output_per_million": 1000.0}, "max_usd": 100.0}
+    config = write_config(tmp_path / "job.yaml", data)
+    out = tmp_path / "run"
+    env = {**os.environ, "DISTILFORGE_TEST_KEY": "sk-test"}
+    cmd = [sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = out / "journal.sqlite"
+    deadline = time.monotonic() + 60
+    orphans = 0
+    while time.monotonic() < deadline and not orphans:
+        time.sleep(0.05)
+        if journal.exists():
+            try:
+                with sqlite3.connect(journal) as db:
+                    done = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+                    orphans = db.execute("SELECT COUNT(*) FROM inflight").fetchone()[0] if done >= 2 else 0
+            except sqlite3.OperationalError:
+                pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with sqlite3.connect(journal) as db:
+        orphans, worst = db.execute("SELECT COUNT(*), SUM(reserved_usd) FROM inflight").fetchone()
+        billed = db.execute("SELECT SUM(cost_usd) FROM responses").fetchone()[0]
+    assert orphans >= 1
+
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["budget"]["orphaned_requests"] == orphans
+    assert run["budget"]["spent_usd_total"] == pytest.approx(billed + worst + run["cost_usd"])

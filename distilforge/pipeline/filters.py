@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 
 from distilforge.pipeline.answers import answers_match, is_refusal
 from distilforge.pipeline.base import Filter
@@ -61,18 +62,27 @@ class ExactDuplicate(Filter):
     """A rationale already kept for the same seed (whitespace and case folded)."""
 
     name = "duplicate"
+    # Samples of a seed arrive together (one task produces them while at most 2 x concurrency seeds
+    # are open), so remembering the most recent seeds is enough, and memory stays flat with N.
+    max_seeds = 65_536
 
     def __init__(self) -> None:
         super().__init__()
-        # 8-byte digests per kept rationale: memory grows with kept records at a few bytes each.
-        self._seen: set[tuple[str, bytes]] = set()
+        self._seen: OrderedDict[str, set[bytes]] = OrderedDict()
 
     def check(self, record: Record) -> str | None:
         norm = " ".join(record.text.lower().split())
-        digest = (record.seed_id, hashlib.blake2b(norm.encode(), digest_size=8).digest())
-        if digest in self._seen:
+        digest = hashlib.blake2b(norm.encode(), digest_size=8).digest()
+        seen = self._seen.get(record.seed_id)
+        if seen is None:
+            seen = self._seen[record.seed_id] = set()
+            if len(self._seen) > self.max_seeds:
+                self._seen.popitem(last=False)
+        else:
+            self._seen.move_to_end(record.seed_id)
+        if digest in seen:
             return f"same rationale as an earlier sample of seed {record.seed_id}"
-        self._seen.add(digest)
+        seen.add(digest)
         return None
 
 

@@ -1,0 +1,97 @@
+"""Memory of `distilforge generate` as the number of seeds grows (it should stay flat).
+
+Run: .venv/bin/python benchmarks/memory_scaling.py [--seeds 10000 100000]
+
+The fake OpenAI-compatible server runs here (request log off); `distilforge generate` runs in a child
+process whose resident memory (VmRSS) is sampled every 0.2 s. The table shows RSS when a quarter,
+half, three quarters and all of the samples were done, and the peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import yaml
+from fake_openai import Behaviour, FakeOpenAI
+from rich.console import Console
+from rich.table import Table
+
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        return None
+    return None
+
+
+def run(n: int, base_url: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        seeds = Path(tmp) / "seeds.jsonl"
+        with seeds.open("w") as fh:
+            for i in range(n):
+                fh.write(json.dumps({"question": f"Q{i}: Tom has 3 apples and gets 2 more. How many?",
+                                     "answer": "#### 5"}) + "\n")
+        config = Path(tmp) / "job.yaml"
+        config.write_text(yaml.safe_dump({
+            "seeds": {"path": str(seeds)},
+            "teacher": {"backend": "openai", "model": "fake", "base_url": base_url, "api_key_env": None,
+                        "max_concurrency": 128, "params": {"max_tokens": 64}},
+        }))
+        out = Path(tmp) / "run"
+        env = {**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "distilforge", "generate", str(config), "--output", str(out)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        samples: list[tuple[float, float]] = []
+        start = time.monotonic()
+        while proc.poll() is None:
+            rss = rss_mib(proc.pid)
+            if rss is not None:
+                samples.append((time.monotonic() - start, rss))
+            time.sleep(0.2)
+        assert proc.returncode == 0, proc.returncode
+        summary = json.loads((out / "run.json").read_text())
+        assert summary["kept"] == n, summary["kept"]
+        wall = summary["wall_seconds"]
+        # Map progress to time through the teacher window (first request .. last response).
+        t0 = summary["total_seconds"] - wall
+        marks = {}
+        for frac in (0.25, 0.5, 0.75, 1.0):
+            t = t0 + wall * frac
+            marks[frac] = max((r for ts, r in samples if ts <= t + 0.2), default=float("nan"))
+        return {"n": n, "marks": marks, "peak": max(r for _, r in samples), "rate": n / wall,
+                "total": time.monotonic() - start}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[10_000, 100_000])
+    args = parser.parse_args()
+    fake = FakeOpenAI(default=Behaviour(["3 + 2 = 5.\nThe answer is 5."]), log_requests=False)
+    url = fake.start()
+    table = Table(title="generate: resident memory (MiB) by progress")
+    for col in ("seeds", "25%", "50%", "75%", "100%", "peak", "requests/s", "total s"):
+        table.add_column(col, justify="right")
+    try:
+        for n in args.seeds:
+            r = run(n, url)
+            table.add_row(f"{n:,}", *(f"{r['marks'][f]:.0f}" for f in (0.25, 0.5, 0.75, 1.0)),
+                          f"{r['peak']:.0f}", f"{r['rate']:.0f}", f"{r['total']:.0f}")
+    finally:
+        fake.stop()
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
