@@ -7,8 +7,8 @@ from typing import Any
 from distilforge.budget.ledger import Budget
 from distilforge.budget.prices import PRICES_CHECKED, resolve_prices
 from distilforge.budget.tokens import estimate_prompt_tokens, prompt_tokens_upper_bound
+from distilforge.modes import make_prompter
 from distilforge.pipeline.seeds import read_seeds
-from distilforge.prompts import build_messages
 from distilforge.schemas.config import JobConfig
 
 
@@ -20,9 +20,13 @@ def estimate_cost(config: JobConfig, expected_completion_tokens: int | None = No
     # Each request re-sends the prompt: once per seed with n, once per sample without.
     prompts_per_seed = 1 if t.supports_n else k
     seeds = prompt_est = prompt_max = 0
+    if g.mode in ("self-instruct", "evol-instruct"):
+        raise ValueError(f"estimate: generation.mode {g.mode} grows its own prompts; estimate a cot/icl/instruct job")
+    prompter = make_prompter(g)
+    prompter.prepare(config.seeds.path)
     for seed in read_seeds(config.seeds.path, config.seeds.fields, limit=config.seeds.limit,
                            answer_type=g.answer_type, split=config.seeds.split, subset=config.seeds.subset):
-        messages = build_messages(seed, g)
+        messages, _ = prompter.build(seed)
         seeds += 1
         prompt_est += estimate_prompt_tokens(messages) * prompts_per_seed
         prompt_max += prompt_tokens_upper_bound(messages) * prompts_per_seed

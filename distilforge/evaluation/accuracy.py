@@ -15,6 +15,7 @@ from distilforge.pipeline.seeds import SeedError, read_seeds
 from distilforge.prompts import build_messages
 from distilforge.schemas.config import JobConfig
 from distilforge.schemas.records import Seed
+from distilforge.trainers.formats import LABEL_PREFIX
 
 
 def load_eval_questions(config: JobConfig) -> list[tuple[str, Seed]]:
@@ -58,13 +59,23 @@ def evaluate_model(
         batch_size=config.eval.batch_size, device=config.teacher.device, adapter=adapter,
     )
     student.load()
+    # The student is asked as it was trained: the chain-of-thought prompt on the bare question.
+    generation = config.generation
+    if generation.mode != "cot":
+        generation = generation.model_copy(update={"mode": "cot", "template": None})
+    prefix = LABEL_PREFIX if config.train.format == "step-by-step" else ""
     results: list[dict[str, Any]] = []
     size = config.eval.batch_size
     with progress_bar(console) as progress:
         task = progress.add_task(label, total=len(questions))
         for start in range(0, len(questions), size):
             chunk = questions[start : start + size]
-            responses = student.generate_batch([(build_messages(q, config.generation), 1) for _, q in chunk])
+            prompts = []
+            for _, q in chunk:
+                messages = build_messages(q, generation)
+                messages[-1] = {"role": "user", "content": prefix + messages[-1]["content"]}
+                prompts.append((messages, 1))
+            responses = student.generate_batch(prompts)
             for (name, q), resp in zip(chunk, responses, strict=True):
                 text = resp.completions[0].text
                 _, raw = split_answer(text)

@@ -98,6 +98,12 @@ def parse_yes_no(raw: str) -> str | None:
     return None
 
 
+def parse_choice(raw: str) -> str | None:
+    """A multiple-choice letter: 'B', '(b)', 'B)', 'option B', 'B. Paris'."""
+    m = re.match(r"^\s*(?:option\s+|\()?([A-Ea-e])(?:\)|\.|:|\s|$)", raw)
+    return m.group(1).upper() if m else None
+
+
 def normalize_text(raw: str) -> str:
     raw = raw.lower().strip()
     raw = raw.translate(str.maketrans("", "", string.punctuation))
@@ -114,6 +120,8 @@ def canonical(raw: str, answer_type: str) -> str | None:
         return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
     if answer_type == "yes_no":
         return parse_yes_no(raw)
+    if answer_type == "choice":
+        return parse_choice(raw)
     text = normalize_text(raw)
     return text or None
 

@@ -61,11 +61,16 @@ class Filter(PipelineStep):
                 self.n_out += 1
                 yield record
                 continue
-            record.reject_reason, record.reject_detail = self.name, detail
-            if len(self.examples) < self.examples_kept:
-                self.examples.append({"seed_id": record.seed_id, "detail": detail, "text": record.text[:300]})
-            if self.reject_sink is not None:
-                self.reject_sink(record)
+            self.reject(record, self.name, detail)
+
+    def reject(self, record: Record, reason: str, detail: str) -> None:
+        """Tag a reject, keep a few examples for the report, and hand it to the sink."""
+        record.reject_reason, record.reject_detail = reason, detail
+        if len(self.examples) < self.examples_kept:
+            self.examples.append({"seed_id": record.seed_id, "reason": reason, "detail": detail,
+                                  "text": record.text[:300]})
+        if self.reject_sink is not None:
+            self.reject_sink(record)
 
     def report(self) -> dict[str, Any]:
         return {

@@ -17,7 +17,8 @@ from distilforge.schemas.records import Record
 KEPT_COLUMNS = [
     "messages", "seed_id", "sample_index", "question", "rationale", "answer", "gold", "answer_type",
     "teacher_model", "text", "finish_reason", "prompt_tokens", "completion_tokens",
-    "prompt_template", "prompt_hash",
+    "mode", "template", "template_sha", "demo_ids", "vote_share",
+    "instruction", "input", "output", "parent_id", "rouge_l_max",
 ]
 REJECTED_COLUMNS = [*KEPT_COLUMNS, "reject_reason", "reject_detail"]
 
@@ -28,6 +29,9 @@ def features(columns: list[str]) -> Any:
     types: dict[str, Any] = {
         "messages": List({"role": Value("string"), "content": Value("string")}),
         "sample_index": Value("int64"),
+        "demo_ids": List(Value("string")),
+        "vote_share": Value("float64"),
+        "rouge_l_max": Value("float64"),
         "prompt_tokens": Value("int64"),
         "completion_tokens": Value("int64"),
     }

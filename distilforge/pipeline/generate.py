@@ -18,9 +18,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from distilforge.budget import Budget, prompt_tokens_upper_bound
+from distilforge.modes import Prompter, make_prompter, parse_record
 from distilforge.pipeline.base import PipelineStep
 from distilforge.pipeline.journal import Journal, request_key
-from distilforge.prompts import build_messages, template_hash
+from distilforge.pipeline.policy import majority
 from distilforge.schemas.config import GenerationConfig
 from distilforge.schemas.records import Record, Seed
 from distilforge.teachers.base import Teacher, TeacherError
@@ -37,6 +38,7 @@ class GenerateStats:
         self.samples_new = 0
         self.samples_failed = 0
         self.samples_not_sent = 0  # left undone by a budget stop or an interrupt
+        self.samples_saved = 0  # adaptive sampling: samples never requested because answers agreed
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.first_request: float | None = None
@@ -58,6 +60,7 @@ class Generate(PipelineStep):
         on_progress: Callable[[int, int, int], None] | None = None,
         supports_n: bool = True,
         journal_only: bool = False,
+        prompter: Prompter | None = None,
     ):
         self.teacher = teacher
         self.journal = journal
@@ -69,7 +72,7 @@ class Generate(PipelineStep):
         self.supports_n = supports_n
         self.journal_only = journal_only  # Batch API runs: answers come from the journal only
         self.stats = GenerateStats()
-        self.template_hash = template_hash(generation.template)
+        self.prompter = prompter or make_prompter(generation)
         self.stopped: str | None = None  # "budget" | "interrupted"
         # Request ids: unique per run (pid + start time) and cheap (uuid4 reads the OS RNG each call).
         self._run_token = f"{os.getpid():x}{int(time.time() * 1000):x}"
@@ -79,9 +82,9 @@ class Generate(PipelineStep):
         if self.stopped is None:
             self.stopped = reason
 
-    def _record(self, seed: Seed, index: int, messages: list[dict[str, str]], text: str, finish: str | None,
-                p_tokens: int, c_tokens: int, model: str) -> Record:
-        return Record(
+    def _record(self, seed: Seed, index: int, messages: list[dict[str, str]], fields: dict[str, Any], text: str,
+                finish: str | None, p_tokens: int, c_tokens: int, model: str) -> Record:
+        record = Record(
             seed_id=seed.seed_id,
             sample_index=index,
             question=seed.question,
@@ -93,8 +96,10 @@ class Generate(PipelineStep):
             finish_reason=finish,
             prompt_tokens=p_tokens,
             completion_tokens=c_tokens,
-            meta={"prompt_template": self.generation.template, "prompt_hash": self.template_hash},
         )
+        for name, value in fields.items():
+            setattr(record, name, value)
+        return record
 
     def worst_case_usd(self, messages: list[dict[str, str]], n: int) -> float:
         return self.budget.cost(prompt_tokens_upper_bound(messages), self.completion_budget * n)
@@ -106,8 +111,8 @@ class Generate(PipelineStep):
                                       replace=not self.journal_only)
         self.on_progress(len(missing), 0, 0)
 
-    async def _request(self, seed: Seed, messages: list[dict[str, str]], missing: list[tuple[str, int]],
-                       out: asyncio.Queue[Any]) -> None:
+    async def _request(self, seed: Seed, messages: list[dict[str, str]], fields: dict[str, Any],
+                       missing: list[tuple[str, int]], out: list[Record]) -> None:
         """Ask for `missing` samples; a server may return fewer choices than n, so loop until done."""
         loop = asyncio.get_running_loop()
         while missing:
@@ -157,31 +162,64 @@ class Generate(PipelineStep):
             self.stats.samples_new += len(taken)
             self.on_progress(len(taken), response.prompt_tokens, response.completion_tokens)
             for (_, index), comp, (p, c) in zip(taken, response.completions, shares, strict=True):
-                await out.put(self._record(seed, index, messages, comp.text, comp.finish_reason, p, c,
-                                           response.model))
+                out.append(self._record(seed, index, messages, fields, comp.text, comp.finish_reason, p, c,
+                                        response.model))
 
-    async def _replay(self, seed: Seed, out: asyncio.Queue[Any]) -> tuple[list[dict[str, str]], list[tuple[str, int]]]:
-        """Emit what the journal already holds for `seed`; return its messages and the missing samples."""
-        messages = build_messages(seed, self.generation)
-        keys = [(request_key(self.identity, messages, i), i) for i in range(self.generation.samples_per_seed)]
+    def _replay(self, seed: Seed, indices: range, out: list[Record]) -> tuple[list[dict[str, str]], dict[str, Any],
+                                                                            list[tuple[str, int]]]:
+        """Collect what the journal already holds for `seed`; return its messages, fields and what is missing."""
+        messages, fields = self.prompter.build(seed)
+        keys = [(request_key(self.identity, messages, i), i) for i in indices]
         found = self.journal.lookup([k for k, _ in keys])
         for key, index in keys:
             if key in found:
                 comp, p, c, model = found[key]
                 self.stats.samples_from_journal += 1
                 self.on_progress(1, 0, 0)
-                await out.put(self._record(seed, index, messages, comp.text, comp.finish_reason, p, c, model))
-        return messages, [(k, i) for k, i in keys if k not in found]
+                out.append(self._record(seed, index, messages, fields, comp.text, comp.finish_reason, p, c, model))
+        return messages, fields, [(k, i) for k, i in keys if k not in found]
 
-    async def _seed(self, seed: Seed, out: asyncio.Queue[Any]) -> None:
-        messages, missing = await self._replay(seed, out)
+    async def _sample(self, seed: Seed, indices: range, out: list[Record]) -> None:
+        messages, fields, missing = self._replay(seed, indices, out)
         if not missing:
             return
         groups = [missing] if self.supports_n else [[m] for m in missing]
         if len(groups) == 1:
-            await self._request(seed, messages, groups[0], out)
+            await self._request(seed, messages, fields, groups[0], out)
         else:
-            await asyncio.gather(*(self._request(seed, messages, g, out) for g in groups))
+            await asyncio.gather(*(self._request(seed, messages, fields, g, out) for g in groups))
+
+    def _enough(self, seed: Seed, records: list[Record]) -> bool:
+        """Adaptive sampling: gold hit often enough, or (no gold) enough answers agree."""
+        g = self.generation
+        parsed = [parse_record(r) for r in records]
+        if seed.gold is not None:
+            wanted = 1 if g.keep == "one" else (g.max_per_seed or 1)
+            return sum(1 for r in parsed if r.answer == seed.gold and r.finish_reason != "length") >= wanted
+        answer, share = majority(parsed)
+        agree = g.adaptive.agree if g.adaptive else 0
+        return answer is not None and round(share * sum(1 for r in parsed if r.answer is not None)) >= agree
+
+    async def _seed(self, seed: Seed, out: asyncio.Queue[Any]) -> None:
+        k = self.generation.samples_per_seed
+        records: list[Record] = []
+        adaptive = self.generation.adaptive
+        if adaptive is None:
+            await self._sample(seed, range(k), records)
+        else:
+            # Rounds of `batch` samples until the answers settle; sample indices stay 0..k-1 so a
+            # resumed run asks the same requests and replays them from the journal.
+            step = adaptive.batch or adaptive.agree
+            done = 0
+            while done < k and not self.stopped:
+                await self._sample(seed, range(done, min(k, done + step)), records)
+                done = min(k, done + step)
+                if self._enough(seed, records):
+                    break
+            self.stats.samples_saved += k - done
+            self.on_progress(k - done, 0, 0)
+        # The whole group goes downstream at once, so later per-seed steps see it contiguous.
+        await out.put(records)
 
     async def run(self, seeds: AsyncIterator[Seed]) -> AsyncIterator[Record]:
         concurrency = self.teacher.max_concurrency
@@ -209,7 +247,9 @@ class Generate(PipelineStep):
                     if self.stopped:
                         # Seeds after a stop still replay what the journal holds, but send nothing.
                         open_seeds.release()
-                        _, missing = await self._replay(seed, out)
+                        replayed: list[Record] = []
+                        _, _, missing = self._replay(seed, range(self.generation.samples_per_seed), replayed)
+                        await out.put(replayed)
                         self.stats.samples_not_sent += len(missing)
                         self.on_progress(len(missing), 0, 0)
                         continue
@@ -226,7 +266,8 @@ class Generate(PipelineStep):
         feeder = asyncio.create_task(feed())
         try:
             while (item := await out.get()) is not _DONE:
-                yield item
+                for record in item:
+                    yield record
             await feeder
             if errors:
                 raise errors[0]

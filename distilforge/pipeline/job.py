@@ -7,6 +7,7 @@ import contextlib
 import json
 import signal
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,14 @@ from typing import Any
 from rich.console import Console
 
 from distilforge.budget import Budget, resolve_prices
+from distilforge.modes import Prompter, filters_for, make_prompter
 from distilforge.pipeline.base import Filter, PipelineStep
 from distilforge.pipeline.dataset import KEPT_COLUMNS, REJECTED_COLUMNS, JsonlSink, jsonl_to_dataset
 from distilforge.pipeline.executor import LocalExecutor
-from distilforge.pipeline.filters import default_filters
-from distilforge.pipeline.generate import Generate
+from distilforge.pipeline.generate import Generate, GenerateStats
 from distilforge.pipeline.journal import Journal
 from distilforge.pipeline.parse import ParseAnswer
+from distilforge.pipeline.policy import SeedPolicy
 from distilforge.pipeline.progress import RunProgress
 from distilforge.pipeline.run_files import snapshot_config, update_run, write_atomic
 from distilforge.pipeline.seeds import count_and_validate, read_seeds
@@ -67,27 +69,72 @@ def make_budget(config: JobConfig, journal: Journal) -> Budget:
 class _Interrupts:
     """First Ctrl-C: stop dispatching, let in-flight requests finish. Second: cancel them."""
 
-    def __init__(self, generate: Generate, console: Console):
-        self.generate = generate
+    def __init__(self, generates: list[Generate], console: Console):
+        self.generates = generates
         self.console = console
         self.count = 0
         self.task: asyncio.Task[Any] | None = None
 
     def __call__(self) -> None:
         self.count += 1
+        for generate in self.generates:
+            generate.stop("interrupted")
         if self.count == 1:
-            self.generate.stop("interrupted")
             self.console.print("[yellow]stopping[/yellow]: no new requests; waiting for those in flight "
                                "(Ctrl-C again to abandon them; they will be re-sent on resume)")
         elif self.task is not None:
-            self.generate.stop("interrupted")
             self.task.cancel()
+
+
+def expected_samples(config: JobConfig, n_seeds: int) -> int:
+    g = config.generation
+    if g.mode == "self-instruct":
+        return g.target_count
+    if g.mode == "evol-instruct":
+        return n_seeds * g.rounds * 2  # an evolution and an answer per instruction and round
+    return n_seeds * g.samples_per_seed
+
+
+def build_steps(config: JobConfig, new_generate: Any, prompter: Prompter) -> tuple[list[PipelineStep], list[Generate]]:
+    """The pipeline for the configured mode; also returns its Generate steps (for stats and stops)."""
+    g = config.generation
+    if g.mode == "self-instruct":
+        from distilforge.modes.self_instruct import SelfInstruct
+
+        generate = new_generate(g.model_copy(update={"samples_per_seed": 1}), prompter)
+        return [SelfInstruct(config, generate), *filters_for(g.mode)], [generate]
+    if g.mode == "evol-instruct":
+        from distilforge.modes.evol_instruct import EvolInstruct
+
+        single = g.model_copy(update={"samples_per_seed": 1})
+        answering = g.model_copy(update={"mode": "instruct", "template": None, "samples_per_seed": 1})
+        evolve, answer = new_generate(single, Prompter(single)), new_generate(answering, Prompter(answering))
+        return [EvolInstruct(config, evolve, answer), ParseAnswer(), *filters_for("instruct")], [evolve, answer]
+    generate = new_generate(g, prompter)
+    steps: list[PipelineStep] = [generate, ParseAnswer(), *filters_for(g.mode)]
+    if g.self_consistency or g.keep != "all" or g.max_per_seed:
+        steps.append(SeedPolicy(g))
+    return steps, [generate]
+
+
+def merged_stats(generates: list[Generate]) -> GenerateStats:
+    total = GenerateStats()
+    for generate in generates:
+        for name, value in vars(generate.stats).items():
+            if name in ("first_request", "last_response"):
+                if value is not None:
+                    current = getattr(total, name)
+                    pick = min if name == "first_request" else max
+                    setattr(total, name, value if current is None else pick(current, value))
+            else:
+                setattr(total, name, getattr(total, name) + value)
+    return total
 
 
 async def _generate(config: JobConfig, run_dir: Path, console: Console) -> dict[str, Any]:
     started = time.monotonic()
     n_seeds = count_and_validate(config.seeds.path, config.seeds.fields, **seed_kwargs(config))
-    expected = n_seeds * config.generation.samples_per_seed
+    expected = expected_samples(config, n_seeds)
     staging = run_dir / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
 
@@ -99,24 +146,44 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console) -> dict[
         raise
     snapshot_config(config, run_dir)
     orphans = journal.orphan_count()
+    if config.generation.mode == "self-instruct" and config.teacher.backend in ("openai", "vllm") \
+            and config.teacher.params.response_format is None:
+        from distilforge.modes.self_instruct import Task
+        from distilforge.modes.structured import response_format
+
+        # Servers that can enforce a schema get one; other teachers' JSON is repaired and validated.
+        config = config.model_copy(deep=True)
+        config.teacher.params.response_format = response_format(Task, "task")
     teacher = make_teacher(config.teacher)
+    prompter = make_prompter(config.generation)
+    prompter.prepare(config.seeds.path)
     kept_sink = JsonlSink(staging / "kept.jsonl", KEPT_COLUMNS)
     rejected_sink = JsonlSink(staging / "rejected.jsonl", REJECTED_COLUMNS)
-    filters: list[Filter] = default_filters()
-    for f in filters:
-        f.reject_sink = rejected_sink.write
+    rejected_counts: Counter[str] = Counter()
+
+    def reject(record: Record) -> None:
+        rejected_counts[record.reject_reason or "unknown"] += 1
+        rejected_sink.write(record)
+
     batch_report: dict[str, Any] | None = None
     interrupts: _Interrupts | None = None
     loop = asyncio.get_running_loop()
     try:
         with RunProgress(console, expected, budget) as progress:
-            generate = Generate(
-                teacher, journal, config.generation, teacher_identity(config),
-                budget=budget, completion_budget=config.teacher.completion_budget(),
-                on_progress=progress.advance, supports_n=config.teacher.supports_n,
-                journal_only=config.teacher.batch,
-            )
-            interrupts = _Interrupts(generate, console)
+            def new_generate(generation: Any, mode_prompter: Prompter) -> Generate:
+                return Generate(
+                    teacher, journal, generation, teacher_identity(config),
+                    budget=budget, completion_budget=config.teacher.completion_budget(),
+                    on_progress=progress.advance, supports_n=config.teacher.supports_n,
+                    journal_only=config.teacher.batch, prompter=mode_prompter,
+                )
+
+            steps, generates = build_steps(config, new_generate, prompter)
+            filters = [s for s in steps if isinstance(s, Filter)]
+            for f in filters:
+                f.reject_sink = reject
+            generate = generates[0]
+            interrupts = _Interrupts(generates, console)
             interrupts.task = asyncio.current_task()
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not in the main thread
                 loop.add_signal_handler(signal.SIGINT, interrupts)
@@ -129,8 +196,9 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console) -> dict[
                 from distilforge.teachers.batch import run_batches
 
                 batch_report = await run_batches(config, teacher, journal, budget, generate, console)
-            steps: list[PipelineStep] = [generate, ParseAnswer(), *filters, Keep(kept_sink, progress)]
-            source = read_seeds(config.seeds.path, config.seeds.fields, **seed_kwargs(config))
+            steps.append(Keep(kept_sink, progress))
+            source = (read_seeds(config.seeds.path, config.seeds.fields, **seed_kwargs(config))
+                      if generate is steps[0] else iter(()))
             try:
                 await LocalExecutor(steps).run(source)
             except asyncio.CancelledError:
@@ -150,13 +218,14 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console) -> dict[
     kept = jsonl_to_dataset(staging / "kept.jsonl", KEPT_COLUMNS, run_dir / "dataset", run_dir / "parquet" / "kept.parquet")
     jsonl_to_dataset(staging / "rejected.jsonl", REJECTED_COLUMNS, run_dir / "rejected",
                      run_dir / "parquet" / "rejected.parquet")
-    stats = generate.stats
-    rejected: dict[str, int] = {f.name: f.n_in - f.n_out for f in filters}
+    stats = merged_stats(generates)
+    stopped = next((g.stopped for g in generates if g.stopped), None)
     wall = (stats.last_response - stats.first_request) if stats.first_request and stats.last_response else 0.0
     summary = {
         "name": config.name,
-        "status": "completed" if generate.stopped is None else "stopped",
-        "stopped": generate.stopped or "done",
+        "status": "completed" if stopped is None else "stopped",
+        "stopped": stopped or "done",
+        "mode": config.generation.mode,
         "teacher": {"backend": config.teacher.backend, "model": config.teacher.model,
                     "params": config.teacher.params.model_dump(mode="json", exclude_none=True)},
         "seeds": {"path": config.seeds.path, "count": n_seeds},
@@ -167,6 +236,7 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console) -> dict[
             "failed": len(dead),
             "not_sent": stats.samples_not_sent,
         },
+        "requests_saved": stats.samples_saved,
         "requests": {
             "sent": stats.requests_sent,
             "succeeded": stats.requests_succeeded,
@@ -185,7 +255,7 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console) -> dict[
             "prices": budget.prices.model_dump() if budget.prices else None,
         },
         "kept": kept,
-        "rejected": {k: v for k, v in rejected.items() if v},
+        "rejected": dict(rejected_counts),
         "filters": [f.report() for f in filters],
         "wall_seconds": round(wall, 3),
         "total_seconds": round(time.monotonic() - started, 3),

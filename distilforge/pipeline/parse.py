@@ -1,18 +1,9 @@
-"""Parse step: split each completion into rationale and canonical final answer."""
+"""Parse step: each mode reads its answers (rationale + final answer, or an instruction's output)."""
 
 from __future__ import annotations
 
-from distilforge.pipeline.answers import canonical, split_answer
+from distilforge.modes import parse_record
 from distilforge.pipeline.base import Map
-from distilforge.schemas.records import Record
-
-
-def parse_record(record: Record) -> Record:
-    rationale, raw = split_answer(record.text)
-    record.rationale = rationale
-    record.meta["answer_raw"] = raw
-    record.answer = canonical(raw, record.answer_type) if raw is not None else None
-    return record
 
 
 def ParseAnswer() -> Map:

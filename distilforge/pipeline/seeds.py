@@ -142,7 +142,12 @@ def read_seeds(
             seen_ids.add(seed_id)
         else:
             seed_id = f"{index:06d}"
-        yield Seed(seed_id=seed_id, question=question, gold=gold, answer_type=kind, source=where)
+        input_text = None
+        if fields.input is not None:
+            value = row.get(fields.input)
+            input_text = str(value) if value not in (None, "", "<noinput>") else None
+        yield Seed(seed_id=seed_id, question=question, gold=gold, answer_type=kind, source=where,
+                   input=input_text, meta={"raw_answer": raw_gold} if isinstance(raw_gold, str) else {})
 
 
 def count_and_validate(path: str, fields: SeedFields, **kwargs: Any) -> int:

@@ -16,6 +16,7 @@ PROMPTS_DIR = Path(__file__).parent
 ANSWER_HINTS = {
     "number": "a number",
     "yes_no": "yes or no",
+    "choice": "the letter of the correct option",
     "text": "a short phrase",
 }
 
@@ -39,13 +40,18 @@ def template_hash(name: str) -> str:
     return _load(name)[1]
 
 
-def build_messages(seed: Seed, generation: GenerationConfig) -> list[dict[str, str]]:
-    """The chat messages for one seed: optional system prompt, then the rendered template."""
+def build_messages(seed: Seed, generation: GenerationConfig, **extra: object) -> list[dict[str, str]]:
+    """The teacher's chat messages for one seed: optional system prompt, then the mode's template."""
+    if seed.messages is not None:
+        return seed.messages
     content = render(
-        generation.template,
+        generation.template_name,
         question=seed.question,
+        instruction=seed.question,
+        input=seed.input,
         answer_type=seed.answer_type,
         answer_hint=ANSWER_HINTS.get(seed.answer_type, "the final answer"),
+        **extra,
     )
     messages = []
     if generation.system_prompt:

@@ -27,6 +27,7 @@ class SeedFields(Strict):
     question: str = "question"
     answer: str | None = "answer"
     id: str | None = None
+    input: str | None = Field(default=None, description="instruction modes: the optional input field")
 
 
 class SeedsConfig(Strict):
@@ -93,12 +94,49 @@ class TeacherConfig(Strict):
         return v
 
 
+Mode = Literal["cot", "icl", "instruct", "self-instruct", "evol-instruct"]
+DEFAULT_TEMPLATES: dict[str, str] = {
+    "cot": "cot.jinja",
+    "icl": "icl.jinja",
+    "instruct": "instruct.jinja",
+    "self-instruct": "self_instruct.jinja",
+    "evol-instruct": "evol_instruct.jinja",
+}
+
+
+class IclConfig(Strict):
+    pool: str | None = Field(default=None, description="demonstrations file; default: the seeds themselves")
+    fields: SeedFields = SeedFields()
+    k: int = Field(default=4, ge=1)
+    selection: Literal["random", "nearest"] = "random"
+    student_format: Literal["zero-shot", "in-context"] = "zero-shot"
+
+
+class AdaptiveConfig(Strict):
+    agree: int = Field(default=3, ge=2, description="stop once this many answers agree (no gold)")
+    batch: int | None = Field(default=None, ge=1, description="samples per round (default: agree)")
+
+
 class GenerationConfig(Strict):
-    mode: Literal["cot"] = "cot"
+    mode: Mode = "cot"
     samples_per_seed: int = Field(default=1, ge=1)
-    answer_type: Literal["auto", "number", "yes_no", "text"] = "auto"
-    template: str = "cot.jinja"
+    answer_type: Literal["auto", "number", "yes_no", "choice", "text"] = "auto"
+    template: str | None = Field(default=None, description="Jinja2 file; default: the mode's own")
     system_prompt: str | None = None
+    keep: Literal["all", "one", "distinct"] = "all"
+    max_per_seed: int | None = Field(default=None, ge=1, description="with keep: distinct")
+    self_consistency: bool = Field(default=False, description="no gold: keep rationales that agree with the majority")
+    adaptive: AdaptiveConfig | None = None
+    icl: IclConfig = IclConfig()
+    target_count: int = Field(default=100, ge=1, description="self-instruct: instructions to collect")
+    proposals_per_round: int = Field(default=16, ge=1, description="self-instruct: requests per round")
+    rouge_threshold: float = Field(default=0.7, gt=0, le=1, description="self-instruct: keep below this ROUGE-L")
+    rounds: int = Field(default=1, ge=1, description="evol-instruct: evolution rounds")
+    rng_seed: int = 0
+
+    @property
+    def template_name(self) -> str:
+        return self.template or DEFAULT_TEMPLATES[self.mode]
 
 
 class Prices(Strict):
@@ -121,6 +159,8 @@ class LoraConfig(Strict):
 
 class TrainConfig(Strict):
     enabled: bool = False
+    format: Literal["chat", "step-by-step"] = "chat"
+    alpha: float = Field(default=0.5, gt=0, lt=1, description="step-by-step: share of label-task examples")
     student: str = EMBEDDED_STUDENT
     method: Literal["lora", "full"] = "lora"
     max_steps: int = Field(default=-1, description="-1: run `epochs` instead")
@@ -170,6 +210,10 @@ class JobConfig(Strict):
             raise ValueError("teacher.base_url: the vllm backend needs the server's URL (or a list of replicas)")
         if t.batch and t.backend != "openai":
             raise ValueError("teacher.batch: the Batch API needs backend: openai")
+        if t.batch and self.generation.mode in ("self-instruct", "evol-instruct"):
+            raise ValueError("teacher.batch: self-instruct and evol-instruct decide each round from the last one")
+        if self.generation.mode == "icl" and self.generation.icl.k >= 1 and self.generation.adaptive:
+            raise ValueError("generation.adaptive: works with cot only")
         return self
 
 

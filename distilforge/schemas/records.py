@@ -16,8 +16,11 @@ class Seed:
     seed_id: str
     question: str
     gold: str | None  # canonical gold answer ("18", "yes"), None when the seeds carry no answer
-    answer_type: str  # number | yes_no | text
+    answer_type: str  # number | yes_no | choice | text
     source: str  # "file:line", for error messages and provenance
+    input: str | None = None  # instruction modes: the task's input
+    messages: list[dict[str, str]] | None = None  # prebuilt teacher prompt (generated seeds)
+    meta: dict[str, Any] = field(default_factory=dict)  # parent_id, demo ids, ...
 
 
 @dataclass(slots=True)
@@ -39,17 +42,27 @@ class Record:
     answer: str | None = None
     reject_reason: str | None = None
     reject_detail: str | None = None
+    mode: str = "cot"
+    template: str | None = None
+    template_sha: str | None = None
+    demo_ids: list[str] | None = None  # ICL
+    vote_share: float | None = None  # CoT self-consistency
+    instruction: str | None = None  # instruction modes
+    input: str | None = None
+    output: str | None = None
+    parent_id: str | None = None
+    rouge_l_max: float | None = None
+    student_prompt: list[dict[str, str]] | None = None  # what the student sees; default: the prompt
     meta: dict[str, Any] = field(default_factory=dict)
 
     def messages(self) -> list[dict[str, str]]:
-        """The student's view: the prompt's user turn and the teacher's full answer."""
-        user = [m for m in self.prompt if m["role"] != "system"]
-        return [*user, {"role": "assistant", "content": self.text.strip()}]
+        """The student's view: its prompt (the teacher's, unless the mode says otherwise) and the answer."""
+        user = self.student_prompt or [m for m in self.prompt if m["role"] != "system"]
+        answer = self.output if self.output is not None else self.text.strip()
+        return [*user, {"role": "assistant", "content": answer}]
 
     def to_row(self) -> dict[str, Any]:
         # Shallow on purpose (asdict deep-copies the prompt): rows are serialized straight away.
-        row = {name: getattr(self, name) for name in self.__slots__ if name != "meta"}  # type: ignore[attr-defined]
+        row = {name: getattr(self, name) for name in self.__slots__ if name not in ("meta", "student_prompt")}  # type: ignore[attr-defined]
         row["messages"] = self.messages()
-        row["prompt_template"] = self.meta.get("prompt_template")
-        row["prompt_hash"] = self.meta.get("prompt_hash")
         return row

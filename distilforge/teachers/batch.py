@@ -23,7 +23,6 @@ from distilforge.budget import Budget, prompt_tokens_upper_bound
 from distilforge.pipeline.generate import Generate
 from distilforge.pipeline.journal import Journal, request_key
 from distilforge.pipeline.seeds import read_seeds
-from distilforge.prompts import build_messages
 from distilforge.schemas.config import JobConfig
 from distilforge.teachers.base import Completion, TeacherResponse
 
@@ -186,7 +185,7 @@ async def run_batches(config: JobConfig, teacher: Any, journal: Journal, budget:
             n_per = g.samples_per_seed if t.supports_n else 1
             for seed in read_seeds(config.seeds.path, config.seeds.fields, limit=config.seeds.limit,
                                    answer_type=g.answer_type, split=config.seeds.split, subset=config.seeds.subset):
-                messages = build_messages(seed, g)
+                messages, _ = generate.prompter.build(seed)
                 keys = [(request_key(generate.identity, messages, i), i) for i in range(g.samples_per_seed)]
                 found = journal.lookup([k for k, _ in keys])
                 missing = [(k, i) for k, i in keys if k not in found]

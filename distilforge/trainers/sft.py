@@ -13,15 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from distilforge.schemas.config import JobConfig
+from distilforge.trainers.formats import chat_example, step_by_step_examples
 
 
 class TrainError(RuntimeError):
     """Training cannot start (no dataset, nothing kept); the message says what to do."""
-
-
-def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
-    messages = row["messages"]
-    return {"prompt": messages[:-1], "completion": messages[-1:]}
 
 
 def train_student(config: JobConfig, run_dir: Path) -> dict[str, Any]:
@@ -38,9 +34,15 @@ def train_student(config: JobConfig, run_dir: Path) -> dict[str, Any]:
     ds = datasets.load_from_disk(str(dataset_dir))
     if len(ds) == 0:
         raise TrainError(f"{dataset_dir}: no kept records to train on (see run.json 'rejected')")
-    ds = ds.map(to_prompt_completion, remove_columns=ds.column_names)
-
     t = config.train
+    if t.format == "step-by-step":
+        examples = step_by_step_examples(ds.select_columns(["messages", "answer", "rationale"]).to_list(), t.alpha, t.seed)
+        if not examples:
+            raise TrainError(f"{dataset_dir}: train.format step-by-step needs rows with answers and rationales")
+        ds = datasets.Dataset.from_list(examples)
+    else:
+        ds = ds.map(chat_example, remove_columns=ds.column_names)
+
     started = time.monotonic()
     model_path = resolve_model(t.student)
     on_gpu = torch.cuda.is_available()
@@ -96,6 +98,7 @@ def train_student(config: JobConfig, run_dir: Path) -> dict[str, Any]:
     return {
         "student": t.student,
         "method": t.method,
+        "format": t.format,
         "examples": len(ds),
         "steps": trainer.state.global_step,
         "train_loss": round(result.training_loss, 4),

@@ -1,0 +1,68 @@
+"""Generation modes: how a seed becomes teacher messages, how an answer is read, which checks apply.
+
+`cot` and `icl` have answers to check (numbers, yes/no, letters, text); `instruct`, `self-instruct`
+and `evol-instruct` produce instruction data, checked for completeness and novelty instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distilforge.pipeline.answers import canonical, split_answer
+from distilforge.pipeline.base import Filter
+from distilforge.pipeline.filters import Empty, ExactDuplicate, Refusal, Truncated, default_filters
+from distilforge.prompts import build_messages, template_hash
+from distilforge.schemas.config import GenerationConfig
+from distilforge.schemas.records import Record, Seed
+
+ANSWERABLE = ("cot", "icl")
+
+
+class Prompter:
+    """Builds the teacher's messages for a seed and the provenance fields its records carry."""
+
+    def __init__(self, generation: GenerationConfig):
+        self.generation = generation
+        self.template = generation.template_name
+        self.template_sha = template_hash(self.template)
+
+    def prepare(self, seeds_path: str | None = None) -> None:
+        """Load what the mode needs once (ICL: the demonstration pool)."""
+
+    def build(self, seed: Seed) -> tuple[list[dict[str, str]], dict[str, Any]]:
+        messages = build_messages(seed, self.generation)
+        fields: dict[str, Any] = {"mode": self.generation.mode, "template": self.template,
+                                  "template_sha": self.template_sha}
+        if self.generation.mode not in ANSWERABLE:
+            fields["instruction"] = seed.question
+            fields["input"] = seed.input
+            fields["parent_id"] = seed.meta.get("parent_id")
+            user = seed.question + (f"\n\n{seed.input}" if seed.input else "")
+            fields["student_prompt"] = [{"role": "user", "content": user}]
+        return messages, fields
+
+
+def make_prompter(generation: GenerationConfig) -> Prompter:
+    if generation.mode == "icl":
+        from distilforge.modes.icl import IclPrompter
+
+        return IclPrompter(generation)
+    return Prompter(generation)
+
+
+def parse_record(record: Record) -> Record:
+    """Answerable modes: rationale + canonical final answer. Instruction modes: the output text."""
+    if record.mode not in ANSWERABLE:
+        record.output = record.text.strip()
+        return record
+    rationale, raw = split_answer(record.text)
+    record.rationale = rationale
+    record.meta["answer_raw"] = raw
+    record.answer = canonical(raw, record.answer_type) if raw is not None else None
+    return record
+
+
+def filters_for(mode: str) -> list[Filter]:
+    if mode in ANSWERABLE:
+        return default_filters()
+    return [Truncated(), Empty(), Refusal(), ExactDuplicate()]

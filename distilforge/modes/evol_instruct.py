@@ -1,0 +1,130 @@
+"""Evol-Instruct (`mode: evol-instruct`; Xu et al. 2023, WizardLM): make instructions harder, round by round.
+
+Each round evolves every surviving instruction once, in depth (add constraints, deepen, concretize,
+increase reasoning steps) or in breadth (a new, rarer prompt in the same domain), the operation drawn
+with a seeded RNG per instruction and round. The teacher then answers the evolved instruction. The
+WizardLM elimination rules drop failed evolutions: no change from the parent, words copied from the
+evolving prompt, an answer that is a short apology, or an answer of only punctuation and stop words.
+Survivors are both kept records and the next round's parents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import AsyncIterator
+
+from distilforge.pipeline.base import Filter
+from distilforge.pipeline.generate import Generate
+from distilforge.pipeline.seeds import read_seeds
+from distilforge.prompts import render, template_hash
+from distilforge.schemas.config import JobConfig
+from distilforge.schemas.records import Record, Seed
+
+DEPTH_METHODS = {
+    "constraints": "Please add one more constraints/requirements into #Given Prompt#.",
+    "deepen": "If #Given Prompt# contains inquiries about certain issues, the depth and breadth of the inquiry can be increased.",
+    "concretize": "Please replace general concepts with more specific concepts.",
+    "reasoning": "If #Given Prompt# can be solved with just a few simple thinking processes, you can rewrite it to explicitly request multiple-step reasoning.",
+}
+OPERATIONS = [*DEPTH_METHODS, "breadth"]
+COPIED = re.compile(r"#?(given|rewritten|created) prompt#?", re.I)
+STOP_WORDS = {"the", "a", "an", "and", "or", "of", "to", "is", "it", "in", "on", "for", "with", "as", "this", "that"}
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def evolution_problem(parent: str, evolved: str) -> str | None:
+    if not evolved.strip():
+        return "empty evolution"
+    if _norm(evolved) == _norm(parent):
+        return "equal to its parent (no information gain)"
+    if COPIED.search(evolved):
+        return "copies words from the evolving prompt"
+    return None
+
+
+def answer_problem(answer: str) -> str | None:
+    words = answer.split()
+    if "sorry" in answer.lower() and len(words) < 80:
+        return "a short apology: the teacher could not answer the evolved instruction"
+    if not [w for w in re.findall(r"[a-z0-9]+", answer.lower()) if w not in STOP_WORDS]:
+        return "only punctuation and stop words"
+    return None
+
+
+class EvolInstruct(Filter):
+    """A source step: evolves the seed instructions for `generation.rounds` rounds."""
+
+    name = "evol_instruct"
+
+    def __init__(self, config: JobConfig, evolve: Generate, answer: Generate):
+        super().__init__()
+        self.config = config
+        self.evolve = evolve
+        self.answer = answer
+        self.template = config.generation.template_name
+        self.template_sha = template_hash(self.template)
+
+    def check(self, record: Record) -> str | None:  # decisions happen in run()
+        return None
+
+    def _operation(self, seed_id: str, round_no: int) -> str:
+        digest = hashlib.sha256(f"{self.config.generation.rng_seed}:{seed_id}:{round_no}".encode()).hexdigest()
+        return random.Random(int(digest[:12], 16)).choice(OPERATIONS)
+
+    @staticmethod
+    async def _run(generate: Generate, seeds: list[Seed]) -> list[Record]:
+        async def stream() -> AsyncIterator[Seed]:
+            for seed in seeds:
+                yield seed
+
+        records = [r async for r in generate.run(stream())]
+        return sorted(records, key=lambda r: (r.seed_id, r.sample_index))
+
+    async def run(self, records: AsyncIterator[Record]) -> AsyncIterator[Record]:
+        s = self.config.seeds
+        parents = list(read_seeds(s.path, s.fields, limit=s.limit, answer_type="text", split=s.split, subset=s.subset))
+        for round_no in range(1, self.config.generation.rounds + 1):
+            if not parents or self.evolve.stopped or self.answer.stopped:
+                break
+            asks = []
+            for parent in parents:
+                op = self._operation(parent.seed_id, round_no)
+                content = render(self.template, kind="breadth" if op == "breadth" else "depth",
+                                 method=DEPTH_METHODS.get(op, ""), instruction=parent.question)
+                asks.append(Seed(seed_id=f"{parent.seed_id}~{round_no}", question=parent.question, gold=None,
+                                 answer_type="text", source=parent.source, input=parent.input,
+                                 messages=[{"role": "user", "content": content}],
+                                 meta={"parent_id": parent.seed_id, "operation": op}))
+            by_id = {a.seed_id: a for a in asks}
+            evolved: list[Seed] = []
+            for record in await self._run(self.evolve, asks):
+                ask = by_id[record.seed_id]
+                self.n_in += 1
+                record.mode, record.template, record.template_sha = "evol-instruct", self.template, self.template_sha
+                record.parent_id = ask.meta["parent_id"]
+                record.instruction = record.text.strip()
+                problem = "truncated evolution" if record.finish_reason == "length" else evolution_problem(
+                    ask.question, record.text)
+                if problem:
+                    self.reject(record, "evolution_failed", f"{ask.meta['operation']}: {problem}")
+                    continue
+                evolved.append(Seed(seed_id=record.seed_id, question=record.text.strip(), gold=None,
+                                    answer_type="text", source=ask.source, meta={"parent_id": ask.meta["parent_id"],
+                                                                                 "operation": ask.meta["operation"]}))
+            survivors = []
+            evolved_by_id = {e.seed_id: e for e in evolved}
+            for record in await self._run(self.answer, evolved):
+                record.mode, record.template, record.template_sha = "evol-instruct", self.template, self.template_sha
+                problem = answer_problem(record.text)
+                if problem:
+                    self.reject(record, "evolution_failed", problem)
+                    continue
+                survivors.append(evolved_by_id[record.seed_id])
+                self.n_out += 1
+                yield record
+            parents = survivors

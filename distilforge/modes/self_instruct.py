@@ -1,0 +1,153 @@
+"""Self-Instruct (`mode: self-instruct`; Wang et al. 2023): grow a task pool from seed tasks.
+
+Each round asks the teacher for `proposals_per_round` new tasks, each prompt showing up to 6 seed
+tasks and 2 machine-made ones drawn with a seeded RNG. A proposal is kept when it parses (JSON
+instruction / input / output), passes the paper's heuristics, and its ROUGE-L against every
+instruction in the pool is below `rouge_threshold` (0.7); kept instructions join the pool, until
+`target_count`. Rounds are decided in request order, so a resumed run replays the journal into the
+same pool.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+
+from distilforge.modes.structured import parse_model
+from distilforge.pipeline.base import Filter
+from distilforge.pipeline.generate import Generate
+from distilforge.pipeline.rouge import NoveltyPool, tokenize
+from distilforge.pipeline.seeds import SeedError, iter_rows
+from distilforge.prompts import render, template_hash
+from distilforge.schemas.config import JobConfig
+from distilforge.schemas.records import Record, Seed
+
+# The paper's filter: tasks about images, graphs, files, maps, drawings, plots or going to places
+# cannot be done by a language model.
+BANNED_WORDS = {"image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
+                "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram"}
+
+
+class Task(BaseModel):
+    instruction: str = Field(min_length=1)
+    input: str = ""
+    output: str = Field(min_length=1)
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _no_input(cls, v: Any) -> str:
+        return "" if v is None or str(v).strip() in ("<noinput>", "<no input>", "none", "") else str(v)
+
+
+def heuristics(task: Task) -> str | None:
+    """The Self-Instruct paper's rules; returns why a task fails them."""
+    words = task.instruction.split()
+    if len(words) <= 3 or len(words) > 150:
+        return f"instruction has {len(words)} words (keep 4..150)"
+    lowered = task.instruction.lower()
+    for word in BANNED_WORDS:
+        if re.search(rf"\b{re.escape(word)}\b", lowered):
+            return f"mentions '{word}', which a language model cannot do"
+    if lowered.startswith("write a program"):
+        return "starts with 'Write a program' (ambiguous whether code or output is wanted)"
+    if not task.instruction[0].isalnum():
+        return "starts with punctuation"
+    if not task.instruction.isascii():
+        return "non-English characters"
+    return None
+
+
+def load_seed_tasks(path: str) -> list[dict[str, str]]:
+    """Self-Instruct seed files: {"instruction", "instances": [{"input", "output"}]}; flat rows work too."""
+    tasks = []
+    for where, row in iter_rows(path):
+        if not isinstance(row, dict) or not row.get("instruction"):
+            raise SeedError(f"{where}: a seed task needs an 'instruction' field")
+        instance = (row.get("instances") or [{}])[0]
+        tasks.append({"id": str(row.get("id", len(tasks))), "instruction": row["instruction"],
+                      "input": instance.get("input", row.get("input", "")) or "",
+                      "output": instance.get("output", row.get("output", "")) or ""})
+    return tasks
+
+
+class SelfInstruct(Filter):
+    """A source step: ignores its input stream and yields accepted instruction records."""
+
+    name = "self_instruct"
+
+    def __init__(self, config: JobConfig, generate: Generate):
+        super().__init__()
+        self.config = config
+        self.generate = generate
+        self.template = config.generation.template_name
+        self.template_sha = template_hash(self.template)
+        self.pool = NoveltyPool()
+
+    def check(self, record: Record) -> str | None:  # decisions happen in run()
+        return None
+
+    def _prompt(self, rng: random.Random, human: list[dict[str, str]], machine: list[dict[str, str]]) -> str:
+        shown = rng.sample(human, min(6, len(human))) + rng.sample(machine, min(2, len(machine)))
+        rng.shuffle(shown)
+        return render(self.template, tasks=shown)
+
+    def _accept(self, record: Record, machine: list[dict[str, str]], on_kept: Callable[[Record], None]) -> bool:
+        task, error = parse_model(record.text, Task)
+        if task is None:
+            self.reject(record, "invalid_json", error or "not a task")
+            return False
+        record.instruction, record.input, record.output = task.instruction, task.input or None, task.output
+        reason = heuristics(task)
+        if reason:
+            self.reject(record, "heuristics", reason)
+            return False
+        tokens = tokenize(task.instruction)
+        score, item = self.pool.max_rouge_l(tokens, stop_at=self.config.generation.rouge_threshold)
+        record.rouge_l_max = round(score, 4)
+        if score >= self.config.generation.rouge_threshold:
+            self.reject(record, "rouge_l", f"ROUGE-L {score:.2f} with pool item {item}")
+            return False
+        self.pool.add(tokens)
+        machine.append({"instruction": task.instruction, "input": task.input, "output": task.output})
+        return True
+
+    async def run(self, records: AsyncIterator[Record]) -> AsyncIterator[Record]:
+        g = self.config.generation
+        human = load_seed_tasks(self.config.seeds.path)
+        if self.config.seeds.limit:
+            human = human[: self.config.seeds.limit]
+        for task in human:
+            self.pool.add(task["instruction"])
+        machine: list[dict[str, str]] = []
+        rng = random.Random(g.rng_seed)
+        max_rounds = 5 * -(-g.target_count // g.proposals_per_round)  # give up on a teacher that repeats itself
+        for round_no in range(max_rounds):
+            if len(machine) >= g.target_count or self.generate.stopped:
+                break
+            proposals = [
+                Seed(seed_id=f"si-{round_no:04d}-{j:03d}", question=f"self-instruct proposal {round_no}/{j}",
+                     gold=None, answer_type="text", source="self-instruct",
+                     messages=[{"role": "user", "content": self._prompt(rng, human, machine)}])
+                for j in range(g.proposals_per_round)
+            ]
+
+            async def stream(items: list[Seed] = proposals) -> AsyncIterator[Seed]:
+                for item in items:
+                    yield item
+
+            batch = [r async for r in self.generate.run(stream())]
+            for record in sorted(batch, key=lambda r: (r.seed_id, r.sample_index)):
+                self.n_in += 1
+                record.mode, record.template, record.template_sha = "self-instruct", self.template, self.template_sha
+                if len(machine) >= g.target_count:
+                    self.reject(record, "target_reached", f"already {g.target_count} instructions")
+                    continue
+                if self._accept(record, machine, lambda r: None):
+                    user = record.instruction + (f"\n\n{record.input}" if record.input else "")
+                    record.student_prompt = [{"role": "user", "content": user}]
+                    self.n_out += 1
+                    yield record
