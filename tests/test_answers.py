@@ -90,3 +90,10 @@ def test_strategyqa_gold():
         for line in fh:
             row = json.loads(line)
             assert canonical_gold(row["answer"], "yes_no") == ("yes" if row["answer"] else "no")
+
+
+@pytest.mark.parametrize(("text", "expected"), [("The answer is (B).", "B"), ("Answer: c) Paris", "C"),
+                                                ("The answer is option D", "D"), ("The answer is E. Oslo", "E")])
+def test_multiple_choice_letters(text, expected):
+    _, raw = split_answer(text)
+    assert canonical(raw, "choice") == expected

@@ -83,3 +83,11 @@ def test_cli_bad_config_exits_2_with_one_line(cli, tmp_path):
     assert result.exit_code == 2
     assert "teacher.backend" in result.output and "job.yaml:5" in result.output
     assert "Traceback" not in result.output
+
+
+def test_every_example_config_is_valid():
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+    modes = {load_config(path).generation.mode for path in examples}
+    assert modes == {"cot", "icl", "instruct", "self-instruct", "evol-instruct"}

@@ -100,3 +100,28 @@ def test_embedded_smollm2_answers_offline():
     responses = teacher.generate_batch([([{"role": "user", "content": "Is the sun a star? Answer yes or no."}], 1)])
     assert responses[0].completions[0].text.strip()
     assert responses[0].completion_tokens > 0
+
+
+def test_step_by_step_format_trains_label_and_rationale_tasks(fake, cli, tmp_path, tiny_model):
+    fake.default = Behaviour(["3 dozen is 36; 36 * 0.5 = 18.\nThe answer is 18.", "Half of 36 is 18.\nThe answer is 18."])
+    seeds = write_jsonl(tmp_path / "seeds.jsonl", [{"question": f"Q{i}: 3 dozen eggs at $.50?", "answer": "#### 18"}
+                                                   for i in range(3)])
+    cli("generate", write_config(tmp_path / "job.yaml", api_config(seeds, fake.base_url)), "--output", tmp_path / "run")
+    result = cli("train", tmp_path / "run", "--set", f"train.student={tiny_model}", "--set", "train.format=step-by-step",
+                 "--set", "train.alpha=0.6", "--set", "train.max_steps=2", "--set", "train.max_length=128")
+    assert result.exit_code == 0, result.output
+    train = json.loads((tmp_path / "run" / "run.json").read_text())["train"]
+    # 6 kept rows -> 6 label examples and round(6 * 0.4 / 0.6) = 4 rationale examples.
+    assert train["format"] == "step-by-step" and train["examples"] == 10
+
+
+def test_step_by_step_examples_carry_task_prefixes():
+    from distilforge.trainers.formats import LABEL_PREFIX, RATIONALE_PREFIX, step_by_step_examples
+
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "r\nThe answer is 1."}],
+             "answer": "1", "rationale": "r"} for i in range(4)]
+    examples = step_by_step_examples(rows, alpha=0.5, seed=0)
+    labels = [e for e in examples if e["prompt"][-1]["content"].startswith(LABEL_PREFIX)]
+    rationales = [e for e in examples if e["prompt"][-1]["content"].startswith(RATIONALE_PREFIX)]
+    assert len(labels) == len(rationales) == 4
+    assert labels[0]["completion"][0]["content"] == "The answer is 1." and rationales[0]["completion"][0]["content"] == "r"
