@@ -19,6 +19,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def load_kept(run_dir: Path):
+    """Every kept row: DIR/dataset is a DatasetDict (train + validation)."""
+    import datasets
+
+    splits = datasets.load_from_disk(str(run_dir / "dataset"))
+    return datasets.concatenate_datasets([splits["train"], splits["validation"]])
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeOpenAI]:
     server = FakeOpenAI()

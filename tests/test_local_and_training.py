@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-import datasets
 import pytest
-from conftest import api_config, write_config, write_jsonl
+from conftest import api_config, load_kept, write_config, write_jsonl
 from fake_openai import Behaviour
 
 from distilforge.teachers.local import LocalTeacher
@@ -88,7 +87,7 @@ def test_training_on_an_empty_dataset_is_a_clear_error(fake, cli, tmp_path, tiny
     fake.script = {"eggs": Behaviour(["no idea"])}
     seeds = write_jsonl(tmp_path / "seeds.jsonl", [{"question": "3 dozen eggs at $.50?", "answer": "#### 18"}])
     cli("generate", write_config(tmp_path / "job.yaml", api_config(seeds, fake.base_url)), "--output", tmp_path / "run")
-    assert len(datasets.load_from_disk(str(tmp_path / "run" / "dataset"))) == 0
+    assert len(load_kept(tmp_path / "run")) == 0
     result = cli("train", tmp_path / "run", "--set", f"train.student={tiny_model}")
     assert result.exit_code == 2 and "no kept records" in result.output
 

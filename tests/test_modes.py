@@ -7,7 +7,7 @@ from itertools import combinations
 
 import datasets
 import pytest
-from conftest import SHARED_DATA, api_config, write_config, write_jsonl
+from conftest import SHARED_DATA, api_config, load_kept, write_config, write_jsonl
 from fake_openai import Behaviour
 
 from distilforge.modes.structured import parse_model
@@ -25,7 +25,7 @@ def _run(cli, tmp_path, data, *extra):
     out = tmp_path / "run"
     result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out, *extra)
     assert result.exit_code == 0, result.output
-    return json.loads((out / "run.json").read_text()), datasets.load_from_disk(str(out / "dataset")), out
+    return json.loads((out / "run.json").read_text()), load_kept(out), out
 
 
 @needs_data

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import datasets
-from conftest import api_config, write_config, write_jsonl
+from conftest import api_config, load_kept, write_config, write_jsonl
 from fake_openai import Behaviour
 
 SEEDS = [
@@ -56,7 +56,7 @@ def test_mixed_answers_keep_exactly_the_correct_complete_ones(fake, cli, tmp_pat
     assert result.exit_code == 0, result.output
     run = json.loads((out / "run.json").read_text())
 
-    kept = datasets.load_from_disk(str(out / "dataset"))
+    kept = load_kept(out)
     kept_pairs = sorted((r["question"].split(":")[0], r["answer"]) for r in kept)
     assert kept_pairs == [
         ("Q-429", "7"),
@@ -100,7 +100,7 @@ def test_mixed_answers_keep_exactly_the_correct_complete_ones(fake, cli, tmp_pat
 
     rejected = datasets.load_from_disk(str(out / "rejected"))
     assert set(rejected["reject_reason"]) == {"truncated", "unparseable", "wrong_answer", "refusal", "empty", "duplicate"}
-    assert (out / "parquet" / "kept.parquet").exists()
+    assert (out / "parquet" / "train.parquet").exists() and (out / "parquet" / "validation.parquet").exists()
 
 
 def test_secret_never_lands_in_run_files(fake, cli, tmp_path):

@@ -14,7 +14,7 @@ import time
 
 import datasets
 import pytest
-from conftest import api_config, write_config, write_jsonl
+from conftest import api_config, load_kept, write_config, write_jsonl
 from fake_openai import Behaviour, FakeOpenAI
 
 from distilforge.teachers.ratelimit import RateLimiter, parse_reset
@@ -31,8 +31,7 @@ def _seeds(tmp_path, n, prefix="Q", *, distinct=False):
 def _accounted(out, run, expected):
     """Every seed x sample appears once in kept+rejected, or is failed / not sent."""
     pairs = []
-    for folder in ("dataset", "rejected"):
-        ds = datasets.load_from_disk(str(out / folder))
+    for ds in (load_kept(out), datasets.load_from_disk(str(out / "rejected"))):
         pairs += list(zip(ds["seed_id"], ds["sample_index"], strict=True))
     assert len(pairs) == len(set(pairs)), "a sample appears twice"
     assert len(pairs) + run["samples"]["failed"] + run["samples"]["not_sent"] == expected
@@ -172,7 +171,7 @@ def test_ctrl_c_stops_cleanly_and_resumes(fake, tmp_path):
     assert run["requests"]["sent"] == run["requests"]["succeeded"]  # in-flight ones finished
     with sqlite3.connect(out / "journal.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM inflight").fetchone()[0] == 0
-    assert len(datasets.load_from_disk(str(out / "dataset"))) == run["kept"]
+    assert len(load_kept(out)) == run["kept"]
 
     sent_before = len(fake.requests)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)

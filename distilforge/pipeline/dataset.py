@@ -18,7 +18,7 @@ KEPT_COLUMNS = [
     "messages", "seed_id", "sample_index", "question", "rationale", "answer", "gold", "answer_type",
     "teacher_model", "text", "finish_reason", "prompt_tokens", "completion_tokens",
     "mode", "template", "template_sha", "demo_ids", "vote_share",
-    "instruction", "input", "output", "parent_id", "rouge_l_max",
+    "instruction", "input", "output", "parent_id", "rouge_l_max", "judge_score", "judge_scores",
 ]
 REJECTED_COLUMNS = [*KEPT_COLUMNS, "reject_reason", "reject_detail"]
 
@@ -32,6 +32,7 @@ def features(columns: list[str]) -> Any:
         "demo_ids": List(Value("string")),
         "vote_share": Value("float64"),
         "rouge_l_max": Value("float64"),
+        "judge_score": Value("float64"),
         "prompt_tokens": Value("int64"),
         "completion_tokens": Value("int64"),
     }
@@ -89,4 +90,84 @@ def jsonl_to_dataset(jsonl: Path, columns: list[str], target: Path, parquet: Pat
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     parquet_tmp.replace(parquet)
+    return count
+
+
+def _sorted_rows(jsonl: Path) -> Any:
+    """Kept rows in (seed_id, sample_index) order, sorted on disk through Arrow (not in a Python list)."""
+    from datasets import Dataset
+
+    cache = Path(tempfile.mkdtemp(prefix="sort-", dir=jsonl.parent))
+    ds = Dataset.from_generator(_rows, gen_kwargs={"path": str(jsonl)}, features=features(REJECTED_COLUMNS),
+                                cache_dir=str(cache))
+    return ds.sort(["seed_id", "sample_index"]), cache
+
+
+def apply_global_filters(filters: list[Any], kept: Path, rejected: Path, counts: Any) -> Path:
+    """Run whole-set filters (near-dup removal) over the kept rows in seed order; returns the new kept file."""
+    out = kept.with_name("kept.final.jsonl")
+    if not kept.stat().st_size:
+        out.write_text("")
+        return out
+    ds, cache = _sorted_rows(kept)
+    try:
+        with out.open("w", encoding="utf-8") as keep_fh, rejected.open("a", encoding="utf-8") as reject_fh:
+            for row in ds:
+                for f in filters:
+                    f.n_in += 1
+                    detail = f.check_row(row)
+                    if detail is not None:
+                        row["reject_reason"], row["reject_detail"] = f.name, detail
+                        counts[f.name] += 1
+                        if len(f.examples) < 3:
+                            f.examples.append({"seed_id": row["seed_id"], "detail": detail, "text": (row["text"] or "")[:300]})
+                        reject_fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                        break
+                    f.n_out += 1
+                else:
+                    keep_fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    finally:
+        del ds
+        shutil.rmtree(cache, ignore_errors=True)
+    return out
+
+
+def write_dataset(kept: Path, run_dir: Path, validation_fraction: float, seed: int) -> int:
+    """DIR/dataset as a DatasetDict (train + seeded validation), DIR/parquet/{train,validation}.parquet."""
+    from datasets import Dataset, DatasetDict
+
+    cache = Path(tempfile.mkdtemp(prefix="arrow-", dir=kept.parent))
+    try:
+        if kept.stat().st_size:
+            ds = Dataset.from_generator(_rows, gen_kwargs={"path": str(kept)}, features=features(REJECTED_COLUMNS),
+                                        cache_dir=str(cache))
+        else:
+            ds = Dataset.from_dict({c: [] for c in REJECTED_COLUMNS}, features=features(REJECTED_COLUMNS))
+        ds = ds.remove_columns(["reject_reason", "reject_detail"])
+        n_val = round(len(ds) * validation_fraction) if len(ds) >= 20 else 0
+        if n_val:
+            parts = ds.train_test_split(test_size=n_val, seed=seed, shuffle=True)
+            splits = DatasetDict({"train": parts["train"], "validation": parts["test"]})
+        else:
+            splits = DatasetDict({"train": ds, "validation": ds.select([])})
+        target = run_dir / "dataset"
+        tmp = target.with_name("dataset.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        splits.save_to_disk(str(tmp), num_shards={k: 1 for k in splits})
+        parquet = run_dir / "parquet"
+        parquet.mkdir(parents=True, exist_ok=True)
+        for name, split in splits.items():
+            split.to_parquet(str(parquet / f"{name}.parquet.tmp"))
+        card = target / "README.md"
+        old_card = card.read_text(encoding="utf-8") if card.exists() else None
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        for name in splits:
+            (parquet / f"{name}.parquet.tmp").replace(parquet / f"{name}.parquet")
+        if old_card is not None:
+            card.write_text(old_card, encoding="utf-8")  # rewritten right after, with this run's numbers
+        count = len(ds)
+        del ds, splits
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
     return count

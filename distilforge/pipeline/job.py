@@ -17,7 +17,13 @@ from rich.console import Console
 from distilforge.budget import Budget, resolve_prices
 from distilforge.modes import Prompter, filters_for, make_prompter
 from distilforge.pipeline.base import Filter, PipelineStep
-from distilforge.pipeline.dataset import KEPT_COLUMNS, REJECTED_COLUMNS, JsonlSink, jsonl_to_dataset
+from distilforge.pipeline.dataset import (
+    REJECTED_COLUMNS,
+    JsonlSink,
+    apply_global_filters,
+    jsonl_to_dataset,
+    write_dataset,
+)
 from distilforge.pipeline.executor import LocalExecutor
 from distilforge.pipeline.generate import Generate, GenerateStats
 from distilforge.pipeline.journal import Journal
@@ -26,6 +32,7 @@ from distilforge.pipeline.policy import SeedPolicy
 from distilforge.pipeline.progress import RunProgress
 from distilforge.pipeline.run_files import snapshot_config, update_run, write_atomic
 from distilforge.pipeline.seeds import count_and_validate, read_seeds
+from distilforge.quality import build_filters
 from distilforge.schemas.config import JobConfig
 from distilforge.schemas.records import Record
 from distilforge.teachers import make_teacher
@@ -95,23 +102,24 @@ def expected_samples(config: JobConfig, n_seeds: int) -> int:
     return n_seeds * g.samples_per_seed
 
 
-def build_steps(config: JobConfig, new_generate: Any, prompter: Prompter) -> tuple[list[PipelineStep], list[Generate]]:
+def build_steps(config: JobConfig, new_generate: Any, prompter: Prompter,
+                quality: list[PipelineStep]) -> tuple[list[PipelineStep], list[Generate]]:
     """The pipeline for the configured mode; also returns its Generate steps (for stats and stops)."""
     g = config.generation
     if g.mode == "self-instruct":
         from distilforge.modes.self_instruct import SelfInstruct
 
         generate = new_generate(g.model_copy(update={"samples_per_seed": 1}), prompter)
-        return [SelfInstruct(config, generate), *filters_for(g.mode)], [generate]
+        return [SelfInstruct(config, generate), *filters_for(g.mode), *quality], [generate]
     if g.mode == "evol-instruct":
         from distilforge.modes.evol_instruct import EvolInstruct
 
         single = g.model_copy(update={"samples_per_seed": 1})
         answering = g.model_copy(update={"mode": "instruct", "template": None, "samples_per_seed": 1})
         evolve, answer = new_generate(single, Prompter(single)), new_generate(answering, Prompter(answering))
-        return [EvolInstruct(config, evolve, answer), ParseAnswer(), *filters_for("instruct")], [evolve, answer]
+        return [EvolInstruct(config, evolve, answer), ParseAnswer(), *filters_for("instruct"), *quality], [evolve, answer]
     generate = new_generate(g, prompter)
-    steps: list[PipelineStep] = [generate, ParseAnswer(), *filters_for(g.mode)]
+    steps: list[PipelineStep] = [generate, ParseAnswer(), *filters_for(g.mode), *quality]
     if g.self_consistency or g.keep != "all" or g.max_per_seed:
         steps.append(SeedPolicy(g))
     return steps, [generate]
@@ -157,7 +165,7 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console) -> dict[
     teacher = make_teacher(config.teacher)
     prompter = make_prompter(config.generation)
     prompter.prepare(config.seeds.path)
-    kept_sink = JsonlSink(staging / "kept.jsonl", KEPT_COLUMNS)
+    kept_sink = JsonlSink(staging / "kept.jsonl", REJECTED_COLUMNS)  # same columns: global filters may reject
     rejected_sink = JsonlSink(staging / "rejected.jsonl", REJECTED_COLUMNS)
     rejected_counts: Counter[str] = Counter()
 
@@ -178,7 +186,11 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console) -> dict[
                     journal_only=config.teacher.batch, prompter=mode_prompter,
                 )
 
-            steps, generates = build_steps(config, new_generate, prompter)
+            quality, final_filters = build_filters(config)
+            for step in quality:
+                if hasattr(step, "bind"):
+                    step.bind(journal)  # the judge journals its verdicts like teacher answers
+            steps, generates = build_steps(config, new_generate, prompter, quality)
             filters = [s for s in steps if isinstance(s, Filter)]
             for f in filters:
                 f.reject_sink = reject
@@ -215,7 +227,10 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console) -> dict[
         write_atomic(run_dir / "failed.jsonl", "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in dead))
         journal.close()
 
-    kept = jsonl_to_dataset(staging / "kept.jsonl", KEPT_COLUMNS, run_dir / "dataset", run_dir / "parquet" / "kept.parquet")
+    kept_path = staging / "kept.jsonl"
+    if final_filters:
+        kept_path = apply_global_filters(final_filters, kept_path, staging / "rejected.jsonl", rejected_counts)
+    kept = write_dataset(kept_path, run_dir, config.output.validation_fraction, config.generation.rng_seed)
     jsonl_to_dataset(staging / "rejected.jsonl", REJECTED_COLUMNS, run_dir / "rejected",
                      run_dir / "parquet" / "rejected.parquet")
     stats = merged_stats(generates)
@@ -256,7 +271,7 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console) -> dict[
         },
         "kept": kept,
         "rejected": dict(rejected_counts),
-        "filters": [f.report() for f in filters],
+        "filters": [f.report() for f in filters] + [f.report() for f in final_filters],
         "wall_seconds": round(wall, 3),
         "total_seconds": round(time.monotonic() - started, 3),
     }

@@ -7,7 +7,7 @@ so a typo such as `temprature` never silently falls back to a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -36,6 +36,7 @@ class SeedsConfig(Strict):
     limit: int | None = Field(default=None, ge=1)
     split: str = "train"
     subset: str | None = None
+    license: str | None = Field(default=None, description="the seeds' license, for the dataset card")
 
 
 class TeacherParams(Strict):
@@ -189,6 +190,59 @@ class EvalConfig(Strict):
 
 class OutputConfig(Strict):
     dir: str | None = None
+    hub_repo: str | None = Field(default=None, description="ORG/NAME: publish the dataset there at the end")
+    private: bool = True
+    validation_fraction: float = Field(default=0.05, ge=0, lt=1, description="held out, seeded; none under 20 rows")
+    license: str = Field(default="other", description="the dataset card's license (respect the seeds' and teacher's)")
+
+
+# -- quality filters (the `filters:` list, run in order after the built-in checks) ------------------
+
+
+class LengthFilterSpec(Strict):
+    name: Literal["length"]
+    min_words: int = Field(default=5, ge=0, description="shorter is not a rationale")
+    max_words: int = Field(default=1500, ge=1, description="longer is rambling")
+    max_ratio: float | None = Field(default=None, gt=0, description="rationale words / question words")
+
+
+class ConsistencyFilterSpec(Strict):
+    name: Literal["consistency"]
+
+
+class JudgeFilterSpec(Strict):
+    name: Literal["judge"]
+    teacher: TeacherConfig
+    min_score: float = Field(default=4.0, ge=1, le=5)
+    rubric: str = Field(default="correctness of each step, relevance to the question, clarity")
+    batch: int = Field(default=64, ge=1, description="records judged together (memory bound)")
+
+
+class MinhashFilterSpec(Strict):
+    name: Literal["minhash"]
+    threshold: float = Field(default=0.8, gt=0, le=1)
+    num_perm: int = Field(default=128, ge=16)
+    shingle: int = Field(default=3, ge=1, description="word n-grams")
+
+
+class EmbeddingDedupSpec(Strict):
+    name: Literal["embedding_dedup"]
+    threshold: float = Field(default=0.95, gt=0, le=1)
+
+
+class DecontaminateSpec(Strict):
+    name: Literal["decontaminate"]
+    eval_sets: list[str] = Field(min_length=1, description="files or Hub dataset ids")
+    ngram: int = Field(default=13, ge=3)
+    fields: list[str] = Field(default_factory=lambda: ["question"], description="eval-set fields to index")
+    split: str = "test"
+
+
+FilterSpec = Annotated[
+    LengthFilterSpec | ConsistencyFilterSpec | JudgeFilterSpec | MinhashFilterSpec | EmbeddingDedupSpec
+    | DecontaminateSpec,
+    Field(discriminator="name"),
+]
 
 
 class JobConfig(Strict):
@@ -200,6 +254,7 @@ class JobConfig(Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
+    filters: list[FilterSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _openai_needs_url_or_key(self) -> JobConfig:

@@ -52,6 +52,8 @@ class Record:
     output: str | None = None
     parent_id: str | None = None
     rouge_l_max: float | None = None
+    judge_score: float | None = None
+    judge_scores: str | None = None  # the judge's JSON verdict
     student_prompt: list[dict[str, str]] | None = None  # what the student sees; default: the prompt
     meta: dict[str, Any] = field(default_factory=dict)
 

@@ -32,6 +32,8 @@ def train_student(config: JobConfig, run_dir: Path) -> dict[str, Any]:
     if not dataset_dir.exists():
         raise TrainError(f"{run_dir}: no dataset yet; run `distilforge generate` first")
     ds = datasets.load_from_disk(str(dataset_dir))
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"]
     if len(ds) == 0:
         raise TrainError(f"{dataset_dir}: no kept records to train on (see run.json 'rejected')")
     t = config.train
