@@ -139,6 +139,14 @@ def run(config: ConfigArg, output: OutputOpt = None, set_: SetOpt = None) -> Non
             result = _eval(cfg, run_dir)
         from distilforge.pipeline.run_files import update_run
 
+        if cfg.output.hub_repo:
+            from distilforge.publish import PublishError, publish_dataset
+
+            try:
+                result = update_run(run_dir, published=publish_dataset(run_dir, cfg.output.hub_repo,
+                                                                       private=cfg.output.private))
+            except PublishError as exc:
+                _fail(f"the run completed, but publishing failed: {exc}")
         total = round(time.monotonic() - started, 3)
         result = update_run(run_dir, total_seconds=total)
         print_summary(result, console)
@@ -201,6 +209,28 @@ def estimate(
               "worst case assumes every sample uses max_tokens")
         if est["max_usd"] is not None and est["worst_case"]["usd"] is not None and est["worst_case"]["usd"] > est["max_usd"]:
             print(f"budget.max_usd ${est['max_usd']} is below the worst case: the run may stop early (stopped: budget)")
+
+    _guard(go)
+
+
+@app.command()
+def publish(
+    run_dir: RunDirArg,
+    repo: Annotated[str, typer.Option("--repo", help="Dataset repository on the Hub, ORG/NAME.")],
+    private: Annotated[bool, typer.Option("--private/--public", help="Create the repository private.")] = True,
+) -> None:
+    """Push RUN_DIR's dataset (Parquet splits) and its card to the Hub in one commit. Token: HF_TOKEN."""
+    from distilforge.publish import PublishError, publish_dataset
+
+    def go() -> None:
+        try:
+            result = publish_dataset(run_dir, repo, private=private)
+        except PublishError as exc:
+            _fail(str(exc))
+        from distilforge.pipeline.run_files import update_run
+
+        update_run(run_dir, published=result)
+        console.print(f"published {', '.join(result['files'])} to {result['url']}")
 
     _guard(go)
 

@@ -54,3 +54,11 @@ def print_summary(run: dict[str, Any], console: Console) -> None:
         table.add_row("student accuracy before", _acc(ev.get("before")))
         table.add_row("student accuracy after", _acc(ev.get("after")))
     console.print(table)
+    steps = run.get("filters") or []
+    if steps:
+        report = Table(title="filters, in order", show_header=True)
+        for col in ("step", "in", "out", "rejected", "seconds"):
+            report.add_column(col, justify="left" if col == "step" else "right")
+        for f in steps:
+            report.add_row(f["name"], str(f["in"]), str(f["out"]), str(f["in"] - f["out"]), f"{f['seconds']:.3f}")
+        console.print(report)

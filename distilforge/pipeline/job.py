@@ -277,7 +277,14 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console) -> dict[
     }
     if batch_report is not None:
         summary["batch"] = batch_report
-    return update_run(run_dir, **summary)
+    judge_cost = sum(getattr(f, "cost_usd", 0.0) for f in filters)
+    if judge_cost:
+        summary["judge_cost_usd"] = round(judge_cost, 6)
+    run = update_run(run_dir, **summary)
+    from distilforge.publish import write_card
+
+    write_card(config, run_dir)
+    return run
 
 
 def run_generate(config: JobConfig, run_dir: Path, console: Console) -> dict[str, Any]:
