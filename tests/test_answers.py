@@ -97,3 +97,19 @@ def test_strategyqa_gold():
 def test_multiple_choice_letters(text, expected):
     _, raw = split_answer(text)
     assert canonical(raw, "choice") == expected
+
+
+def test_symbolic_answers_match_with_math_verify():
+    from distilforge.pipeline.filters import WrongAnswer
+    from distilforge.pipeline.parse import parse_record
+    from distilforge.schemas.records import Record
+
+    def record(text, gold, gold_raw):
+        r = Record(seed_id="s", sample_index=0, question="q", gold=gold, answer_type="text", prompt=[],
+                   teacher_model="t", text=text, mode="cot")
+        r.meta["gold_raw"] = gold_raw
+        return parse_record(r)
+
+    check = WrongAnswer().check
+    assert check(record("So \\boxed{\\frac{\\sqrt{2}}{2}}", "sqrt22", "\\frac{1}{\\sqrt{2}}")) is None
+    assert check(record("So \\boxed{\\frac{\\sqrt{3}}{2}}", "sqrt22", "\\frac{1}{\\sqrt{2}}")) is not None

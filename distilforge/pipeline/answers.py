@@ -156,6 +156,34 @@ def infer_answer_type(gold: object) -> str:
     return "text"
 
 
+_SYMBOLIC = re.compile(r"\\|\^|sqrt|\bpi\b|\{")
+
+
+def looks_symbolic(*texts: str | None) -> bool:
+    return any(t is not None and _SYMBOLIC.search(t) for t in texts)
+
+
+def symbolic_equal(gold: str, answer: str) -> bool:
+    """LaTeX / symbolic equivalence with math-verify (e.g. \\frac{\\sqrt{2}}{2} = 1/\\sqrt{2}).
+
+    Its timeouts use SIGALRM, which fails off the main thread and then answers "not equal", so they
+    are off here: the inputs are single short answers.
+    """
+    try:
+        import logging
+
+        from math_verify import parse, verify
+    except ImportError:
+        return False
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    try:
+        g = parse(f"${gold}$", parsing_timeout=None)
+        a = parse(f"${answer}$", parsing_timeout=None)
+        return bool(g and a and verify(g, a, timeout_seconds=None))
+    except Exception:
+        return False
+
+
 def is_refusal(text: str) -> bool:
     return bool(_REFUSAL_RE.match(text))
 

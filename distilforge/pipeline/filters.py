@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 
-from distilforge.pipeline.answers import answers_match, is_refusal
+from distilforge.pipeline.answers import answers_match, is_refusal, looks_symbolic, symbolic_equal
 from distilforge.pipeline.base import Filter
 from distilforge.schemas.records import Record
 
@@ -55,7 +55,11 @@ class WrongAnswer(Filter):
             return None
         if answers_match(record.answer, record.gold):
             return None
-        return f"answered {record.answer}, gold {record.gold}"
+        raw = record.meta.get("answer_raw")
+        gold_raw = record.meta.get("gold_raw") or record.gold
+        if raw and looks_symbolic(raw, gold_raw) and symbolic_equal(gold_raw, raw):
+            return None  # equal as mathematics, not as strings
+        return f"answered {record.answer or raw}, gold {record.gold}"
 
 
 class ExactDuplicate(Filter):

@@ -19,6 +19,7 @@ from typing import Any
 
 from distilforge.budget import Budget, prompt_tokens_upper_bound
 from distilforge.modes import Prompter, make_prompter, parse_record
+from distilforge.pipeline.answers import split_answer
 from distilforge.pipeline.base import PipelineStep
 from distilforge.pipeline.journal import Journal, request_key
 from distilforge.pipeline.policy import majority
@@ -99,6 +100,10 @@ class Generate(PipelineStep):
         )
         for name, value in fields.items():
             setattr(record, name, value)
+        raw_gold = seed.meta.get("raw_answer")
+        if raw_gold is not None:
+            _, stated = split_answer(raw_gold)
+            record.meta["gold_raw"] = stated if stated is not None else raw_gold
         return record
 
     def worst_case_usd(self, messages: list[dict[str, str]], n: int) -> float:
