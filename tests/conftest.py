@@ -27,6 +27,14 @@ def load_kept(run_dir: Path):
     return datasets.concatenate_datasets([splits["train"], splits["validation"]])
 
 
+def run_job(cli: Any, tmp_path: Path, data: dict[str, Any], *extra: str) -> tuple[dict[str, Any], Any, Path]:
+    """`distilforge run` on `data`; returns run.json, the kept rows and the run folder."""
+    out = tmp_path / "run"
+    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out, *extra)
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "run.json").read_text()), load_kept(out), out
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeOpenAI]:
     server = FakeOpenAI()

@@ -7,7 +7,7 @@ from itertools import combinations
 
 import datasets
 import pytest
-from conftest import SHARED_DATA, api_config, load_kept, write_config, write_jsonl
+from conftest import SHARED_DATA, api_config, run_job, write_jsonl
 from fake_openai import Behaviour
 
 from distilforge.modes.structured import parse_model
@@ -21,11 +21,7 @@ def _rows(name, n):
         return [json.loads(line) for _, line in zip(range(n), fh, strict=False)]
 
 
-def _run(cli, tmp_path, data, *extra):
-    out = tmp_path / "run"
-    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out, *extra)
-    assert result.exit_code == 0, result.output
-    return json.loads((out / "run.json").read_text()), load_kept(out), out
+_run = run_job
 
 
 @needs_data

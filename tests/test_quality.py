@@ -6,7 +6,7 @@ import json
 
 import datasets
 import pytest
-from conftest import SHARED_DATA, api_config, load_kept, write_config, write_jsonl
+from conftest import SHARED_DATA, api_config, run_job, write_config, write_jsonl
 from fake_openai import Behaviour
 
 needs_data = pytest.mark.skipif(not SHARED_DATA.exists(), reason="shared/data not present")
@@ -29,11 +29,7 @@ def _config(seeds, base_url):
     return data
 
 
-def _run(cli, tmp_path, data, *extra):
-    out = tmp_path / "run"
-    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out, *extra)
-    assert result.exit_code == 0, result.output
-    return json.loads((out / "run.json").read_text()), load_kept(out), out
+_run = run_job
 
 
 @needs_data

@@ -64,19 +64,25 @@ def _rows(path: str) -> Any:
             yield json.loads(line)
 
 
-def jsonl_to_dataset(jsonl: Path, columns: list[str], target: Path, parquet: Path) -> int:
-    """Build a Dataset from `jsonl` (streamed through Arrow, not held in memory) and save it atomically."""
+def load_jsonl(jsonl: Path, columns: list[str], cache: Path) -> Any:
+    """A Dataset over `jsonl`, streamed through Arrow into `cache` (not held in memory).
+
+    The cache must be fresh per build: datasets caches generators by their arguments, and the same
+    staging path on a resumed run would otherwise hand back the previous run's rows.
+    """
     from datasets import Dataset
 
-    # A fresh Arrow cache per build: datasets caches generators by their arguments, and the same
-    # staging path on a resumed run would otherwise hand back the previous run's rows.
+    if jsonl.stat().st_size:
+        return Dataset.from_generator(_rows, gen_kwargs={"path": str(jsonl)}, features=features(columns),
+                                      cache_dir=str(cache))
+    return Dataset.from_dict({c: [] for c in columns}, features=features(columns))
+
+
+def jsonl_to_dataset(jsonl: Path, columns: list[str], target: Path, parquet: Path) -> int:
+    """Build a Dataset from `jsonl` and save it (and its Parquet) atomically."""
     cache = Path(tempfile.mkdtemp(prefix="arrow-", dir=jsonl.parent))
     try:
-        if jsonl.stat().st_size:
-            ds = Dataset.from_generator(_rows, gen_kwargs={"path": str(jsonl)}, features=features(columns),
-                                        cache_dir=str(cache))
-        else:
-            ds = Dataset.from_dict({c: [] for c in columns}, features=features(columns))
+        ds = load_jsonl(jsonl, columns, cache)
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         ds.save_to_disk(str(tmp), num_shards=1 if len(ds) == 0 else None)  # 0 shards would not load back
@@ -95,11 +101,8 @@ def jsonl_to_dataset(jsonl: Path, columns: list[str], target: Path, parquet: Pat
 
 def _sorted_rows(jsonl: Path) -> Any:
     """Kept rows in (seed_id, sample_index) order, sorted on disk through Arrow (not in a Python list)."""
-    from datasets import Dataset
-
     cache = Path(tempfile.mkdtemp(prefix="sort-", dir=jsonl.parent))
-    ds = Dataset.from_generator(_rows, gen_kwargs={"path": str(jsonl)}, features=features(REJECTED_COLUMNS),
-                                cache_dir=str(cache))
+    ds = load_jsonl(jsonl, REJECTED_COLUMNS, cache)
     return ds.sort(["seed_id", "sample_index"]), cache
 
 
@@ -134,16 +137,11 @@ def apply_global_filters(filters: list[Any], kept: Path, rejected: Path, counts:
 
 def write_dataset(kept: Path, run_dir: Path, validation_fraction: float, seed: int) -> int:
     """DIR/dataset as a DatasetDict (train + seeded validation), DIR/parquet/{train,validation}.parquet."""
-    from datasets import Dataset, DatasetDict
+    from datasets import DatasetDict
 
     cache = Path(tempfile.mkdtemp(prefix="arrow-", dir=kept.parent))
     try:
-        if kept.stat().st_size:
-            ds = Dataset.from_generator(_rows, gen_kwargs={"path": str(kept)}, features=features(REJECTED_COLUMNS),
-                                        cache_dir=str(cache))
-        else:
-            ds = Dataset.from_dict({c: [] for c in REJECTED_COLUMNS}, features=features(REJECTED_COLUMNS))
-        ds = ds.remove_columns(["reject_reason", "reject_detail"])
+        ds = load_jsonl(kept, REJECTED_COLUMNS, cache).remove_columns(["reject_reason", "reject_detail"])
         n_val = round(len(ds) * validation_fraction) if len(ds) >= 20 else 0
         if n_val:
             parts = ds.train_test_split(test_size=n_val, seed=seed, shuffle=True)

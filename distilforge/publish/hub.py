@@ -8,7 +8,7 @@ from typing import Any
 
 
 class PublishError(RuntimeError):
-    pass
+    """Publishing failed; the message says what was and was not uploaded."""
 
 
 def publish_dataset(run_dir: Path, repo_id: str, *, private: bool = True) -> dict[str, Any]:
