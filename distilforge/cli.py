@@ -103,9 +103,9 @@ def _eval(config: Any, run_dir: Path) -> dict[str, Any]:
     from distilforge.evaluation import evaluate_model, load_eval_questions
     from distilforge.pipeline.run_files import read_run, update_run
 
-    questions = load_eval_questions(config)
+    questions = load_eval_questions(config, run_dir)
     if not questions:
-        console.print("[yellow]eval skipped[/yellow]: no eval.files configured")
+        console.print("[yellow]eval skipped[/yellow]: no eval.files configured and no validation rows with gold")
         return read_run(run_dir)
     run = read_run(run_dir)
     results = dict(run.get("eval") or {})
@@ -118,6 +118,12 @@ def _eval(config: Any, run_dir: Path) -> dict[str, Any]:
                                           label="eval after", console=console)
     elif (student / "config.json").exists():
         results["after"] = evaluate_model(config, questions, model=str(student), label="eval after", console=console)
+    if config.eval.teacher and results.get("teacher", {}).get("n") != len(questions):
+        from distilforge.evaluation import evaluate_teacher
+
+        results["teacher"] = evaluate_teacher(config, questions)
+    if results.get("teacher") and results.get("after") and results["teacher"]["accuracy"]:
+        results["student_vs_teacher"] = round(results["after"]["accuracy"] / results["teacher"]["accuracy"], 4)
     return update_run(run_dir, eval=results)
 
 
@@ -149,8 +155,11 @@ def run(config: ConfigArg, output: OutputOpt = None, set_: SetOpt = None) -> Non
                 _fail(f"the run completed, but publishing failed: {exc}")
         total = round(time.monotonic() - started, 3)
         result = update_run(run_dir, total_seconds=total)
+        from distilforge.report import build_report
+
+        html_path, _ = build_report(run_dir)
         print_summary(result, console)
-        console.print(f"run folder: {run_dir}  (total {total:.1f} s)")
+        console.print(f"run folder: {run_dir}  (total {total:.1f} s); report: {html_path}")
         return result
 
     _guard(go)
@@ -256,6 +265,18 @@ def eval_(run_dir: RunDirArg, set_: SetOpt = None) -> None:
     def go() -> None:
         cfg, _ = _load(run_dir, set_, None)
         print_summary(_eval(cfg, run_dir), console)
+
+    _guard(go)
+
+
+@app.command()
+def report(run_dir: RunDirArg) -> None:
+    """Rebuild RUN_DIR/report.html and RUN_DIR/report.md (funnel, cost, loss curve, accuracy)."""
+    from distilforge.report import build_report
+
+    def go() -> None:
+        html_path, md_path = build_report(run_dir)
+        console.print(f"wrote {html_path} and {md_path}")
 
     _guard(go)
 

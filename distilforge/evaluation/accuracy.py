@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from pathlib import Path
@@ -9,18 +10,46 @@ from typing import Any
 
 from rich.console import Console
 
-from distilforge.pipeline.answers import answers_match, canonical, split_answer
+from distilforge.pipeline.answers import (
+    answers_match,
+    canonical,
+    looks_symbolic,
+    split_answer,
+    symbolic_equal,
+)
 from distilforge.pipeline.progress import progress_bar
 from distilforge.pipeline.seeds import SeedError, read_seeds
 from distilforge.prompts import build_messages
 from distilforge.schemas.config import JobConfig
 from distilforge.schemas.records import Seed
+from distilforge.teachers.base import TeacherError
 from distilforge.trainers.formats import LABEL_PREFIX
 
 
-def load_eval_questions(config: JobConfig) -> list[tuple[str, Seed]]:
-    """(eval set name, question) pairs from `eval.files`; each file needs gold answers."""
+def validation_questions(run_dir: Path, limit: int | None) -> list[tuple[str, Seed]]:
+    """The dataset's held-out split, where its rows have gold answers."""
+    import datasets
+
+    path = run_dir / "dataset"
+    if not path.exists():
+        return []
+    splits = datasets.load_from_disk(str(path))
+    if not isinstance(splits, datasets.DatasetDict) or "validation" not in splits:
+        return []
+    rows = splits["validation"]
+    out = []
+    for row in rows.select(range(min(len(rows), limit or len(rows)))):
+        if row.get("gold") is not None and row.get("answer_type") in ("number", "yes_no", "choice", "text"):
+            out.append(("validation", Seed(seed_id=row["seed_id"], question=row["question"], gold=row["gold"],
+                                           answer_type=row["answer_type"], source="validation")))
+    return out
+
+
+def load_eval_questions(config: JobConfig, run_dir: Path | None = None) -> list[tuple[str, Seed]]:
+    """(eval set name, question) pairs from `eval.files` (each needs gold answers) and the validation split."""
     questions: list[tuple[str, Seed]] = []
+    if run_dir is not None and config.eval.include_validation and config.generation.mode in ("cot", "icl"):
+        questions += validation_questions(run_dir, config.eval.limit)
     for f in config.eval.files:
         name = f.name or Path(f.path).stem
         limit = min(x for x in (f.limit, config.eval.limit, 10**12) if x is not None)
@@ -40,6 +69,28 @@ def bootstrap_interval(correct: list[bool], *, resamples: int = 2000, seed: int 
     return values[int(0.025 * resamples)], values[min(resamples - 1, int(0.975 * resamples))]
 
 
+def eval_prompt(config: JobConfig, question: Seed) -> list[dict[str, str]]:
+    """The student is asked as it was trained: the chain-of-thought prompt on the bare question
+    (with the label-task prefix for a step-by-step student)."""
+    generation = config.generation
+    if generation.mode != "cot":
+        generation = generation.model_copy(update={"mode": "cot", "template": None})
+    messages = list(build_messages(question, generation))
+    if config.train.format == "step-by-step":
+        messages[-1] = {"role": "user", "content": LABEL_PREFIX + messages[-1]["content"]}
+    return messages
+
+
+def score(name: str, question: Seed, text: str) -> dict[str, Any]:
+    """One answer, judged with the filters' parser and equivalence rules."""
+    _, raw = split_answer(text)
+    answer = canonical(raw, question.answer_type) if raw is not None else None
+    correct = answers_match(answer, question.gold)
+    if not correct and raw and looks_symbolic(raw, question.gold):
+        correct = symbolic_equal(question.gold or "", raw)
+    return {"set": name, "seed_id": question.seed_id, "gold": question.gold, "answer": answer, "correct": correct}
+
+
 def evaluate_model(
     config: JobConfig,
     questions: list[tuple[str, Seed]],
@@ -49,7 +100,7 @@ def evaluate_model(
     label: str = "eval",
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Greedy answers from `model` (+ LoRA `adapter`), scored per eval set and overall."""
+    """Greedy answers from a local `model` (+ LoRA `adapter`), batched, scored per eval set and overall."""
     from distilforge.teachers.local import LocalTeacher
 
     console = console or Console(stderr=True)
@@ -59,31 +110,49 @@ def evaluate_model(
         batch_size=config.eval.batch_size, device=config.teacher.device, adapter=adapter,
     )
     student.load()
-    # The student is asked as it was trained: the chain-of-thought prompt on the bare question.
-    generation = config.generation
-    if generation.mode != "cot":
-        generation = generation.model_copy(update={"mode": "cot", "template": None})
-    prefix = LABEL_PREFIX if config.train.format == "step-by-step" else ""
     results: list[dict[str, Any]] = []
     size = config.eval.batch_size
     with progress_bar(console) as progress:
         task = progress.add_task(label, total=len(questions))
         for start in range(0, len(questions), size):
             chunk = questions[start : start + size]
-            prompts = []
-            for _, q in chunk:
-                messages = build_messages(q, generation)
-                messages[-1] = {"role": "user", "content": prefix + messages[-1]["content"]}
-                prompts.append((messages, 1))
-            responses = student.generate_batch(prompts)
+            responses = student.generate_batch([(eval_prompt(config, q), 1) for _, q in chunk])
             for (name, q), resp in zip(chunk, responses, strict=True):
-                text = resp.completions[0].text
-                _, raw = split_answer(text)
-                answer = canonical(raw, q.answer_type) if raw is not None else None
-                results.append({"set": name, "seed_id": q.seed_id, "gold": q.gold, "answer": answer,
-                                "correct": answers_match(answer, q.gold)})
+                results.append(score(name, q, resp.completions[0].text))
             progress.update(task, advance=len(chunk))
     return summarize(results, seconds=time.monotonic() - started, model=model, adapter=adapter)
+
+
+async def _ask_teacher(config: JobConfig, questions: list[tuple[str, Seed]]) -> list[str]:
+    from distilforge.teachers import make_teacher
+
+    teacher_config = config.teacher.model_copy(deep=True)
+    teacher_config.params.temperature = 0.0
+    teacher_config.params.max_tokens = max(config.eval.max_tokens, teacher_config.params.max_tokens)
+    teacher = make_teacher(teacher_config)
+    await teacher.start()
+    slots = asyncio.Semaphore(teacher.max_concurrency)
+
+    async def one(question: Seed) -> str:
+        async with slots:
+            try:
+                response = await teacher.complete(eval_prompt(config, question), n=1)
+            except TeacherError:
+                return ""  # a failed request counts as a wrong answer
+            return response.completions[0].text
+
+    try:
+        return await asyncio.gather(*(one(q) for _, q in questions))
+    finally:
+        await teacher.aclose()
+
+
+def evaluate_teacher(config: JobConfig, questions: list[tuple[str, Seed]]) -> dict[str, Any]:
+    """The teacher on the same questions (greedy), for the student-vs-teacher ratio."""
+    started = time.monotonic()
+    texts = asyncio.run(_ask_teacher(config, questions))
+    results = [score(name, q, text) for (name, q), text in zip(questions, texts, strict=True)]
+    return summarize(results, seconds=time.monotonic() - started, model=config.teacher.model, adapter=None)
 
 
 def summarize(results: list[dict[str, Any]], *, seconds: float, model: str, adapter: str | None) -> dict[str, Any]:

@@ -163,13 +163,17 @@ class TrainConfig(Strict):
     format: Literal["chat", "step-by-step"] = "chat"
     alpha: float = Field(default=0.5, gt=0, lt=1, description="step-by-step: share of label-task examples")
     student: str = EMBEDDED_STUDENT
-    method: Literal["lora", "full"] = "lora"
+    method: Literal["lora", "full", "qlora"] = "lora"
     max_steps: int = Field(default=-1, description="-1: run `epochs` instead")
     epochs: float = Field(default=1.0, gt=0)
     learning_rate: float = Field(default=2e-4, gt=0)
     batch_size: int = Field(default=4, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
     max_length: int = Field(default=1024, ge=16)
+    packing: bool = Field(default=False, description="pack examples (needs FlashAttention on a GPU; else padded)")
+    gradient_checkpointing: bool = False
+    lr_scheduler: str = Field(default="cosine", description="linear | cosine | constant | ...")
+    warmup_steps: int = Field(default=0, ge=0)
     seed: int = 0
     lora: LoraConfig = LoraConfig()
 
@@ -186,6 +190,8 @@ class EvalConfig(Strict):
     limit: int | None = Field(default=None, ge=1, description="cap per file")
     max_tokens: int = Field(default=256, ge=1)
     batch_size: int = Field(default=16, ge=1)
+    include_validation: bool = Field(default=True, description="also score the dataset's validation split")
+    teacher: bool = Field(default=False, description="also score the teacher, for the student/teacher ratio")
 
 
 class OutputConfig(Strict):

@@ -7,6 +7,7 @@ markers, so `assistant_only_loss` on `messages` is refused).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -15,12 +16,28 @@ from typing import Any
 from distilforge.schemas.config import JobConfig
 from distilforge.trainers.formats import chat_example, step_by_step_examples
 
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def ensure_chat_template(tokenizer: Any) -> bool:
+    """Give a base model's tokenizer the ChatML template and its tokens; True when tokens were added."""
+    if tokenizer.chat_template:
+        return False
+    tokenizer.chat_template = CHATML
+    added = tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.eos_token = "<|im_end|>"
+    return added > 0
+
 
 class TrainError(RuntimeError):
     """Training cannot start (no dataset, nothing kept); the message says what to do."""
 
 
-def train_student(config: JobConfig, run_dir: Path) -> dict[str, Any]:
+def build_trainer(config: JobConfig, run_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """The configured SFTTrainer over RUN_DIR/dataset, ready to train, and facts for run.json."""
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -49,12 +66,34 @@ def train_student(config: JobConfig, run_dir: Path) -> dict[str, Any]:
     model_path = resolve_model(t.student)
     on_gpu = torch.cuda.is_available()
     bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    if t.method == "qlora" and (not on_gpu or importlib.util.find_spec("bitsandbytes") is None):
+        raise TrainError("train.method qlora needs a CUDA GPU and bitsandbytes (pip install bitsandbytes); "
+                         "use method: lora on this machine")
+    flash = on_gpu and importlib.util.find_spec("flash_attn") is not None
+    notes: list[str] = []
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    added = ensure_chat_template(tokenizer)
+    if added:
+        notes.append("the student had no chat template: ChatML added")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    load: dict[str, Any] = {"dtype": torch.bfloat16 if bf16 else torch.float32}
+    if t.method == "qlora":
+        from transformers import BitsAndBytesConfig
 
-    out_dir = run_dir / "student"
+        load["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                         bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float16)
+    if t.packing and flash:
+        load["attn_implementation"] = "flash_attention_2"
+    model = AutoModelForCausalLM.from_pretrained(model_path, **load)
+    if added:
+        model.resize_token_embeddings(len(tokenizer))
+    packing = t.packing and flash
+    if t.packing and not flash:
+        # Padding-free packing relies on FlashAttention's per-sequence boundaries; without it packed
+        # examples would attend to each other, so they are padded instead.
+        notes.append("packing needs FlashAttention on a GPU; trained padded instead")
+
     args = SFTConfig(
         output_dir=str(run_dir / ".checkpoints"),
         max_steps=t.max_steps,
@@ -72,41 +111,58 @@ def train_student(config: JobConfig, run_dir: Path) -> dict[str, Any]:
         fp16=False,
         use_cpu=not on_gpu,
         completion_only_loss=True,
-        lr_scheduler_type="cosine",
-        warmup_steps=0,
+        packing=packing,
+        packing_strategy="bfd",
+        padding_free=packing,
+        activation_checkpointing=t.gradient_checkpointing,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_steps,
         dataset_num_proc=None,
     )
     peft_config = None
-    if t.method == "lora":
+    if t.method in ("lora", "qlora"):
         from peft import LoraConfig
 
         peft_config = LoraConfig(
             r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
             target_modules=t.lora.target_modules, task_type="CAUSAL_LM",
+            # New chat tokens need trainable embeddings, or the adapter cannot learn them.
+            modules_to_save=["embed_tokens", "lm_head"] if added else None,
         )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
                          peft_config=peft_config)
-    result = trainer.train()
-    tmp = out_dir.with_name("student.tmp")
-    trainer.save_model(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
+    facts = {"student": t.student, "method": t.method, "format": t.format, "examples": len(ds),
+             "device": "cuda" if on_gpu else "cpu", "bf16": bf16, "packing": packing, "notes": notes,
+             "started": started}
+    return trainer, facts
+
+
+def train_student(config: JobConfig, run_dir: Path) -> dict[str, Any]:
     import shutil
 
+    trainer, facts = build_trainer(config, run_dir)
+    started = facts.pop("started")
+    result = trainer.train()
+    out_dir = run_dir / "student"
+    tmp = out_dir.with_name("student.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    trainer.processing_class.save_pretrained(str(tmp))
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     shutil.rmtree(run_dir / ".checkpoints", ignore_errors=True)
-    losses = [{"step": h["step"], "loss": round(float(h["loss"]), 4)} for h in trainer.state.log_history if "loss" in h]
+    history = trainer.state.log_history
+    losses = [{"step": h["step"], "loss": round(float(h["loss"]), 4)} for h in history if "loss" in h]
     (out_dir / "loss.json").write_text(json.dumps(losses, indent=1))
+    seconds = time.monotonic() - started
+    tokens = max((float(h["num_tokens"]) for h in history if "num_tokens" in h), default=0.0)  # TRL logs a running total
     return {
-        "student": t.student,
-        "method": t.method,
-        "format": t.format,
-        "examples": len(ds),
+        **facts,
         "steps": trainer.state.global_step,
         "train_loss": round(result.training_loss, 4),
         "first_loss": losses[0]["loss"] if losses else None,
         "last_loss": losses[-1]["loss"] if losses else None,
-        "device": "cuda" if on_gpu else "cpu",
-        "seconds": round(time.monotonic() - started, 2),
+        "tokens_per_second": round(tokens / seconds, 1) if tokens else None,
+        "seconds": round(seconds, 2),
         "output": "student",
     }
