@@ -225,21 +225,28 @@ def estimate(
 @app.command()
 def publish(
     run_dir: RunDirArg,
-    repo: Annotated[str, typer.Option("--repo", help="Dataset repository on the Hub, ORG/NAME.")],
-    private: Annotated[bool, typer.Option("--private/--public", help="Create the repository private.")] = True,
+    repo: Annotated[str | None, typer.Option("--repo", help="Dataset repository on the Hub, ORG/NAME.")] = None,
+    model_repo: Annotated[str | None, typer.Option("--model-repo", help="Model repository for the student.")] = None,
+    private: Annotated[bool, typer.Option("--private/--public", help="Create the repositories private.")] = True,
 ) -> None:
-    """Push RUN_DIR's dataset (Parquet splits) and its card to the Hub in one commit. Token: HF_TOKEN."""
-    from distilforge.publish import PublishError, publish_dataset
+    """Push the dataset (Parquet + card) and/or the student (+ model card) to the Hub. Token: HF_TOKEN."""
+    from distilforge.pipeline.run_files import update_run
+    from distilforge.publish import PublishError, publish_dataset, publish_model
 
     def go() -> None:
+        if not repo and not model_repo:
+            _fail("give --repo ORG/NAME (dataset), --model-repo ORG/NAME (student), or both")
         try:
-            result = publish_dataset(run_dir, repo, private=private)
+            if repo:
+                result = publish_dataset(run_dir, repo, private=private)
+                update_run(run_dir, published=result)
+                console.print(f"published {', '.join(result['files'])} to {result['url']}")
+            if model_repo:
+                result = publish_model(run_dir, model_repo, private=private)
+                update_run(run_dir, published_model=result)
+                console.print(f"published the student ({len(result['files'])} files) to {result['url']}")
         except PublishError as exc:
             _fail(str(exc))
-        from distilforge.pipeline.run_files import update_run
-
-        update_run(run_dir, published=result)
-        console.print(f"published {', '.join(result['files'])} to {result['url']}")
 
     _guard(go)
 

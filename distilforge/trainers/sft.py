@@ -22,14 +22,14 @@ CHATML = (
 )
 
 
-def ensure_chat_template(tokenizer: Any) -> bool:
-    """Give a base model's tokenizer the ChatML template and its tokens; True when tokens were added."""
+def ensure_chat_template(tokenizer: Any) -> tuple[bool, bool]:
+    """Give a base model's tokenizer the ChatML template; returns (template added, new tokens added)."""
     if tokenizer.chat_template:
-        return False
+        return False, False
     tokenizer.chat_template = CHATML
     added = tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tokenizer.eos_token = "<|im_end|>"
-    return added > 0
+    return True, added > 0
 
 
 class TrainError(RuntimeError):
@@ -72,9 +72,9 @@ def build_trainer(config: JobConfig, run_dir: Path) -> tuple[Any, dict[str, Any]
     flash = on_gpu and importlib.util.find_spec("flash_attn") is not None
     notes: list[str] = []
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    added = ensure_chat_template(tokenizer)
-    if added:
-        notes.append("the student had no chat template: ChatML added")
+    templated, added = ensure_chat_template(tokenizer)
+    if templated:
+        notes.append("the student had no chat template: ChatML added" + (" with new tokens" if added else ""))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     load: dict[str, Any] = {"dtype": torch.bfloat16 if bf16 else torch.float32}
