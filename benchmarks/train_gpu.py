@@ -11,6 +11,13 @@ GPU memory and accuracy before/after with 95% intervals.
 
 from __future__ import annotations
 
+import os
+
+# Our own tables say what is happening; the libraries' per-shard bars only add noise.
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
 import argparse
 import json
 import sys
