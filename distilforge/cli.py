@@ -289,6 +289,51 @@ def report(run_dir: RunDirArg) -> None:
 
 
 @app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Job workers inside this process (0: API only).")] = 1,
+) -> None:
+    """The HTTP API (docs at /docs), with workers and the scheduler. Creates and migrates its database.
+
+    Environment: DISTILFORGE_API_TOKENS (bearer tokens), DATABASE_URL (default SQLite under
+    DISTILFORGE_HOME), DISTILFORGE_DATA_ROOTS, DISTILFORGE_ALLOWED_TEACHERS,
+    DISTILFORGE_TEACHER_KEY_ENVS, DISTILFORGE_HUB_REPOS, DISTILFORGE_MONTHLY_CAP_USD.
+    """
+    import uvicorn
+
+    from distilforge.service.api import create_app
+
+    _quiet_libraries()
+    uvicorn.run(create_app(workers=workers), host=host, port=port, log_level="info")
+
+
+@app.command()
+def worker(
+    poll: Annotated[float, typer.Option(help="Seconds between looks at an empty queue.")] = 1.0,
+) -> None:
+    """A standalone job worker against DATABASE_URL (run as many as you like)."""
+    import threading
+
+    from distilforge.service.db import make_engine, make_sessions
+    from distilforge.service.migrate import migrate
+    from distilforge.service.settings import Settings
+    from distilforge.service.store import Store
+    from distilforge.service.worker import Worker
+
+    _quiet_libraries()
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    stop = threading.Event()
+    console.print(f"worker on {engine.url.render_as_string(hide_password=True)}; Ctrl-C to stop")
+    try:
+        Worker(Store(make_sessions(engine), settings.lease_seconds), settings, poll_seconds=poll).run_forever(stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     print(__version__)

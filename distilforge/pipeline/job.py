@@ -139,16 +139,50 @@ def merged_stats(generates: list[Generate]) -> GenerateStats:
     return total
 
 
-async def _generate(config: JobConfig, run_dir: Path, console: Console) -> dict[str, Any]:
+class RunControl:
+    """How an embedding process (the service's worker) steers a run: stop requests, budget, lease."""
+
+    def stop_reason(self) -> str | None:
+        """Polled every quarter second: a reason ('cancelled', ...) stops dispatching."""
+        return None
+
+    def lost(self) -> bool:
+        """True once the run must stop at once (its lease is gone): in-flight work is abandoned."""
+        return False
+
+    def guard(self) -> None:
+        """Called before each journal commit; raises to refuse the write."""
+
+    def budget(self, config: JobConfig, journal: Journal) -> Budget:
+        return make_budget(config, journal)
+
+
+async def _watch(control: RunControl, generates: list[Generate], task: asyncio.Task[Any]) -> None:
+    while True:
+        await asyncio.sleep(0.25)
+        if control.lost():
+            for generate in generates:
+                generate.stop("lease_lost")
+            task.cancel()
+            return
+        reason = control.stop_reason()
+        if reason:
+            for generate in generates:
+                generate.stop(reason)
+
+
+async def _generate(config: JobConfig, run_dir: Path, console: Console,
+                    control: RunControl | None = None) -> dict[str, Any]:
+    control = control or RunControl()
     started = time.monotonic()
     n_seeds = count_and_validate(config.seeds.path, config.seeds.fields, **seed_kwargs(config))
     expected = expected_samples(config, n_seeds)
     staging = run_dir / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
 
-    journal = Journal(run_dir / "journal.sqlite")
+    journal = Journal(run_dir / "journal.sqlite", guard=control.guard)
     try:
-        budget = make_budget(config, journal)
+        budget = control.budget(config, journal)
     except Exception:
         journal.close()
         raise
@@ -203,6 +237,7 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console) -> dict[
                           f"teacher {config.teacher.backend}:{config.teacher.model}"
                           + (f"; budget ${budget.spent:.4f} of ${config.budget.max_usd} spent"
                              if config.budget.max_usd else "") + "[/dim]")
+            watcher = asyncio.create_task(_watch(control, generates, asyncio.current_task()))  # type: ignore[arg-type]
             await teacher.start()
             if config.teacher.batch:
                 from distilforge.teachers.batch import run_batches
@@ -217,6 +252,8 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console) -> dict[
                 if not (interrupts and interrupts.count >= 2):
                     raise
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            finally:
+                watcher.cancel()
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
@@ -287,6 +324,7 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console) -> dict[
     return run
 
 
-def run_generate(config: JobConfig, run_dir: Path, console: Console) -> dict[str, Any]:
+def run_generate(config: JobConfig, run_dir: Path, console: Console,
+                 control: RunControl | None = None) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(_generate(config, run_dir, console))
+    return asyncio.run(_generate(config, run_dir, console, control))

@@ -80,8 +80,11 @@ def _split(total: int | float, n: int, j: int) -> Any:
 
 
 class Journal:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, guard: Callable[[], None] | None = None):
         self.path = path
+        # Called before every commit: a service worker checks its lease here, so a worker that
+        # lost its job cannot write to the job's journal (the exception rolls the write back).
+        self.guard = guard
         path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we commit explicitly, one transaction per teacher response.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -131,13 +134,14 @@ class Journal:
         return [{"seed_id": r[0], "sample_index": r[1], "error": r[2], "retryable": bool(r[3])} for r in rows]
 
     # -- writes --------------------------------------------------------------------------------
-    @staticmethod
-    def _transaction(conn: sqlite3.Connection, ops: list[Op]) -> list[Any]:
+    def _transaction(self, conn: sqlite3.Connection, ops: list[Op]) -> list[Any]:
         results: list[Any] = []
         conn.execute("BEGIN")
         try:
             for op in ops:
                 results.append(op(conn))
+            if self.guard is not None:
+                self.guard()
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import jinja2
+from jinja2.sandbox import SandboxedEnvironment
 
 from distilforge.schemas.config import GenerationConfig
 from distilforge.schemas.records import Seed
@@ -27,7 +28,8 @@ def _load(name: str) -> tuple[jinja2.Template, str]:
     if not path.is_file():
         raise FileNotFoundError(f"prompt template '{name}' not found (looked in {PROMPTS_DIR})")
     text = path.read_text(encoding="utf-8")
-    env = jinja2.Environment(autoescape=False, keep_trailing_newline=False, undefined=jinja2.StrictUndefined)
+    # Sandboxed: a template (a user's, too) can format its variables but not reach Python internals.
+    env = SandboxedEnvironment(autoescape=False, keep_trailing_newline=False, undefined=jinja2.StrictUndefined)
     return env.from_string(text), hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

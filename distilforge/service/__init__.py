@@ -1,0 +1,1 @@
+"""The service: HTTP API, durable job store, workers with leases, cron schedules, shared budgets."""

@@ -1,0 +1,82 @@
+"""The job store's tables (SQLAlchemy 2). Schema changes go through Alembic (migrations/)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled", "stopped_budget")
+FINAL_STATES = ("succeeded", "failed", "cancelled", "stopped_budget")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    # One run per schedule fire time, whatever the number of schedulers: a constraint, not a hope.
+    __table_args__ = (UniqueConstraint("schedule_id", "fire_time", name="uq_jobs_schedule_fire"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    config: Mapped[dict] = mapped_column(JSON)
+    run_dir: Mapped[str] = mapped_column(Text)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    summary: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    progress: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    schedule_id: Mapped[str | None] = mapped_column(ForeignKey("schedules.id"), nullable=True)
+    fire_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Schedule(Base):
+    __tablename__ = "schedules"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    cron: Mapped[str] = mapped_column(String(128))
+    timezone: Mapped[str] = mapped_column(String(64))
+    config: Mapped[dict] = mapped_column(JSON)
+    monthly_cap_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_checked: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class BudgetLedger(Base):
+    """Spend per scope and month ('global:2026-11', 'schedule:<id>:2026-11'), reserved like a single run."""
+
+    __tablename__ = "budget_ledger"
+
+    scope: Mapped[str] = mapped_column(String(128), primary_key=True)
+    spent_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    reserved_usd: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30}} if url.startswith("sqlite") else {}
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def make_sessions(engine: Engine) -> sessionmaker:
+    return sessionmaker(engine, expire_on_commit=False)
