@@ -174,7 +174,9 @@ def test_cancel_takes_effect_within_seconds(service, fake):
     with _client(service) as client:
         job_id = client.post("/v1/jobs", json=data, headers=AUTH).json()["id"]
         _wait(client, job_id, {"running"})
-        time.sleep(0.5)
+        time.sleep(1.5)
+        progress = client.get(f"/v1/jobs/{job_id}", headers=AUTH).json()["progress"]
+        assert progress["samples_total"] == 40 and 0 < progress["samples_done"] < 40
         assert client.post(f"/v1/jobs/{job_id}/cancel", headers=AUTH).status_code == 200
         started = time.monotonic()
         job = _wait(client, job_id, {"cancelled", "succeeded", "failed"}, timeout=15)

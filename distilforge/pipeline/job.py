@@ -153,13 +153,18 @@ class RunControl:
     def guard(self) -> None:
         """Called before each journal commit; raises to refuse the write."""
 
+    def report(self, progress: dict[str, Any]) -> None:
+        """Receives the run's progress four times a second."""
+
     def budget(self, config: JobConfig, journal: Journal) -> Budget:
         return make_budget(config, journal)
 
 
-async def _watch(control: RunControl, generates: list[Generate], task: asyncio.Task[Any]) -> None:
+async def _watch(control: RunControl, generates: list[Generate], task: asyncio.Task[Any],
+                 progress: RunProgress) -> None:
     while True:
         await asyncio.sleep(0.25)
+        control.report(progress.snapshot())
         if control.lost():
             for generate in generates:
                 generate.stop("lease_lost")
@@ -237,7 +242,7 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console,
                           f"teacher {config.teacher.backend}:{config.teacher.model}"
                           + (f"; budget ${budget.spent:.4f} of ${config.budget.max_usd} spent"
                              if config.budget.max_usd else "") + "[/dim]")
-            watcher = asyncio.create_task(_watch(control, generates, asyncio.current_task()))  # type: ignore[arg-type]
+            watcher = asyncio.create_task(_watch(control, generates, asyncio.current_task(), progress))  # type: ignore[arg-type]
             await teacher.start()
             if config.teacher.batch:
                 from distilforge.teachers.batch import run_batches

@@ -73,6 +73,10 @@ class RunProgress:
             self.spend += self.budget.cost(prompt_tokens, completion_tokens)
         self._refresh(samples)
 
+    def snapshot(self) -> dict[str, Any]:
+        return {"samples_done": self._done, "samples_total": self._total, "kept": self.kept, "tokens": self.tokens,
+                "spend_usd": round(self.spend, 6)}
+
     def add_kept(self, n: int = 1) -> None:
         self.kept += n
         self._refresh(0)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -17,13 +18,24 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "stopped_budget")
 FINAL_STATES = ("succeeded", "failed", "cancelled", "stopped_budget")
 
 
+class UTCDateTime(TypeDecorator):
+    """Timestamps are UTC everywhere; SQLite stores them naive, so tz is put back on the way out."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Any) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
 class Base(DeclarativeBase):
-    pass
+    """The store's declarative base."""
 
 
 class Job(Base):
@@ -35,10 +47,10 @@ class Job(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     config: Mapped[dict] = mapped_column(JSON)
     run_dir: Mapped[str] = mapped_column(Text)
-    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated: Mapped[datetime] = mapped_column(UTCDateTime())
     lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[int] = mapped_column(Integer, default=0)
@@ -46,7 +58,7 @@ class Job(Base):
     summary: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     progress: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     schedule_id: Mapped[str | None] = mapped_column(ForeignKey("schedules.id"), nullable=True)
-    fire_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    fire_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Schedule(Base):
@@ -57,8 +69,8 @@ class Schedule(Base):
     timezone: Mapped[str] = mapped_column(String(64))
     config: Mapped[dict] = mapped_column(JSON)
     monthly_cap_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
-    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    last_checked: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_checked: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class BudgetLedger(Base):

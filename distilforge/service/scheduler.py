@@ -26,10 +26,7 @@ log = logging.getLogger("distilforge.scheduler")
 def due_fire(schedule: Schedule, until: datetime) -> datetime | None:
     """The latest fire time in (last_checked, until], or None."""
     tz = ZoneInfo(schedule.timezone)
-    last = schedule.last_checked
-    if last.tzinfo is None:
-        last = last.replace(tzinfo=ZoneInfo("UTC"))
-    it = croniter(schedule.cron, last.astimezone(tz))
+    it = croniter(schedule.cron, schedule.last_checked.astimezone(tz))
     fire = None
     while True:
         candidate = it.get_next(datetime)
@@ -56,7 +53,7 @@ def tick(store: Store, runs_dir: Path, at: datetime | None = None) -> list[str]:
                 pass  # this fire time already has its job: another scheduler got there first
         with store.sessions.begin() as s:
             row = s.get(Schedule, schedule.id)
-            if row is not None and (row.last_checked.replace(tzinfo=row.last_checked.tzinfo or ZoneInfo("UTC")) < at):
+            if row is not None and row.last_checked < at:
                 row.last_checked = at
     return created
 

@@ -38,6 +38,7 @@ class JobControl(RunControl):
             self.caps[scopes[1]] = schedule_cap
         self._cancel = False
         self._lost = False
+        self._progress: dict[str, Any] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
@@ -52,12 +53,15 @@ class JobControl(RunControl):
         interval = max(0.2, self.settings.lease_seconds / 3)
         while not self._stop.wait(interval):
             try:
-                self._cancel = self.store.heartbeat(self.job_id, self.epoch) or self._cancel
+                self._cancel = self.store.heartbeat(self.job_id, self.epoch, self._progress) or self._cancel
             except LeaseLost:
                 self._lost = True
                 return
             except Exception:  # a database blip: try again next beat; the lease outlives one miss
                 log.warning("heartbeat failed for job %s", self.job_id, exc_info=True)
+
+    def report(self, progress: dict[str, Any]) -> None:
+        self._progress = progress
 
     def stop_reason(self) -> str | None:
         return "cancelled" if self._cancel else None
