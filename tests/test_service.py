@@ -247,13 +247,18 @@ def test_killed_worker_is_requeued_and_repays_at_most_in_flight(service, fake, t
     time.sleep(0.5)
     first = len(fake.requests)
     assert store.get(job.id).state == "running" and store.get(job.id).epoch == 1
+    import sqlite3
+
+    with sqlite3.connect(service.runs_dir / "killed" / "journal.sqlite") as db:
+        committed = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    in_flight = first - committed  # sent, but no answer committed when the worker died
 
     time.sleep(2.2)  # the dead worker's lease runs out
     assert Worker(store, service, owner="rescuer").run_once()
     done = store.get(job.id)
     assert done.state == "succeeded" and done.attempts == 2 and done.summary["kept"] == 16
     asked = Counter(r["body"]["messages"][-1]["content"].split(":")[0] for r in fake.requests)
-    assert sum(c - 1 for c in asked.values()) <= 2  # only what was in flight was paid again
+    assert sum(c - 1 for c in asked.values()) <= in_flight  # only what was in flight was paid again
     assert len(fake.requests) - first == 16 - done.summary["samples"]["from_journal"]
     with pytest.raises(LeaseLost):  # the dead worker's epoch can no longer write
         store.finish(job.id, 1, "failed", error="stale")
@@ -308,3 +313,25 @@ def test_a_budget_shared_by_concurrent_jobs_is_never_passed(service, fake):
     scope = next(v for k, v in budget["scopes"].items() if k.startswith("global:"))
     assert scope["spent_usd"] <= 3.0 and scope["reserved_usd"] == pytest.approx(0.0, abs=1e-9)
     assert sum(j["cost_usd"] for j in jobs) == pytest.approx(scope["spent_usd"])
+
+
+def test_a_job_with_training_trains_and_evaluates(service, fake, tiny_model):
+    import shutil
+
+    fake.default = Behaviour(["1 + 2 = 3.\nThe answer is 3."])
+    student = service.data_roots[0] / "student-model"
+    shutil.copytree(tiny_model, student)
+    data = _job_config(service, fake, n=4)
+    eval_file = write_jsonl(service.data_roots[0] / "eval.jsonl", [{"question": "What is 2 + 2?", "answer": "#### 4"}])
+    data["train"] = {"enabled": True, "student": str(student), "max_steps": 1, "batch_size": 2, "max_length": 96,
+                     "lora": {"r": 2, "alpha": 4}}
+    data["eval"] = {"files": [{"path": str(eval_file)}], "max_tokens": 4}
+    with _client(service) as client:
+        job_id = client.post("/v1/jobs", json=data, headers=AUTH).json()["id"]
+        job = _wait(client, job_id, {"succeeded", "failed"}, timeout=120)
+        assert job["state"] == "succeeded", job["error"]
+    from distilforge.service.db import make_engine, make_sessions
+    from distilforge.service.store import Store
+
+    summary = Store(make_sessions(make_engine(service.database_url))).get(job_id).summary
+    assert summary["train"]["steps"] == 1 and summary["eval"]["after"]["n"] == 1

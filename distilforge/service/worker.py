@@ -117,10 +117,24 @@ class Worker:
         try:
             config = JobConfig.model_validate(raw)
             with open(os.devnull, "w") as quiet:
-                run = run_generate(config, run_dir, Console(file=quiet), control)
-            stopped = run.get("stopped", "done")
-            if control.lost():
-                return
+                console = Console(file=quiet)
+                run = run_generate(config, run_dir, console, control)
+                stopped = run.get("stopped", "done")
+                if control.lost():
+                    return
+                if stopped in ("done", "budget") and config.train.enabled and run.get("kept"):
+                    from distilforge.stages import eval_stage, train_stage
+
+                    control.guard()  # a worker that lost the job must not train for it either
+                    train_stage(config, run_dir, console)
+                    run = eval_stage(config, run_dir, console)
+                if stopped == "done" and config.output.hub_repo:
+                    from distilforge.pipeline.run_files import update_run
+                    from distilforge.publish import publish_dataset
+
+                    # The repo was checked against DISTILFORGE_HUB_REPOS when the job was submitted.
+                    run = update_run(run_dir, published=publish_dataset(run_dir, config.output.hub_repo,
+                                                                        private=config.output.private))
             state = {"done": "succeeded", "budget": "stopped_budget", "cancelled": "cancelled"}.get(stopped, "succeeded")
             self.store.finish(job_id, epoch, state, summary=job_summary(run))
         except LeaseLost:
@@ -138,7 +152,7 @@ class Worker:
 def job_summary(run: dict[str, Any]) -> dict[str, Any]:
     """What the API shows of a run: counts and money, never config secrets (there are none in run.json)."""
     return {k: run.get(k) for k in ("kept", "rejected", "samples", "requests", "tokens", "cost_usd", "stopped",
-                                    "wall_seconds", "total_seconds", "mode")}
+                                    "wall_seconds", "total_seconds", "mode", "train", "eval", "published")}
 
 
 def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> bool:
