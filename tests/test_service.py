@@ -297,6 +297,11 @@ def test_a_schedule_fires_once_per_tick_under_two_schedulers(service, fake):
         jobs = list(s.query(Job).filter(Job.schedule_id == schedule_id))
     assert len(jobs) == 1 and sorted(len(r) for r in results) == [0, 1]  # coalesced, and created once
     assert tick(store, service.runs_dir) == []  # nothing new is due
+    with _client(service, workers=0) as client:
+        assert [x["id"] for x in client.get("/v1/schedules", headers=AUTH).json()] == [schedule_id]
+        assert client.delete(f"/v1/schedules/{schedule_id}", headers=AUTH).status_code == 204
+        assert client.get("/v1/schedules", headers=AUTH).json() == []
+        assert client.get(f"/v1/jobs/{jobs[0].id}", headers=AUTH).json()["schedule_id"] is None
 
 
 def test_a_budget_shared_by_concurrent_jobs_is_never_passed(service, fake):
