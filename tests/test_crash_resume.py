@@ -16,6 +16,24 @@ from conftest import api_config, write_config, write_jsonl
 from fake_openai import Behaviour
 
 
+def start_then_kill(cmd: list[str], env: dict[str, str], journal, ready) -> None:
+    """Run `cmd`, SIGKILL it once `ready(db)` is true of its journal (or after 60 s)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        if journal.exists():
+            try:
+                with sqlite3.connect(journal) as db:
+                    if ready(db):
+                        break
+            except sqlite3.OperationalError:
+                pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)  # let the server log requests that were on the wire at the kill
+
+
 def test_sigkill_then_resume_pays_only_for_in_flight(fake, tmp_path):
     n_seeds, concurrency = 12, 2
     fake.latency = (0.25, 0.3)
@@ -30,21 +48,8 @@ def test_sigkill_then_resume_pays_only_for_in_flight(fake, tmp_path):
     env = {**os.environ, "DISTILFORGE_TEST_KEY": "sk-test"}
     cmd = [sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)]
 
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     journal = out / "journal.sqlite"
-    deadline = time.monotonic() + 60
-    committed = 0
-    while time.monotonic() < deadline and committed < 4:
-        time.sleep(0.05)
-        if journal.exists():
-            try:
-                with sqlite3.connect(journal) as db:
-                    committed = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
-            except sqlite3.OperationalError:
-                pass
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    time.sleep(0.5)  # let the server log requests that were on the wire at the kill
+    start_then_kill(cmd, env, journal, lambda db: db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] >= 4)
     with sqlite3.connect(journal) as db:
         committed = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
     assert 4 <= committed < n_seeds, "the run should have been killed part-way"
@@ -80,21 +85,9 @@ def test_reservations_of_a_killed_run_count_at_worst_case(fake, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "DISTILFORGE_TEST_KEY": "sk-test"}
     cmd = [sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = out / "journal.sqlite"
-    deadline = time.monotonic() + 60
-    orphans = 0
-    while time.monotonic() < deadline and not orphans:
-        time.sleep(0.05)
-        if journal.exists():
-            try:
-                with sqlite3.connect(journal) as db:
-                    done = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
-                    orphans = db.execute("SELECT COUNT(*) FROM inflight").fetchone()[0] if done >= 2 else 0
-            except sqlite3.OperationalError:
-                pass
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    start_then_kill(cmd, env, journal, lambda db: db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] >= 2
+                    and db.execute("SELECT COUNT(*) FROM inflight").fetchone()[0] > 0)
     with sqlite3.connect(journal) as db:
         orphans, worst = db.execute("SELECT COUNT(*), SUM(reserved_usd) FROM inflight").fetchone()
         billed = db.execute("SELECT SUM(cost_usd) FROM responses").fetchone()[0]

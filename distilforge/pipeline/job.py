@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -214,6 +215,7 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console,
 
     batch_report: dict[str, Any] | None = None
     interrupts: _Interrupts | None = None
+    handles_sigint = False
     loop = asyncio.get_running_loop()
     try:
         with RunProgress(console, expected, budget) as progress:
@@ -236,7 +238,10 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console,
             generate = generates[0]
             interrupts = _Interrupts(generates, console)
             interrupts.task = asyncio.current_task()
-            with contextlib.suppress(NotImplementedError, RuntimeError):  # not in the main thread
+            # Only the main thread of a POSIX process can take signals (a service worker runs jobs in
+            # threads and stops them through RunControl instead).
+            handles_sigint = sys.platform != "win32" and threading.current_thread() is threading.main_thread()
+            if handles_sigint:
                 loop.add_signal_handler(signal.SIGINT, interrupts)
             console.print(f"[dim]{n_seeds} seeds x {config.generation.samples_per_seed} samples; "
                           f"teacher {config.teacher.backend}:{config.teacher.model}"
@@ -260,7 +265,7 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console,
             finally:
                 watcher.cancel()
     finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+        if handles_sigint:
             loop.remove_signal_handler(signal.SIGINT)
         await teacher.aclose()
         kept_sink.close()
