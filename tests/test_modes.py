@@ -136,17 +136,22 @@ PROPOSALS = [
 @needs_data
 def test_self_instruct_grows_a_novel_pool(fake, cli, tmp_path):
     fake.default = Behaviour(PROPOSALS)
+    fake.script = {"That is not a valid task": Behaviour([  # the repair request for the broken reply
+        '{"instruction": "Plan a three-course vegetarian dinner menu.", "input": "", "output": "Soup, risotto, tart."}'])}
     data = api_config(SHARED_DATA / "self_instruct" / "seed_tasks.jsonl", fake.base_url)
     data["seeds"]["fields"] = {"question": "instruction", "answer": None}
     data["generation"].update(mode="self-instruct", target_count=4, proposals_per_round=8)
     run, kept, _out = _run(cli, tmp_path, data)
     assert run["kept"] == 4
-    assert sorted(kept["instruction"]) == sorted([
+    assert set(kept["instruction"]) <= {
         "Summarize the story of a famous novel in two sentences.", "Convert the temperature from Celsius to Fahrenheit.",
-        "List three benefits of regular exercise for older adults.", "Suggest a name for a bakery that sells vegan pastries."])
-    # Responses reach proposals in arrival order, so the near-copy may come after the target is met.
+        "List three benefits of regular exercise for older adults.", "Suggest a name for a bakery that sells vegan pastries.",
+        "Plan a three-course vegetarian dinner menu."}
+    repairs = [r for r in fake.requests if "That is not a valid task" in r["body"]["messages"][-1]["content"]]
+    assert len(repairs) == 1 and repairs[0]["body"]["messages"][-2]["role"] == "assistant"
+    # Responses reach proposals in arrival order, so some may come after the target is met.
     assert run["rejected"]["heuristics"] == 1 and run["rejected"]["invalid_json"] == 1
-    assert run["rejected"]["rouge_l"] >= 1 and sum(run["rejected"].values()) == 4
+    assert run["rejected"]["rouge_l"] >= 1 and sum(run["rejected"].values()) == 5  # 8 proposals + 1 repair
     seeds = [json.loads(line)["instruction"]
              for line in (SHARED_DATA / "self_instruct" / "seed_tasks.jsonl").read_text().splitlines()]
     for a, b in combinations(list(kept["instruction"]), 2):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
@@ -95,7 +95,37 @@ class SelfInstruct(Filter):
         rng.shuffle(shown)
         return render(self.template, tasks=shown)
 
-    def _accept(self, record: Record, machine: list[dict[str, str]], on_kept: Callable[[Record], None]) -> bool:
+    async def _ask(self, seeds: list[Seed]) -> list[Record]:
+        async def stream() -> AsyncIterator[Seed]:
+            for seed in seeds:
+                yield seed
+
+        return sorted([r async for r in self.generate.run(stream())], key=lambda r: (r.seed_id, r.sample_index))
+
+    async def _with_repairs(self, batch: list[Record]) -> list[Record]:
+        """One bounded repair round: a reply that is not a valid task is shown to the teacher with the
+        error and asked for again. The broken reply is still accounted for (rejected, invalid_json)."""
+        repairs, order = [], []
+        for record in batch:
+            _, error = parse_model(record.text, Task)
+            order.append(record)
+            if error is not None and not record.seed_id.endswith("~fix"):
+                messages = [*record.prompt, {"role": "assistant", "content": record.text},
+                            {"role": "user", "content": f"That is not a valid task ({error}). Reply with the JSON "
+                                                        'object only: {"instruction": ..., "input": ..., "output": ...}'}]
+                repairs.append(Seed(seed_id=f"{record.seed_id}~fix", question=record.question, gold=None,
+                                    answer_type="text", source="self-instruct repair", messages=messages))
+        if not repairs:
+            return order
+        fixed = {r.seed_id: r for r in await self._ask(repairs)}
+        out = []
+        for record in order:
+            out.append(record)
+            if f"{record.seed_id}~fix" in fixed:
+                out.append(fixed[f"{record.seed_id}~fix"])
+        return out
+
+    def _accept(self, record: Record, machine: list[dict[str, str]]) -> bool:
         task, error = parse_model(record.text, Task)
         if task is None:
             self.reject(record, "invalid_json", error or "not a task")
@@ -135,18 +165,14 @@ class SelfInstruct(Filter):
                 for j in range(g.proposals_per_round)
             ]
 
-            async def stream(items: list[Seed] = proposals) -> AsyncIterator[Seed]:
-                for item in items:
-                    yield item
-
-            batch = [r async for r in self.generate.run(stream())]
-            for record in sorted(batch, key=lambda r: (r.seed_id, r.sample_index)):
+            batch = await self._with_repairs(await self._ask(proposals))
+            for record in batch:
                 self.n_in += 1
                 record.mode, record.template, record.template_sha = "self-instruct", self.template, self.template_sha
                 if len(machine) >= g.target_count:
                     self.reject(record, "target_reached", f"already {g.target_count} instructions")
                     continue
-                if self._accept(record, machine, lambda r: None):
+                if self._accept(record, machine):
                     user = record.instruction + (f"\n\n{record.input}" if record.input else "")
                     record.student_prompt = [{"role": "user", "content": user}]
                     self.n_out += 1
