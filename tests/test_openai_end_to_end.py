@@ -155,7 +155,7 @@ def test_missing_api_key_is_a_clear_error(fake, cli, tmp_path, monkeypatch):
     result = cli("run", config, "--output", tmp_path / "run")
     assert result.exit_code == 2
     assert "DISTILFORGE_TEST_KEY is not set" in result.output
-    assert fake.requests == []
+    assert fake.requests == [] and not (tmp_path / "run").exists()  # nothing written
 
 
 def test_at_most_max_concurrency_requests_in_flight(fake, cli, tmp_path):

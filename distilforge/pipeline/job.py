@@ -15,7 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
-from distilforge.budget import Budget, resolve_prices
+from distilforge.budget import Budget, BudgetError, resolve_prices
 from distilforge.modes import Prompter, filters_for, make_prompter
 from distilforge.pipeline.base import Filter, PipelineStep
 from distilforge.pipeline.dataset import (
@@ -181,19 +181,11 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console,
                     control: RunControl | None = None) -> dict[str, Any]:
     control = control or RunControl()
     started = time.monotonic()
+    # Everything that can be wrong with the input is checked before a file is written or a request sent.
     n_seeds = count_and_validate(config.seeds.path, config.seeds.fields, **seed_kwargs(config))
     expected = expected_samples(config, n_seeds)
-    staging = run_dir / ".staging"
-    staging.mkdir(parents=True, exist_ok=True)
-
-    journal = Journal(run_dir / "journal.sqlite", guard=control.guard)
-    try:
-        budget = control.budget(config, journal)
-    except Exception:
-        journal.close()
-        raise
-    snapshot_config(config, run_dir)
-    orphans = journal.orphan_count()
+    if config.budget.max_usd is not None and resolve_prices(config) is None:
+        raise BudgetError("budget.max_usd needs budget.prices: this model is not in the built-in price table")
     if config.generation.mode == "self-instruct" and config.teacher.backend in ("openai", "vllm") \
             and config.teacher.params.response_format is None:
         from distilforge.modes.self_instruct import Task
@@ -202,9 +194,16 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console,
         # Servers that can enforce a schema get one; other teachers' JSON is repaired and validated.
         config = config.model_copy(deep=True)
         config.teacher.params.response_format = response_format(Task, "task")
-    teacher = make_teacher(config.teacher)
+    teacher = make_teacher(config.teacher)  # an OpenAI teacher checks its key variable here
     prompter = make_prompter(config.generation)
     prompter.prepare(config.seeds.path)
+
+    staging = run_dir / ".staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    journal = Journal(run_dir / "journal.sqlite", guard=control.guard)
+    budget = control.budget(config, journal)
+    snapshot_config(config, run_dir)
+    orphans = journal.orphan_count()
     kept_sink = JsonlSink(staging / "kept.jsonl", REJECTED_COLUMNS)  # same columns: global filters may reject
     rejected_sink = JsonlSink(staging / "rejected.jsonl", REJECTED_COLUMNS)
     rejected_counts: Counter[str] = Counter()
@@ -336,5 +335,4 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console,
 
 def run_generate(config: JobConfig, run_dir: Path, console: Console,
                  control: RunControl | None = None) -> dict[str, Any]:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(_generate(config, run_dir, console, control))
+    return asyncio.run(_generate(config, run_dir, console, control))  # the folder is made once input checks pass

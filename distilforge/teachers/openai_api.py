@@ -101,6 +101,7 @@ class OpenAITeacher(Teacher):
         self.max_concurrency = config.max_concurrency
         self.stats = TeacherStats()
         self.endpoints: list[Endpoint] = []
+        self._api_key()  # fail before the run writes anything when the key variable is not set
         # Bounds requests on the wire, not callers: a request sleeping in backoff holds no slot.
         self._slots = asyncio.Semaphore(config.max_concurrency)
 
