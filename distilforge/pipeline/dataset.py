@@ -120,10 +120,8 @@ def apply_global_filters(filters: list[Any], kept: Path, rejected: Path, counts:
                     f.n_in += 1
                     detail = f.check_row(row)
                     if detail is not None:
-                        row["reject_reason"], row["reject_detail"] = f.name, detail
+                        f.reject(row, detail)
                         counts[f.name] += 1
-                        if len(f.examples) < 3:
-                            f.examples.append({"seed_id": row["seed_id"], "detail": detail, "text": (row["text"] or "")[:300]})
                         reject_fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                         break
                     f.n_out += 1

@@ -13,6 +13,7 @@ import yaml
 
 from distilforge import __version__
 from distilforge.pipeline.run_files import read_run, write_atomic
+from distilforge.prompts import template_hash
 from distilforge.schemas.config import JobConfig
 
 
@@ -59,7 +60,7 @@ Each row has `messages` (chat format, ready for TRL's `SFTTrainer`) and its prov
 
 ## Prompt
 
-- template `{g.template_name}` (sha256 prefix `{run.get('template_sha') or _template_sha(g.template_name)}`)
+- template `{g.template_name}` (sha256 prefix `{template_hash(g.template_name)}`)
 
 ## Seeds
 
@@ -87,12 +88,6 @@ Rejected rows by reason: {', '.join(f'{k} {v}' for k, v in sorted(run.get('rejec
 - teacher cost: {f'${cost:.4f}' if cost is not None else 'not priced'}
 """
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n" + body
-
-
-def _template_sha(name: str) -> str:
-    from distilforge.prompts import template_hash
-
-    return template_hash(name)
 
 
 def write_card(config: JobConfig, run_dir: Path) -> Path:

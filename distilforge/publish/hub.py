@@ -11,34 +11,45 @@ class PublishError(RuntimeError):
     """Publishing failed; the message says what was and was not uploaded."""
 
 
-def publish_dataset(run_dir: Path, repo_id: str, *, private: bool = True) -> dict[str, Any]:
+def _token() -> str:
     token = os.environ.get("HF_TOKEN")
     if not token:
         raise PublishError("publishing needs a Hugging Face token in the HF_TOKEN environment variable")
-    if repo_id.count("/") != 1:
-        raise PublishError(f"--repo {repo_id!r}: expected ORG/NAME")
-    parquet, card = run_dir / "parquet", run_dir / "dataset" / "README.md"
-    files = {f"data/{p.stem}.parquet": p for p in sorted(parquet.glob("*.parquet")) if p.stem != "rejected"}
-    if not files or not card.exists():
-        raise PublishError(f"{run_dir}: no dataset to publish (run `distilforge generate` first)")
+    return token
 
+
+def _push(token: str, repo_id: str, repo_type: str, files: dict[str, str | bytes], *, private: bool,
+          message: str) -> dict[str, Any]:
+    """Create the repo if needed, then every file in one commit: either all land or none does."""
+    if repo_id.count("/") != 1:
+        raise PublishError(f"{repo_id!r}: expected ORG/NAME")
     from huggingface_hub import CommitOperationAdd, HfApi
 
     api = HfApi(token=token)
     try:
-        url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
     except Exception as exc:
         raise PublishError(f"could not create {repo_id}: {exc}; nothing was uploaded") from None
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()]
-    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card)))
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in files.items()]
     try:
-        commit = api.create_commit(repo_id, repo_type="dataset", operations=operations,
-                                   commit_message=f"distilforge: {', '.join(files)} + card")
+        commit = api.create_commit(repo_id, repo_type=repo_type, operations=operations, commit_message=message)
     except Exception as exc:
         raise PublishError(f"the upload to {repo_id} failed: {exc}; the repository exists but none of "
-                           f"{', '.join([*files, 'README.md'])} was committed") from None
-    return {"repo": repo_id, "url": str(url), "commit": getattr(commit, "oid", None), "files": [*files, "README.md"],
+                           f"{', '.join(files)} was committed") from None
+    return {"repo": repo_id, "url": str(url), "commit": getattr(commit, "oid", None), "files": list(files),
             "private": private}
+
+
+def publish_dataset(run_dir: Path, repo_id: str, *, private: bool = True) -> dict[str, Any]:
+    token = _token()
+    parquet, card = run_dir / "parquet", run_dir / "dataset" / "README.md"
+    files: dict[str, str | bytes] = {f"data/{p.stem}.parquet": str(p) for p in sorted(parquet.glob("*.parquet"))
+                                     if p.stem != "rejected"}
+    if not files or not card.exists():
+        raise PublishError(f"{run_dir}: no dataset to publish (run `distilforge generate` first)")
+    files["README.md"] = str(card)
+    return _push(token, repo_id, "dataset", files, private=private,
+                 message=f"distilforge: {', '.join(files)}")
 
 
 def model_card(run: dict[str, Any], repo_id: str) -> str:
@@ -68,29 +79,13 @@ def publish_model(run_dir: Path, repo_id: str, *, private: bool = True) -> dict[
     """The student (adapter or full model) and a model card linking the dataset, in one commit."""
     import json
 
-    token = os.environ.get("HF_TOKEN")
-    if not token:
-        raise PublishError("publishing needs a Hugging Face token in the HF_TOKEN environment variable")
+    token = _token()
     student = run_dir / "student"
-    # PEFT writes its own README.md stub; ours (below) replaces it.
-    files = sorted(p for p in student.rglob("*") if p.is_file() and p.name != "README.md") if student.exists() else []
-    if not files:
+    # PEFT writes its own README.md stub; ours replaces it.
+    paths = sorted(p for p in student.rglob("*") if p.is_file() and p.name != "README.md") if student.exists() else []
+    if not paths:
         raise PublishError(f"{run_dir}: no trained student to publish (run `distilforge train` first)")
     run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-
-    from huggingface_hub import CommitOperationAdd, HfApi
-
-    api = HfApi(token=token)
-    try:
-        url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    except Exception as exc:
-        raise PublishError(f"could not create {repo_id}: {exc}; nothing was uploaded") from None
-    operations = [CommitOperationAdd(path_in_repo=str(p.relative_to(student)), path_or_fileobj=str(p)) for p in files]
-    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=model_card(run, repo_id).encode()))
-    try:
-        commit = api.create_commit(repo_id, repo_type="model", operations=operations,
-                                   commit_message="distilforge: student and model card")
-    except Exception as exc:
-        raise PublishError(f"the upload to {repo_id} failed: {exc}; the repository exists but nothing was committed") from None
-    return {"repo": repo_id, "url": str(url), "commit": getattr(commit, "oid", None),
-            "files": [op.path_in_repo for op in operations], "private": private}
+    files: dict[str, str | bytes] = {str(p.relative_to(student)): str(p) for p in paths}
+    files["README.md"] = model_card(run, repo_id).encode()
+    return _push(token, repo_id, "model", files, private=private, message="distilforge: student and model card")

@@ -28,6 +28,13 @@ class GlobalFilter(abc.ABC):
     @abc.abstractmethod
     def check_row(self, row: dict[str, Any]) -> str | None: ...
 
+    def reject(self, row: dict[str, Any], detail: str) -> None:
+        """Tag a rejected row and keep a few examples for the report (as `Filter.reject` does)."""
+        row["reject_reason"], row["reject_detail"] = self.name, detail
+        if len(self.examples) < 3:
+            self.examples.append({"seed_id": row["seed_id"], "reason": self.name, "detail": detail,
+                                  "text": (row.get("text") or "")[:300]})
+
     def report(self) -> dict[str, Any]:
         return {"name": self.name, "in": self.n_in, "out": self.n_out, "seconds": round(self.seconds, 4),
                 "examples": self.examples}
