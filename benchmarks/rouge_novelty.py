@@ -22,7 +22,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distilforge.pipeline.rouge import NoveltyPool, tokenize
+from distilforge.modes.rouge import NoveltyPool, tokenize
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

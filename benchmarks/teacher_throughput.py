@@ -34,8 +34,8 @@ from fake_openai import Behaviour, FakeOpenAI
 from rich.console import Console
 from rich.table import Table
 
-from distilforge.pipeline.job import run_generate
-from distilforge.schemas.config import JobConfig
+from distilforge.core.config import JobConfig
+from distilforge.run.lifecycle import run_generate
 
 ANSWER = "Two plus two is four.\nThe answer is 4."
 

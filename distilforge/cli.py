@@ -49,8 +49,8 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _load(config_path: Path, overrides: list[str] | None, output: Path | None) -> tuple[Any, Path]:
-    from distilforge.pipeline.run_files import load_run_config
-    from distilforge.schemas.config import load_config
+    from distilforge.core.config import load_config
+    from distilforge.core.run_files import load_run_config
 
     if config_path.is_dir():
         config = load_run_config(config_path, overrides)
@@ -62,10 +62,10 @@ def _load(config_path: Path, overrides: list[str] | None, output: Path | None) -
 
 def _guard(fn: Any) -> Any:
     """Known errors become one clear line and exit code 2; Ctrl-C exits 130 with a resume hint."""
-    from distilforge.budget import BudgetError
+    from distilforge.core.budget import BudgetError
+    from distilforge.core.config import ConfigError
+    from distilforge.core.seeds import SeedError
     from distilforge.models import ModelError
-    from distilforge.pipeline.seeds import SeedError
-    from distilforge.schemas.config import ConfigError
     from distilforge.teachers.base import TeacherError
 
     _quiet_libraries()
@@ -85,19 +85,19 @@ def _guard(fn: Any) -> Any:
 
 
 def _generate(config: Any, run_dir: Path) -> dict[str, Any]:
-    from distilforge.pipeline.job import run_generate
+    from distilforge.run.lifecycle import run_generate
 
     return run_generate(config, run_dir, console)
 
 
 def _train(config: Any, run_dir: Path) -> dict[str, Any]:
-    from distilforge.stages import train_stage
+    from distilforge.run.stages import train_stage
 
     return train_stage(config, run_dir, console)
 
 
 def _eval(config: Any, run_dir: Path) -> dict[str, Any]:
-    from distilforge.stages import eval_stage
+    from distilforge.run.stages import eval_stage
 
     return eval_stage(config, run_dir, console)
 
@@ -105,7 +105,7 @@ def _eval(config: Any, run_dir: Path) -> dict[str, Any]:
 @app.command()
 def run(config: ConfigArg, output: OutputOpt = None, set_: SetOpt = None) -> None:
     """Run the whole job: generate -> filter -> dataset, then train -> eval if train.enabled."""
-    from distilforge.summary import print_summary
+    from distilforge.report.summary import print_summary
 
     def go() -> dict[str, Any]:
         started = time.monotonic()
@@ -118,7 +118,7 @@ def run(config: ConfigArg, output: OutputOpt = None, set_: SetOpt = None) -> Non
         if cfg.train.enabled:
             result = _train(cfg, run_dir)
             result = _eval(cfg, run_dir)
-        from distilforge.pipeline.run_files import update_run
+        from distilforge.core.run_files import update_run
 
         if cfg.output.hub_repo:
             from distilforge.publish import PublishError, publish_dataset
@@ -143,7 +143,7 @@ def run(config: ConfigArg, output: OutputOpt = None, set_: SetOpt = None) -> Non
 @app.command()
 def generate(config: ConfigArg, output: OutputOpt = None, set_: SetOpt = None) -> None:
     """Only the data stage: seeds -> teacher -> filters -> DIR/dataset. Resumes an existing run folder."""
-    from distilforge.summary import print_summary
+    from distilforge.report.summary import print_summary
 
     def go() -> None:
         cfg, run_dir = _load(config, set_, output)
@@ -166,7 +166,7 @@ def estimate(
 
     from rich.table import Table
 
-    from distilforge.budget.estimate import estimate_cost
+    from distilforge.run.estimate import estimate_cost
 
     def go() -> None:
         cfg, _ = _load(config, set_, None)
@@ -205,7 +205,7 @@ def publish(
     private: Annotated[bool, typer.Option("--private/--public", help="Create the repositories private.")] = True,
 ) -> None:
     """Push the dataset (Parquet + card) and/or the student (+ model card) to the Hub. Token: HF_TOKEN."""
-    from distilforge.pipeline.run_files import update_run
+    from distilforge.core.run_files import update_run
     from distilforge.publish import PublishError, publish_dataset, publish_model
 
     def go() -> None:
@@ -242,7 +242,7 @@ def train(run_dir: RunDirArg, set_: SetOpt = None) -> None:
 @app.command("eval")
 def eval_(run_dir: RunDirArg, set_: SetOpt = None) -> None:
     """Score the student before (and, once trained, after) training on eval.files; writes run.json 'eval'."""
-    from distilforge.summary import print_summary
+    from distilforge.report.summary import print_summary
 
     def go() -> None:
         cfg, _ = _load(run_dir, set_, None)

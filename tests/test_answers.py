@@ -9,7 +9,7 @@ from fractions import Fraction
 import pytest
 from conftest import SHARED_DATA
 
-from distilforge.pipeline.answers import canonical, canonical_gold, parse_number, split_answer
+from distilforge.core.grading import canonical, canonical_gold, parse_number, split_answer
 
 
 @pytest.mark.parametrize(
@@ -100,9 +100,9 @@ def test_multiple_choice_letters(text, expected):
 
 
 def test_symbolic_answers_match_with_math_verify():
-    from distilforge.pipeline.filters import WrongAnswer
-    from distilforge.pipeline.parse import parse_record
-    from distilforge.schemas.records import Record
+    from distilforge.core.records import Record
+    from distilforge.modes import parse_record
+    from distilforge.quality.checks import WrongAnswer
 
     def record(text, gold, gold_raw):
         r = Record(seed_id="s", sample_index=0, question="q", gold=gold, answer_type="text", prompt=[],

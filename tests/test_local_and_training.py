@@ -115,7 +115,7 @@ def test_step_by_step_format_trains_label_and_rationale_tasks(fake, cli, tmp_pat
 
 
 def test_step_by_step_examples_carry_task_prefixes():
-    from distilforge.trainers.formats import LABEL_PREFIX, RATIONALE_PREFIX, step_by_step_examples
+    from distilforge.core.formats import LABEL_PREFIX, RATIONALE_PREFIX, step_by_step_examples
 
     rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "r\nThe answer is 1."}],
              "answer": "1", "rationale": "r"} for i in range(4)]

@@ -10,8 +10,8 @@ import pytest
 from conftest import SHARED_DATA, api_config, run_job, write_jsonl
 from fake_openai import Behaviour
 
-from distilforge.modes.structured import parse_model
-from distilforge.pipeline.rouge import rouge_l, tokenize
+from distilforge.modes.rouge import rouge_l, tokenize
+from distilforge.teachers.structured import parse_model
 
 needs_data = pytest.mark.skipif(not SHARED_DATA.exists(), reason="shared/data not present")
 

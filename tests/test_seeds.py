@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import SHARED_DATA, api_config, write_config, write_jsonl
 
-from distilforge.pipeline.seeds import SeedError, read_seeds
-from distilforge.schemas.config import SeedFields
+from distilforge.core.config import SeedFields
+from distilforge.core.seeds import SeedError, read_seeds
 
 ROWS = [{"q": "What is 1+1?", "a": "#### 2"}, {"q": "Is ice cold?", "a": True}, {"q": "Name a color.", "a": "red"}]
 

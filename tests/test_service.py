@@ -194,7 +194,7 @@ def test_two_workers_never_share_a_job(service, fake):
     engine = make_engine(service.database_url)
     migrate(engine)
     store = Store(make_sessions(engine), service.lease_seconds)
-    from distilforge.schemas.config import JobConfig
+    from distilforge.core.config import JobConfig
 
     jobs = [store.submit(JobConfig.model_validate(_job_config(service, fake, n=2)).model_dump(mode="json"),
                          str(service.runs_dir / f"j{i}")) for i in range(6)]
@@ -220,7 +220,7 @@ def test_two_workers_never_share_a_job(service, fake):
 
 
 def test_killed_worker_is_requeued_and_repays_at_most_in_flight(service, fake, tmp_path):
-    from distilforge.schemas.config import JobConfig
+    from distilforge.core.config import JobConfig
     from distilforge.service.db import make_engine, make_sessions
     from distilforge.service.migrate import migrate
     from distilforge.service.store import LeaseLost, Store

@@ -10,20 +10,20 @@ from typing import Any
 
 from rich.console import Console
 
-from distilforge.pipeline.answers import (
+from distilforge.core.config import JobConfig
+from distilforge.core.formats import LABEL_PREFIX
+from distilforge.core.grading import (
     answers_match,
     canonical,
     looks_symbolic,
     split_answer,
     symbolic_equal,
 )
-from distilforge.pipeline.progress import progress_bar
-from distilforge.pipeline.seeds import SeedError, read_seeds
+from distilforge.core.progress import progress_bar
+from distilforge.core.records import Seed
+from distilforge.core.seeds import SeedError, read_seeds
 from distilforge.prompts import build_messages
-from distilforge.schemas.config import JobConfig
-from distilforge.schemas.records import Seed
 from distilforge.teachers.base import TeacherError
-from distilforge.trainers.formats import LABEL_PREFIX
 
 
 def validation_questions(run_dir: Path, limit: int | None) -> list[tuple[str, Seed]]:

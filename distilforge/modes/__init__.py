@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from distilforge.pipeline.answers import canonical, split_answer
-from distilforge.pipeline.base import Filter
-from distilforge.pipeline.filters import Empty, ExactDuplicate, Refusal, Truncated, default_filters
+from distilforge.core.config import GenerationConfig
+from distilforge.core.grading import canonical, split_answer
+from distilforge.core.records import Record, Seed
+from distilforge.core.steps import Filter, Map
 from distilforge.prompts import build_messages, template_hash
-from distilforge.schemas.config import GenerationConfig
-from distilforge.schemas.records import Record, Seed
+from distilforge.quality.checks import Empty, ExactDuplicate, Refusal, Truncated, default_filters
 
 ANSWERABLE = ("cot", "icl")
 
@@ -66,3 +66,8 @@ def filters_for(mode: str) -> list[Filter]:
     if mode in ANSWERABLE:
         return default_filters()
     return [Truncated(), Empty(), Refusal(), ExactDuplicate()]
+
+
+def ParseAnswer() -> Map:
+    """The parse step: each mode reads its answers (rationale + final answer, or an instruction's output)."""
+    return Map("parse", parse_record)

@@ -15,12 +15,12 @@ import random
 import re
 from collections.abc import AsyncIterator
 
-from distilforge.pipeline.base import Filter
-from distilforge.pipeline.generate import Generate
-from distilforge.pipeline.seeds import read_seeds
+from distilforge.core.config import JobConfig
+from distilforge.core.records import Record, Seed
+from distilforge.core.seeds import read_seeds
+from distilforge.core.steps import Filter
+from distilforge.modes.generate import Generate
 from distilforge.prompts import render, template_hash
-from distilforge.schemas.config import JobConfig
-from distilforge.schemas.records import Record, Seed
 
 DEPTH_METHODS = {
     "constraints": "Please add one more constraints/requirements into #Given Prompt#.",

@@ -17,14 +17,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from distilforge.modes.structured import parse_model
-from distilforge.pipeline.base import Filter
-from distilforge.pipeline.generate import Generate
-from distilforge.pipeline.rouge import NoveltyPool, tokenize
-from distilforge.pipeline.seeds import SeedError, iter_rows
+from distilforge.core.config import JobConfig
+from distilforge.core.records import Record, Seed
+from distilforge.core.seeds import SeedError, iter_rows
+from distilforge.core.steps import Filter
+from distilforge.modes.generate import Generate
+from distilforge.modes.rouge import NoveltyPool, tokenize
 from distilforge.prompts import render, template_hash
-from distilforge.schemas.config import JobConfig
-from distilforge.schemas.records import Record, Seed
+from distilforge.teachers.structured import parse_model
 
 # The paper's filter: tasks about images, graphs, files, maps, drawings, plots or going to places
 # cannot be done by a language model.

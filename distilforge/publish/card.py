@@ -12,9 +12,9 @@ from typing import Any
 import yaml
 
 from distilforge import __version__
-from distilforge.pipeline.run_files import read_run, write_atomic
+from distilforge.core.config import JobConfig
+from distilforge.core.run_files import read_run, write_atomic
 from distilforge.prompts import template_hash
-from distilforge.schemas.config import JobConfig
 
 
 def _filters_table(run: dict[str, Any]) -> str:

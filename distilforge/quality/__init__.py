@@ -10,8 +10,8 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-from distilforge.pipeline.base import Filter, PipelineStep
-from distilforge.schemas.config import JobConfig
+from distilforge.core.config import JobConfig
+from distilforge.core.steps import Filter, PipelineStep
 
 
 class GlobalFilter(abc.ABC):

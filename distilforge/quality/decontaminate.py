@@ -10,10 +10,10 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from distilforge.pipeline.base import Filter
-from distilforge.pipeline.seeds import iter_rows
-from distilforge.schemas.config import DecontaminateSpec
-from distilforge.schemas.records import Record
+from distilforge.core.config import DecontaminateSpec
+from distilforge.core.records import Record
+from distilforge.core.seeds import iter_rows
+from distilforge.core.steps import Filter
 
 _WORD = re.compile(r"[a-z0-9]+")
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from distilforge.core.config import EmbeddingDedupSpec, MinhashFilterSpec
 from distilforge.quality import GlobalFilter
-from distilforge.schemas.config import EmbeddingDedupSpec, MinhashFilterSpec
 
 _WORD = re.compile(r"[a-z0-9]+")
 

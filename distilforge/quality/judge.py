@@ -14,16 +14,17 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from distilforge.budget import Budget, lookup_price
+from distilforge.core.budget import Budget
+from distilforge.core.config import GenerationConfig, JudgeFilterSpec
+from distilforge.core.journal import Journal
+from distilforge.core.prices import lookup_price
+from distilforge.core.records import Record, Seed
+from distilforge.core.steps import Filter
 from distilforge.modes import Prompter
-from distilforge.modes.structured import parse_model, response_format
-from distilforge.pipeline.base import Filter
-from distilforge.pipeline.generate import Generate
-from distilforge.pipeline.journal import Journal
+from distilforge.modes.generate import Generate
 from distilforge.prompts import render
-from distilforge.schemas.config import GenerationConfig, JudgeFilterSpec
-from distilforge.schemas.records import Record, Seed
 from distilforge.teachers import make_teacher
+from distilforge.teachers.structured import parse_model, response_format
 
 
 class Verdict(BaseModel):

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from distilforge.pipeline.run_files import read_run, write_atomic
+from distilforge.core.run_files import read_run, write_atomic
 
 
 def _plots(run: dict[str, Any], run_dir: Path) -> dict[str, Path]:

@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import func, select, update
 
-from distilforge.schemas.config import JobConfig
+from distilforge.core.config import JobConfig
 from distilforge.service.budgets import Ledger
 from distilforge.service.db import Job, Schedule, make_engine, make_sessions
 from distilforge.service.migrate import migrate

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
-from distilforge.budget import Budget
+from distilforge.core.budget import Budget
 
 
 def month_scopes(schedule_id: str | None) -> list[str]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from distilforge.core.config import JobConfig, TeacherConfig
 from distilforge.prompts import PROMPTS_DIR
-from distilforge.schemas.config import JobConfig, TeacherConfig
 from distilforge.service.settings import Settings
 
 

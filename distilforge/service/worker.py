@@ -14,8 +14,8 @@ from typing import Any
 
 from rich.console import Console
 
-from distilforge.pipeline.job import RunControl, make_budget
-from distilforge.schemas.config import JobConfig
+from distilforge.core.config import JobConfig
+from distilforge.run.lifecycle import RunControl, make_budget
 from distilforge.service.budgets import Ledger, LedgerBudget, month_scopes
 from distilforge.service.db import Schedule
 from distilforge.service.settings import Settings
@@ -105,7 +105,7 @@ class Worker:
                 stop.wait(self.poll_seconds)
 
     def _run(self, job_id: str, epoch: int, raw: dict[str, Any], run_dir: Path, schedule_id: str | None) -> None:
-        from distilforge.pipeline.job import run_generate
+        from distilforge.run.lifecycle import run_generate
 
         cap = None
         if schedule_id:
@@ -123,13 +123,13 @@ class Worker:
                 if control.lost():
                     return
                 if stopped in ("done", "budget") and config.train.enabled and run.get("kept"):
-                    from distilforge.stages import eval_stage, train_stage
+                    from distilforge.run.stages import eval_stage, train_stage
 
                     control.guard()  # a worker that lost the job must not train for it either
                     train_stage(config, run_dir, console)
                     run = eval_stage(config, run_dir, console)
                 if stopped == "done" and config.output.hub_repo:
-                    from distilforge.pipeline.run_files import update_run
+                    from distilforge.core.run_files import update_run
                     from distilforge.publish import publish_dataset
 
                     # The repo was checked against DISTILFORGE_HUB_REPOS when the job was submitted.

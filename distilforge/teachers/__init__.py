@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from distilforge.schemas.config import TeacherConfig
+from distilforge.core.config import TeacherConfig
 from distilforge.teachers.base import Completion, Teacher, TeacherError, TeacherResponse, TeacherStats
 
 

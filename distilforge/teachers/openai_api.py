@@ -18,8 +18,8 @@ from typing import Any
 import openai
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from distilforge.budget.tokens import estimate_prompt_tokens
-from distilforge.schemas.config import TeacherConfig
+from distilforge.core.config import TeacherConfig
+from distilforge.core.tokens import estimate_prompt_tokens
 from distilforge.teachers.base import Completion, Teacher, TeacherError, TeacherResponse, TeacherStats
 from distilforge.teachers.ratelimit import RateLimiter
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from distilforge.schemas.config import TeacherConfig
+from distilforge.core.config import TeacherConfig
 from distilforge.teachers.base import Completion, TeacherError, TeacherResponse
 from distilforge.teachers.batched import BatchedTeacher
 

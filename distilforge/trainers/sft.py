@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distilforge.schemas.config import JobConfig
-from distilforge.trainers.formats import chat_example, step_by_step_examples
+from distilforge.core.config import JobConfig
+from distilforge.core.formats import chat_example, step_by_step_examples
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"

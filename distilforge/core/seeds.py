@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from distilforge.pipeline.answers import canonical_gold, infer_answer_type
-from distilforge.schemas.config import SeedFields
-from distilforge.schemas.records import Seed
+from distilforge.core.config import SeedFields
+from distilforge.core.grading import canonical_gold, infer_answer_type
+from distilforge.core.records import Seed
 
 
 class SeedError(ValueError):

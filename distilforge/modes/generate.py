@@ -17,14 +17,15 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from distilforge.budget import Budget, prompt_tokens_upper_bound
+from distilforge.core.budget import Budget
+from distilforge.core.config import GenerationConfig
+from distilforge.core.grading import split_answer
+from distilforge.core.journal import Journal, request_key
+from distilforge.core.records import Record, Seed
+from distilforge.core.steps import PipelineStep
+from distilforge.core.tokens import prompt_tokens_upper_bound
 from distilforge.modes import Prompter, make_prompter, parse_record
-from distilforge.pipeline.answers import split_answer
-from distilforge.pipeline.base import PipelineStep
-from distilforge.pipeline.journal import Journal, request_key
-from distilforge.pipeline.policy import majority
-from distilforge.schemas.config import GenerationConfig
-from distilforge.schemas.records import Record, Seed
+from distilforge.quality.policy import majority
 from distilforge.teachers.base import Teacher, TeacherError
 
 _DONE = object()

@@ -15,27 +15,27 @@ from typing import Any
 
 from rich.console import Console
 
-from distilforge.budget import Budget, BudgetError, resolve_prices
-from distilforge.modes import Prompter, filters_for, make_prompter
-from distilforge.pipeline.base import Filter, PipelineStep
-from distilforge.pipeline.dataset import (
+from distilforge.core.budget import Budget, BudgetError
+from distilforge.core.config import JobConfig
+from distilforge.core.dataset import (
     REJECTED_COLUMNS,
     JsonlSink,
     apply_global_filters,
     jsonl_to_dataset,
     write_dataset,
 )
-from distilforge.pipeline.executor import LocalExecutor
-from distilforge.pipeline.generate import Generate, GenerateStats
-from distilforge.pipeline.journal import Journal
-from distilforge.pipeline.parse import ParseAnswer
-from distilforge.pipeline.policy import SeedPolicy
-from distilforge.pipeline.progress import RunProgress
-from distilforge.pipeline.run_files import snapshot_config, update_run, write_atomic
-from distilforge.pipeline.seeds import count_and_validate, read_seeds
+from distilforge.core.journal import Journal
+from distilforge.core.prices import resolve_prices
+from distilforge.core.progress import RunProgress
+from distilforge.core.records import Record
+from distilforge.core.run_files import snapshot_config, update_run, write_atomic
+from distilforge.core.seeds import count_and_validate, read_seeds
+from distilforge.core.steps import Filter, PipelineStep
+from distilforge.modes import ParseAnswer, Prompter, filters_for, make_prompter
+from distilforge.modes.generate import Generate, GenerateStats
 from distilforge.quality import build_filters
-from distilforge.schemas.config import JobConfig
-from distilforge.schemas.records import Record
+from distilforge.quality.policy import SeedPolicy
+from distilforge.run.executor import LocalExecutor
 from distilforge.teachers import make_teacher
 
 
@@ -189,7 +189,7 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console,
     if config.generation.mode == "self-instruct" and config.teacher.backend in ("openai", "vllm") \
             and config.teacher.params.response_format is None:
         from distilforge.modes.self_instruct import Task
-        from distilforge.modes.structured import response_format
+        from distilforge.teachers.structured import response_format
 
         # Servers that can enforce a schema get one; other teachers' JSON is repaired and validated.
         config = config.model_copy(deep=True)
@@ -249,7 +249,7 @@ async def _generate(config: JobConfig, run_dir: Path, console: Console,
             watcher = asyncio.create_task(_watch(control, generates, asyncio.current_task(), progress))  # type: ignore[arg-type]
             await teacher.start()
             if config.teacher.batch:
-                from distilforge.teachers.batch import run_batches
+                from distilforge.run.batch import run_batches
 
                 batch_report = await run_batches(config, teacher, journal, budget, generate, console)
             steps.append(Keep(kept_sink, progress))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from distilforge.pipeline.base import PipelineStep, chain
+from distilforge.core.steps import PipelineStep, chain
 
 
 async def _aiter(items: Iterable[Any]) -> AsyncIterator[Any]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator
 
-from distilforge.pipeline.base import Filter
-from distilforge.schemas.config import GenerationConfig
-from distilforge.schemas.records import Record
+from distilforge.core.config import GenerationConfig
+from distilforge.core.records import Record
+from distilforge.core.steps import Filter
 
 
 def majority(records: list[Record]) -> tuple[str | None, float]:

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from distilforge.schemas.config import ConfigError, JobConfig, load_config
+from distilforge.core.config import ConfigError, JobConfig, load_config
 
 RUN_JSON = "run.json"
 CONFIG_SNAPSHOT = "config.yaml"

@@ -7,12 +7,12 @@ from typing import Any
 
 from rich.console import Console
 
-from distilforge.schemas.config import JobConfig
+from distilforge.core.config import JobConfig
 
 
 def train_stage(config: JobConfig, run_dir: Path, console: Console) -> dict[str, Any]:
     """Fine-tune the student on RUN_DIR/dataset; records `train` in run.json."""
-    from distilforge.pipeline.run_files import update_run
+    from distilforge.core.run_files import update_run
     from distilforge.trainers import train_student
 
     console.print(f"[bold]training[/bold] {config.train.student} ({config.train.method}) on {run_dir / 'dataset'}")
@@ -22,8 +22,8 @@ def train_stage(config: JobConfig, run_dir: Path, console: Console) -> dict[str,
 
 def eval_stage(config: JobConfig, run_dir: Path, console: Console) -> dict[str, Any]:
     """Score the student before/after (and the teacher if asked); records `eval` in run.json."""
+    from distilforge.core.run_files import read_run, update_run
     from distilforge.evaluation import evaluate_model, load_eval_questions
-    from distilforge.pipeline.run_files import read_run, update_run
 
     questions = load_eval_questions(config, run_dir)
     if not questions:

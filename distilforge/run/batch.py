@@ -19,11 +19,12 @@ from typing import Any
 
 from rich.console import Console
 
-from distilforge.budget import Budget, prompt_tokens_upper_bound
-from distilforge.pipeline.generate import Generate
-from distilforge.pipeline.journal import Journal, request_key
-from distilforge.pipeline.seeds import read_seeds
-from distilforge.schemas.config import JobConfig
+from distilforge.core.budget import Budget
+from distilforge.core.config import JobConfig
+from distilforge.core.journal import Journal, request_key
+from distilforge.core.seeds import read_seeds
+from distilforge.core.tokens import prompt_tokens_upper_bound
+from distilforge.modes.generate import Generate
 from distilforge.teachers.base import Completion, TeacherResponse
 
 MAX_FILE_BYTES = 190 * 1024 * 1024  # the API takes 200 MB per input file; keep a margin

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from distilforge.budget.ledger import Budget
-from distilforge.budget.prices import PRICES_CHECKED, resolve_prices
-from distilforge.budget.tokens import estimate_prompt_tokens, prompt_tokens_upper_bound
+from distilforge.core.budget import Budget
+from distilforge.core.config import JobConfig
+from distilforge.core.prices import PRICES_CHECKED, resolve_prices
+from distilforge.core.seeds import read_seeds
+from distilforge.core.tokens import estimate_prompt_tokens, prompt_tokens_upper_bound
 from distilforge.modes import make_prompter
-from distilforge.pipeline.seeds import read_seeds
-from distilforge.schemas.config import JobConfig
 
 
 def estimate_cost(config: JobConfig, expected_completion_tokens: int | None = None) -> dict[str, Any]:

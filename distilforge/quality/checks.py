@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 
-from distilforge.pipeline.answers import answers_match, is_refusal, looks_symbolic, symbolic_equal
-from distilforge.pipeline.base import Filter
-from distilforge.schemas.records import Record
+from distilforge.core.grading import answers_match, is_refusal, looks_symbolic, symbolic_equal
+from distilforge.core.records import Record
+from distilforge.core.steps import Filter
 
 
 class Truncated(Filter):

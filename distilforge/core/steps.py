@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from distilforge.schemas.records import Record
+from distilforge.core.records import Record
 
 
 class PipelineStep(abc.ABC):

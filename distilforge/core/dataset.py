@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from distilforge.schemas.records import Record
+from distilforge.core.records import Record
 
 KEPT_COLUMNS = [
     "messages", "seed_id", "sample_index", "question", "rationale", "answer", "gold", "answer_type",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from distilforge.schemas.config import Prices
+from distilforge.core.config import Prices
 
 
 class BudgetError(ValueError):

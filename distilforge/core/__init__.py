@@ -1,0 +1,1 @@
+"""Primitives every room builds on: config, records, grading, journal, budget, seeds, dataset writing, steps."""
