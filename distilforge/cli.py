@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -61,96 +60,66 @@ def _load(config_path: Path, overrides: list[str] | None, output: Path | None) -
 
 
 def _guard(fn: Any) -> Any:
-    """Known errors become one clear line and exit code 2; Ctrl-C exits 130 with a resume hint."""
+    """Known input errors become one clear line and exit code 2; Ctrl-C exits 130 with a resume hint."""
     from distilforge.core.budget import BudgetError
     from distilforge.core.config import ConfigError
+    from distilforge.core.redact import redact
     from distilforge.core.seeds import SeedError
     from distilforge.models import ModelError
+    from distilforge.publish import PublishError, PublishInputError
     from distilforge.teachers.base import TeacherError
+    from distilforge.trainers.sft import TrainError
 
     _quiet_libraries()
     try:
         return fn()
-    except (ConfigError, SeedError, ModelError, TeacherError, BudgetError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    except (ConfigError, SeedError, ModelError, TeacherError, BudgetError, FileNotFoundError, TrainError,
+            PublishInputError) as exc:
+        _fail(redact(str(exc)))
+    except PublishError as exc:
+        _fail(redact(f"publishing failed: {exc}"), code=1)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: paid responses are in the journal; rerun the same command to resume")
         raise typer.Exit(130) from None
-    except Exception as exc:
-        from distilforge.trainers.sft import TrainError
-
-        if isinstance(exc, TrainError):
-            _fail(str(exc))
-        raise
 
 
-def _generate(config: Any, run_dir: Path) -> dict[str, Any]:
-    from distilforge.run.lifecycle import run_generate
+def _job(config: Path, set_: list[str] | None, output: Path | None, stages: tuple[str, ...], *,
+         summary: bool = True) -> None:
+    """Load the config (or a run folder's), run `stages` through the one lifecycle, exit with its code."""
+    from distilforge.report.summary import print_summary
+    from distilforge.run.lifecycle import run_job
 
-    return run_generate(config, run_dir, console)
+    def go() -> None:
+        cfg, run_dir = _load(config, set_, output)
+        result = run_job(cfg, run_dir, console=console, stages=stages)
+        if summary:
+            print_summary(result.run, console)
+        if result.status == "interrupted":
+            again = f"distilforge {'run' if 'train' in stages else 'generate'} {config} --output {run_dir}"
+            console.print(f"[yellow]interrupted[/yellow]: paid responses are in the journal; rerun `{again}` to resume")
+        elif result.status == "failed":
+            error = result.run.get("error") or "no teacher request succeeded"
+            console.print(f"[red]error:[/red] no teacher request succeeded; the first error: {error}",
+                          highlight=False, soft_wrap=True, markup=True)
+        else:
+            report = run_dir / "report.html"
+            console.print(f"run folder: {run_dir}" + (f"; report: {report}" if report.exists() else ""))
+        if result.exit_code:
+            raise typer.Exit(result.exit_code)
 
-
-def _train(config: Any, run_dir: Path) -> dict[str, Any]:
-    from distilforge.run.stages import train_stage
-
-    return train_stage(config, run_dir, console)
-
-
-def _eval(config: Any, run_dir: Path) -> dict[str, Any]:
-    from distilforge.run.stages import eval_stage
-
-    return eval_stage(config, run_dir, console)
+    _guard(go)
 
 
 @app.command()
 def run(config: ConfigArg, output: OutputOpt = None, set_: SetOpt = None) -> None:
-    """Run the whole job: generate -> filter -> dataset, then train -> eval if train.enabled."""
-    from distilforge.report.summary import print_summary
-
-    def go() -> dict[str, Any]:
-        started = time.monotonic()
-        cfg, run_dir = _load(config, set_, output)
-        result = _generate(cfg, run_dir)
-        if result.get("stopped") == "interrupted":
-            print_summary(result, console)
-            console.print(f"[yellow]interrupted[/yellow]: rerun `distilforge run {config} --output {run_dir}` to resume")
-            raise typer.Exit(130)
-        if cfg.train.enabled:
-            result = _train(cfg, run_dir)
-            result = _eval(cfg, run_dir)
-        from distilforge.core.run_files import update_run
-
-        if cfg.output.hub_repo:
-            from distilforge.publish import PublishError, publish_dataset
-
-            try:
-                result = update_run(run_dir, published=publish_dataset(run_dir, cfg.output.hub_repo,
-                                                                       private=cfg.output.private))
-            except PublishError as exc:
-                _fail(f"the run completed, but publishing failed: {exc}")
-        total = round(time.monotonic() - started, 3)
-        result = update_run(run_dir, total_seconds=total)
-        from distilforge.report import build_report
-
-        html_path, _ = build_report(run_dir)
-        print_summary(result, console)
-        console.print(f"run folder: {run_dir}  (total {total:.1f} s); report: {html_path}")
-        return result
-
-    _guard(go)
+    """Run the whole job: generate -> filter -> dataset, then train -> eval if train.enabled -> report."""
+    _job(config, set_, output, ("generate", "train", "eval", "publish", "report"))
 
 
 @app.command()
 def generate(config: ConfigArg, output: OutputOpt = None, set_: SetOpt = None) -> None:
     """Only the data stage: seeds -> teacher -> filters -> DIR/dataset. Resumes an existing run folder."""
-    from distilforge.report.summary import print_summary
-
-    def go() -> None:
-        cfg, run_dir = _load(config, set_, output)
-        print_summary(_generate(cfg, run_dir), console)
-        console.print(f"run folder: {run_dir}")
-
-    _guard(go)
+    _job(config, set_, output, ("generate", "report"))
 
 
 @app.command()
@@ -206,22 +175,19 @@ def publish(
 ) -> None:
     """Push the dataset (Parquet + card) and/or the student (+ model card) to the Hub. Token: HF_TOKEN."""
     from distilforge.core.run_files import update_run
-    from distilforge.publish import PublishError, publish_dataset, publish_model
+    from distilforge.publish import publish_dataset, publish_model
 
     def go() -> None:
         if not repo and not model_repo:
             _fail("give --repo ORG/NAME (dataset), --model-repo ORG/NAME (student), or both")
-        try:
-            if repo:
-                result = publish_dataset(run_dir, repo, private=private)
-                update_run(run_dir, published=result)
-                console.print(f"published {', '.join(result['files'])} to {result['url']}")
-            if model_repo:
-                result = publish_model(run_dir, model_repo, private=private)
-                update_run(run_dir, published_model=result)
-                console.print(f"published the student ({len(result['files'])} files) to {result['url']}")
-        except PublishError as exc:
-            _fail(str(exc))
+        if repo:
+            result = publish_dataset(run_dir, repo, private=private)
+            update_run(run_dir, published=result)
+            console.print(f"published {', '.join(result['files'])} to {result['url']}")
+        if model_repo:
+            result = publish_model(run_dir, model_repo, private=private)
+            update_run(run_dir, published_model=result)
+            console.print(f"published the student ({len(result['files'])} files) to {result['url']}")
 
     _guard(go)
 
@@ -229,26 +195,13 @@ def publish(
 @app.command()
 def train(run_dir: RunDirArg, set_: SetOpt = None) -> None:
     """Fine-tune the student (TRL SFT, LoRA by default) on RUN_DIR/dataset; writes RUN_DIR/student."""
-
-    def go() -> None:
-        cfg, _ = _load(run_dir, set_, None)
-        result = _train(cfg, run_dir)
-        console.print(f"trained: {result['train']['steps']} steps, loss {result['train']['first_loss']} -> "
-                      f"{result['train']['last_loss']}; saved {run_dir / 'student'}")
-
-    _guard(go)
+    _job(run_dir, set_, None, ("train",), summary=False)
 
 
 @app.command("eval")
 def eval_(run_dir: RunDirArg, set_: SetOpt = None) -> None:
     """Score the student before (and, once trained, after) training on eval.files; writes run.json 'eval'."""
-    from distilforge.report.summary import print_summary
-
-    def go() -> None:
-        cfg, _ = _load(run_dir, set_, None)
-        print_summary(_eval(cfg, run_dir), console)
-
-    _guard(go)
+    _job(run_dir, set_, None, ("eval",))
 
 
 @app.command()

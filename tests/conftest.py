@@ -63,7 +63,7 @@ def api_config(seeds: Path, base_url: str, **overrides: Any) -> dict[str, Any]:
             "base_url": base_url,
             "api_key_env": "DISTILFORGE_TEST_KEY",
             "max_concurrency": 4,
-            "max_attempts": 3,
+            "retry": {"max_attempts": 3, "second_pass_after_s": 0.2},
             "params": {"temperature": 0.7, "max_tokens": 64},
         },
         "generation": {"mode": "cot", "samples_per_seed": 2},

@@ -48,7 +48,7 @@ def test_sigkill_then_resume_pays_only_for_in_flight(fake, tmp_path):
     env = {**os.environ, "DISTILFORGE_TEST_KEY": "sk-test"}
     cmd = [sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)]
 
-    journal = out / "journal.sqlite"
+    journal = out / "journal" / "rank-00000.sqlite"
     start_then_kill(cmd, env, journal, lambda db: db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] >= 4)
     with sqlite3.connect(journal) as db:
         committed = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
@@ -85,7 +85,7 @@ def test_reservations_of_a_killed_run_count_at_worst_case(fake, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "DISTILFORGE_TEST_KEY": "sk-test"}
     cmd = [sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)]
-    journal = out / "journal.sqlite"
+    journal = out / "journal" / "rank-00000.sqlite"
     start_then_kill(cmd, env, journal, lambda db: db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] >= 2
                     and db.execute("SELECT COUNT(*) FROM inflight").fetchone()[0] > 0)
     with sqlite3.connect(journal) as db:

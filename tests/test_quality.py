@@ -155,7 +155,7 @@ def test_publish_at_the_hub_boundary(fake, cli, tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", broken)
     result = cli("publish", out, "--repo", "org/gsm8k-cot")
-    assert result.exit_code == 2 and "none of data/train.parquet" in result.output
+    assert result.exit_code == 1 and "none of data/train.parquet" in result.output  # a failure, not bad input
 
 
 def test_length_and_consistency_rules():

@@ -249,7 +249,7 @@ def test_killed_worker_is_requeued_and_repays_at_most_in_flight(service, fake, t
     assert store.get(job.id).state == "running" and store.get(job.id).epoch == 1
     import sqlite3
 
-    with sqlite3.connect(service.runs_dir / "killed" / "journal.sqlite") as db:
+    with sqlite3.connect(service.runs_dir / "killed" / "journal" / "rank-00000.sqlite") as db:
         committed = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
     in_flight = first - committed  # sent, but no answer committed when the worker died
 

@@ -1,14 +1,23 @@
-"""The spend cap: reserve the worst case before a request, settle to the real cost after.
+"""The spend cap: one `Budget` per run that every paid teacher call goes through.
 
-`spent + reserved <= max_usd` holds at every moment, so the bill can never pass the cap: each
-reservation covers the most its request can cost (prompt upper bound + max tokens x n).
+Before a request its worst case is reserved (`reserve`); the real cost settles it (`settle`); a
+request the server refused (429, a 5xx with a readable error) releases it (`release`); an attempt
+whose outcome is unknown (a timeout or dropped connection after sending, a 200 whose body could not
+be read) may have been billed, so it is charged at its worst case (`charge_unknown`). So
+`spent + reserved <= max_usd` holds at every moment and the bill can never pass the cap.
+
+The methods are async: a budget shared with other runs or ranks (the service's monthly ledger, a
+Ray actor) answers from a database or another process, and must not block the event loop while it does.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 from distilforge.core.config import Prices
+
+STAGES = ("generate", "judge", "eval_teacher")
 
 
 class BudgetError(ValueError):
@@ -19,10 +28,11 @@ class BudgetError(ValueError):
 class Budget:
     prices: Prices | None
     max_usd: float | None = None
-    multiplier: float = 1.0  # e.g. the Batch API discount
     spent: float = 0.0  # settled cost, earlier runs of this folder included
     reserved: float = 0.0  # worst case of requests in flight
     spent_this_run: float = 0.0
+    unknown_outcome_usd: float = 0.0  # charged at worst case: attempts that may have been billed
+    by_stage: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         if self.max_usd is not None and self.prices is None:
@@ -32,18 +42,39 @@ class Budget:
         if self.prices is None:
             return 0.0
         usd = prompt_tokens * self.prices.input_per_million + completion_tokens * self.prices.output_per_million
-        return usd / 1e6 * self.multiplier
+        return usd / 1e6
 
-    def try_reserve(self, usd: float) -> bool:
-        if self.max_usd is not None and self.spent + self.reserved + usd > self.max_usd + 1e-12:
+    def fits(self, usd: float) -> bool:
+        return self.max_usd is None or self.spent + self.reserved + usd <= self.max_usd + 1e-12
+
+    async def reserve(self, usd: float) -> bool:
+        if not self.fits(usd):
             return False
         self.reserved += usd
         return True
 
-    def settle(self, reserved_usd: float, actual_usd: float) -> None:
-        self.reserved = max(0.0, self.reserved - reserved_usd)
-        self.spent += actual_usd
-        self.spent_this_run += actual_usd
+    def _spend(self, usd: float, stage: str) -> None:
+        self.spent += usd
+        self.spent_this_run += usd
+        self.by_stage[stage] += usd
 
-    def release(self, reserved_usd: float) -> None:
+    async def settle(self, reserved_usd: float, actual_usd: float, stage: str) -> None:
         self.reserved = max(0.0, self.reserved - reserved_usd)
+        self._spend(actual_usd, stage)
+
+    async def charge_unknown(self, reserved_usd: float, stage: str) -> None:
+        """The attempt may have been billed: its reservation becomes spend, at worst case."""
+        self.reserved = max(0.0, self.reserved - reserved_usd)
+        self.unknown_outcome_usd += reserved_usd
+        self._spend(reserved_usd, stage)
+
+    async def release(self, reserved_usd: float) -> None:
+        self.reserved = max(0.0, self.reserved - reserved_usd)
+
+    def report(self) -> dict[str, object]:
+        return {
+            "max_usd": self.max_usd,
+            "spent_usd_total": round(self.spent, 6),
+            "unknown_outcome_usd": round(self.unknown_outcome_usd, 6),
+            "prices": self.prices.model_dump() if self.prices else None,
+        }

@@ -54,6 +54,13 @@ class TeacherParams(Strict):
     extra_body: dict[str, Any] = Field(default_factory=dict, description="passed verbatim to the server")
 
 
+class RetryConfig(Strict):
+    max_attempts: int = Field(default=6, ge=1, description="tries per request, first one included")
+    max_wait_s: float = Field(default=120.0, gt=0, description="stop retrying a request once this long has passed")
+    second_pass_after_s: float = Field(
+        default=5.0, ge=0, description="requests that still failed get one more try at the end, after this pause")
+
+
 class TeacherConfig(Strict):
     backend: Literal["openai", "vllm", "vllm-offline", "local"] = "local"
     model: str = EMBEDDED_STUDENT
@@ -63,7 +70,7 @@ class TeacherConfig(Strict):
     )
     max_concurrency: int = Field(default=16, ge=1)
     timeout: float = Field(default=120.0, gt=0)
-    max_attempts: int = Field(default=6, ge=1, description="tries per request, first one included")
+    retry: RetryConfig = RetryConfig()
     supports_n: bool = Field(default=True, description="send n samples in one request")
     rpm: float | None = Field(default=None, gt=0, description="requests per minute this endpoint allows")
     tpm: float | None = Field(default=None, gt=0, description="tokens per minute (prompt + completion)")
@@ -184,6 +191,12 @@ class EvalFile(Strict):
     limit: int | None = Field(default=None, ge=1)
     name: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_path(cls, value: Any) -> Any:
+        # `eval.files: [data/test.jsonl]` is as good as `[{path: data/test.jsonl}]`.
+        return {"path": value} if isinstance(value, str) else value
+
 
 class EvalConfig(Strict):
     files: list[EvalFile] = Field(default_factory=list)
@@ -251,6 +264,12 @@ FilterSpec = Annotated[
 ]
 
 
+class ExecutorConfig(Strict):
+    kind: Literal["local", "ray"] = "local"
+    workers: int = Field(default=1, ge=1, description="ranks: seeds are sharded by a hash of their id")
+    address: str | None = Field(default=None, description="a Ray cluster (ray://host:10001 or auto); none: a local Ray")
+
+
 class JobConfig(Strict):
     name: str | None = None
     seeds: SeedsConfig
@@ -261,6 +280,7 @@ class JobConfig(Strict):
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
     filters: list[FilterSpec] = Field(default_factory=list)
+    executor: ExecutorConfig = ExecutorConfig()
 
     @model_validator(mode="after")
     def _openai_needs_url_or_key(self) -> JobConfig:
@@ -271,6 +291,8 @@ class JobConfig(Strict):
             raise ValueError("teacher.base_url: the vllm backend needs the server's URL (or a list of replicas)")
         if t.batch and t.backend != "openai":
             raise ValueError("teacher.batch: the Batch API needs backend: openai")
+        if t.batch and self.executor.kind == "ray":
+            raise ValueError("teacher.batch: the Batch API runs in one process; use executor.kind local")
         if t.batch and self.generation.mode in ("self-instruct", "evol-instruct"):
             raise ValueError("teacher.batch: self-instruct and evol-instruct decide each round from the last one")
         if self.generation.mode == "icl" and self.generation.icl.k >= 1 and self.generation.adaptive:
@@ -351,6 +373,11 @@ def resolve_paths(config: JobConfig, base: Path) -> JobConfig:
     config.seeds.path = fix(config.seeds.path)
     for f in config.eval.files:
         f.path = fix(f.path)
+    if config.generation.icl.pool:
+        config.generation.icl.pool = fix(config.generation.icl.pool)
+    for spec in config.filters:
+        if spec.name == "decontaminate":
+            spec.eval_sets = [fix(s) for s in spec.eval_sets]
     return config
 
 

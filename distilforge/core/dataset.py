@@ -1,7 +1,10 @@
-"""Kept and rejected records: streamed to JSONL while the run goes, then turned into HF datasets.
+"""Kept, rejected and failed records: streamed to JSONL shards while the run goes, then assembled.
 
-The final folders are written next to their destination and renamed into place, so a crash leaves the
-previous dataset (or none), never a half-written one.
+Each rank appends to its own shard files as records come (`.staging/rank-NNNNN/kept.jsonl`, ...), so
+nothing is held in memory. At the end the shards are assembled through Arrow on disk (never a
+Python list of all rows), sorted by (seed_id, sample_index) so the result does not depend on
+arrival order or sharding. Final folders are written next to their destination and renamed into
+place, so a crash leaves the previous dataset (or none), never a half-written one.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +44,9 @@ def features(columns: list[str]) -> Any:
 
 
 class JsonlSink:
-    """Append-only JSONL of rows, flushed per record so a crash keeps what was written."""
+    """Append-only JSONL of rows (a shard), written as records come so a crash keeps what was written."""
 
-    def __init__(self, path: Path, columns: list[str]):
+    def __init__(self, path: Path, columns: list[str] | None = None):
         self.path = path
         self.columns = columns
         self.count = 0
@@ -51,38 +55,61 @@ class JsonlSink:
 
     def write(self, record: Record) -> None:
         row = record.to_row()
+        assert self.columns is not None
         self._fh.write(json.dumps({c: row.get(c) for c in self.columns}, ensure_ascii=False) + "\n")
         self.count += 1
 
+    def write_row(self, row: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.count += 1
+
     def close(self) -> None:
-        self._fh.close()
+        if not self._fh.closed:
+            self._fh.close()
 
 
-def _rows(path: str) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            yield json.loads(line)
+def _rows(paths: list[str]) -> Iterator[dict[str, Any]]:
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                yield json.loads(line)
 
 
-def load_jsonl(jsonl: Path, columns: list[str], cache: Path) -> Any:
-    """A Dataset over `jsonl`, streamed through Arrow into `cache` (not held in memory).
+def load_jsonl(paths: list[Path], columns: list[str], cache: Path) -> Any:
+    """A Dataset over the shards, streamed through Arrow into `cache` (not held in memory).
 
     The cache must be fresh per build: datasets caches generators by their arguments, and the same
-    staging path on a resumed run would otherwise hand back the previous run's rows.
+    staging paths on a resumed run would otherwise hand back the previous run's rows.
     """
     from datasets import Dataset
 
-    if jsonl.stat().st_size:
-        return Dataset.from_generator(_rows, gen_kwargs={"path": str(jsonl)}, features=features(columns),
+    paths = [p for p in paths if p.exists() and p.stat().st_size]
+    if paths:
+        return Dataset.from_generator(_rows, gen_kwargs={"paths": [str(p) for p in paths]}, features=features(columns),
                                       cache_dir=str(cache))
     return Dataset.from_dict({c: [] for c in columns}, features=features(columns))
 
 
-def jsonl_to_dataset(jsonl: Path, columns: list[str], target: Path, parquet: Path) -> int:
-    """Build a Dataset from `jsonl` and save it (and its Parquet) atomically."""
-    cache = Path(tempfile.mkdtemp(prefix="arrow-", dir=jsonl.parent))
+def _sorted(ds: Any) -> Any:
+    return ds.sort(["seed_id", "sample_index"]) if len(ds) > 1 else ds
+
+
+def sorted_rows(paths: list[Path], scratch: Path) -> Iterator[dict[str, Any]]:
+    """Every row of the shards in (seed_id, sample_index) order, sorted on disk through Arrow."""
+    cache = Path(tempfile.mkdtemp(prefix="sort-", dir=scratch))
     try:
-        ds = load_jsonl(jsonl, columns, cache)
+        ds = _sorted(load_jsonl(paths, REJECTED_COLUMNS, cache))
+        yield from ds
+        del ds
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def jsonl_to_dataset(paths: list[Path], columns: list[str], target: Path, parquet: Path) -> int:
+    """Build a sorted Dataset from the shards and save it (and its Parquet) atomically."""
+    cache = Path(tempfile.mkdtemp(prefix="arrow-", dir=target.parent))
+    try:
+        ds = _sorted(load_jsonl(paths, columns, cache))
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         ds.save_to_disk(str(tmp), num_shards=1 if len(ds) == 0 else None)  # 0 shards would not load back
@@ -99,51 +126,17 @@ def jsonl_to_dataset(jsonl: Path, columns: list[str], target: Path, parquet: Pat
     return count
 
 
-def _sorted_rows(jsonl: Path) -> Any:
-    """Kept rows in (seed_id, sample_index) order, sorted on disk through Arrow (not in a Python list)."""
-    cache = Path(tempfile.mkdtemp(prefix="sort-", dir=jsonl.parent))
-    ds = load_jsonl(jsonl, REJECTED_COLUMNS, cache)
-    return ds.sort(["seed_id", "sample_index"]), cache
-
-
-def apply_global_filters(filters: list[Any], kept: Path, rejected: Path, counts: Any) -> Path:
-    """Run whole-set filters (near-dup removal) over the kept rows in seed order; returns the new kept file."""
-    out = kept.with_name("kept.final.jsonl")
-    if not kept.stat().st_size:
-        out.write_text("")
-        return out
-    ds, cache = _sorted_rows(kept)
-    try:
-        with out.open("w", encoding="utf-8") as keep_fh, rejected.open("a", encoding="utf-8") as reject_fh:
-            for row in ds:
-                for f in filters:
-                    f.n_in += 1
-                    detail = f.check_row(row)
-                    if detail is not None:
-                        f.reject(row, detail)
-                        counts[f.name] += 1
-                        reject_fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                        break
-                    f.n_out += 1
-                else:
-                    keep_fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    finally:
-        del ds
-        shutil.rmtree(cache, ignore_errors=True)
-    return out
-
-
-def write_dataset(kept: Path, run_dir: Path, validation_fraction: float, seed: int) -> int:
+def write_dataset(kept: list[Path], run_dir: Path, validation_fraction: float, seed: int) -> dict[str, int]:
     """DIR/dataset as a DatasetDict (train + seeded validation), DIR/parquet/{train,validation}.parquet."""
     from datasets import DatasetDict
 
-    cache = Path(tempfile.mkdtemp(prefix="arrow-", dir=kept.parent))
+    cache = Path(tempfile.mkdtemp(prefix="arrow-", dir=run_dir))
     try:
-        ds = load_jsonl(kept, REJECTED_COLUMNS, cache).remove_columns(["reject_reason", "reject_detail"])
+        ds = _sorted(load_jsonl(kept, REJECTED_COLUMNS, cache)).remove_columns(["reject_reason", "reject_detail"])
         n_val = round(len(ds) * validation_fraction) if len(ds) >= 20 else 0
         if n_val:
             parts = ds.train_test_split(test_size=n_val, seed=seed, shuffle=True)
-            splits = DatasetDict({"train": parts["train"], "validation": parts["test"]})
+            splits = DatasetDict({"train": _sorted(parts["train"]), "validation": _sorted(parts["test"])})
         else:
             splits = DatasetDict({"train": ds, "validation": ds.select([])})
         target = run_dir / "dataset"
@@ -154,6 +147,7 @@ def write_dataset(kept: Path, run_dir: Path, validation_fraction: float, seed: i
         parquet.mkdir(parents=True, exist_ok=True)
         for name, split in splits.items():
             split.to_parquet(str(parquet / f"{name}.parquet.tmp"))
+        counts = {name: len(split) for name, split in splits.items()}
         card = target / "README.md"
         old_card = card.read_text(encoding="utf-8") if card.exists() else None
         shutil.rmtree(target, ignore_errors=True)
@@ -162,8 +156,29 @@ def write_dataset(kept: Path, run_dir: Path, validation_fraction: float, seed: i
             (parquet / f"{name}.parquet.tmp").replace(parquet / f"{name}.parquet")
         if old_card is not None:
             card.write_text(old_card, encoding="utf-8")  # rewritten right after, with this run's numbers
-        count = len(ds)
         del ds, splits
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+    return counts
+
+
+FAILED_COLUMNS = ["seed_id", "sample_index", "error"]
+
+
+def write_sorted_jsonl(paths: list[Path], columns: list[str], target: Path) -> int:
+    """The rows of every shard in (seed_id, sample_index) order as one JSONL file, written atomically."""
+    tmp = target.with_name(target.name + ".tmp")
+    count = 0
+    with tmp.open("w", encoding="utf-8") as out:
+        if any(p.exists() and p.stat().st_size for p in paths):
+            cache = Path(tempfile.mkdtemp(prefix="sort-", dir=target.parent))
+            try:
+                ds = _sorted(load_jsonl(paths, columns, cache))
+                for row in ds:
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    count += 1
+                del ds
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+    tmp.replace(target)
     return count

@@ -2,29 +2,37 @@
 
 Keyed by the logical request (teacher model and sampling params, messages, sample index) rather than
 the endpoint it went to, so a rerun on the same run folder reuses every answer already paid for and
-only asks again for what was in flight when the previous run stopped.
+only asks again for what was in flight when the previous run stopped. Each rank of a run has its
+own journal file (`journal/rank-NNNNN.sqlite`); a seed always lands on the same rank.
 
-Three tables:
+Tables:
 - `responses`: one row per sample, with its share of the tokens and cost.
-- `inflight`: a row per request, written *before* it is sent with its worst-case cost, and deleted in
-  the same transaction that commits its answer. Rows left by a crashed run are orphans: their cost is
-  unknown, so every later run counts them at worst case against `budget.max_usd`.
-- `dead_letters`: requests that failed after all retries, retried by the next run on this folder.
+- `inflight`: a row per attempt, written *before* it is sent with its worst-case cost, and deleted in
+  the transaction that settles it. Rows left by a crashed run are orphans: their cost is unknown,
+  so every later run counts them at worst case.
+- `charges`: attempts whose outcome is unknown (timeout, dropped connection, unreadable body), which
+  may have been billed: kept at worst case, like orphans, so spend after a crash is known.
+- `dead_letters`: requests that failed after all retries (history; a rerun asks again).
 - `batches`: OpenAI Batch API jobs, so a restart polls a submitted batch instead of paying again.
+- `meta`: the fencing epoch. A service worker writes its lease epoch when it claims the job; every
+  write transaction checks it, so a worker that lost its lease cannot write a single row more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from distilforge.teachers.base import Completion, TeacherResponse
+from distilforge.core.records import Completion, TeacherResponse
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -46,6 +54,13 @@ CREATE TABLE IF NOT EXISTS inflight (
     reserved_usd REAL NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS charges (
+    request_id TEXT PRIMARY KEY,
+    seed_id TEXT NOT NULL,
+    usd REAL NOT NULL,
+    kind TEXT NOT NULL,
+    created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     key TEXT PRIMARY KEY,
     seed_id TEXT NOT NULL,
@@ -62,10 +77,15 @@ CREATE TABLE IF NOT EXISTS batches (
     status TEXT NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 Found = tuple[Completion, int, int, str]
 Op = Callable[[sqlite3.Connection], Any]
+
+
+class FencedOut(RuntimeError):
+    """A newer lease epoch owns this journal: the write was refused and rolled back."""
 
 
 def request_key(teacher_identity: dict[str, Any], messages: list[dict[str, str]], sample_index: int) -> str:
@@ -79,69 +99,102 @@ def _split(total: int | float, n: int, j: int) -> Any:
     return total // n + (1 if j < total % n else 0)
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA busy_timeout=10000")
+    # NORMAL in WAL mode survives a process crash (the case we guard); fsync waits for checkpoints.
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
 class Journal:
-    def __init__(self, path: Path, guard: Callable[[], None] | None = None):
+    def __init__(self, path: Path, fence: int | None = None):
         self.path = path
-        # Called before every commit: a service worker checks its lease here, so a worker that
-        # lost its job cannot write to the job's journal (the exception rolls the write back).
-        self.guard = guard
         path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we commit explicitly, one transaction per teacher response.
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db = _connect(path)
         self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a process crash (the case we guard); fsync waits for checkpoints.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
-        # Group commit: writes from the event loop queue up and a worker thread commits them together,
-        # one transaction per round, on its own connection (SQLite releases the GIL while it works).
-        self._writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._writer.execute("PRAGMA synchronous=NORMAL")
-        self._writer.execute("PRAGMA busy_timeout=10000")
+        self._read_lock = threading.Lock()
+        self.fence = fence
+        if fence is not None:
+            self._claim(fence)
+        # Group commit: writes from the event loop queue up and a writer thread commits them
+        # together, one transaction per round, on its own connection (SQLite releases the GIL).
+        self._writer = _connect(path)
         self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        # Reads from the event loop go to one thread too, so a lookup never blocks the loop.
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-read")
+
+    # -- fencing -------------------------------------------------------------------------------
+    def _claim(self, epoch: int) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (epoch,))
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'epoch' AND value < ?", (epoch, epoch))
+            current = self._db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        if current != epoch:
+            raise FencedOut(f"{self.path}: lease epoch {epoch} is older than the journal's {current}")
+
+    def _check_fence(self, conn: sqlite3.Connection) -> None:
+        if self.fence is None:
+            return
+        row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        if row is None or row[0] != self.fence:
+            raise FencedOut(f"{self.path}: lease epoch {self.fence} is no longer current")
 
     # -- reads ---------------------------------------------------------------------------------
+    def _query(self, sql: str, args: Any = ()) -> list[Any]:
+        with self._read_lock:
+            return self._db.execute(sql, args).fetchall()
+
     def lookup(self, keys: list[str]) -> dict[str, Found]:
         if not keys:
             return {}
         marks = ",".join("?" * len(keys))
-        rows = self._db.execute(
-            "SELECT key, text, finish_reason, prompt_tokens, completion_tokens, model FROM responses "
-            f"WHERE key IN ({marks})",
-            keys,
-        ).fetchall()
+        rows = self._query("SELECT key, text, finish_reason, prompt_tokens, completion_tokens, model FROM responses "
+                           f"WHERE key IN ({marks})", keys)
         return {r[0]: (Completion(r[1], r[2]), r[3], r[4], r[5]) for r in rows}
 
+    async def lookup_async(self, keys: list[str]) -> dict[str, Found]:
+        if not keys:
+            return {}
+        return await asyncio.get_running_loop().run_in_executor(self._reader, self.lookup, keys)
+
+    def dead_letter_errors(self, keys: list[str]) -> dict[str, str]:
+        if not keys:
+            return {}
+        marks = ",".join("?" * len(keys))
+        return dict(self._query(f"SELECT key, error FROM dead_letters WHERE key IN ({marks})", keys))
+
     def count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+        return int(self._query("SELECT COUNT(*) FROM responses")[0][0])
 
     def spent_usd(self) -> float:
-        """Settled cost of every answer in the journal, plus orphaned reservations at worst case."""
-        paid = self._db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM responses").fetchone()[0]
-        return float(paid) + self.orphaned_usd()
+        """Settled cost of every answer, plus unknown outcomes and orphaned reservations at worst case."""
+        paid = self._query("SELECT COALESCE(SUM(cost_usd), 0) FROM responses")[0][0]
+        charged = self._query("SELECT COALESCE(SUM(usd), 0) FROM charges")[0][0]
+        return float(paid) + float(charged) + self.orphaned_usd() + self.batch_reserved_usd()
 
     def orphaned_usd(self) -> float:
-        return float(self._db.execute("SELECT COALESCE(SUM(reserved_usd), 0) FROM inflight").fetchone()[0])
+        return float(self._query("SELECT COALESCE(SUM(reserved_usd), 0) FROM inflight")[0][0])
 
     def orphan_count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM inflight").fetchone()[0])
-
-    def dead_letters(self) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT seed_id, sample_index, error, retryable FROM dead_letters ORDER BY seed_id, sample_index"
-        ).fetchall()
-        return [{"seed_id": r[0], "sample_index": r[1], "error": r[2], "retryable": bool(r[3])} for r in rows]
+        return int(self._query("SELECT COUNT(*) FROM inflight")[0][0])
 
     # -- writes --------------------------------------------------------------------------------
     def _transaction(self, conn: sqlite3.Connection, ops: list[Op]) -> list[Any]:
         results: list[Any] = []
-        conn.execute("BEGIN")
+        conn.execute("BEGIN IMMEDIATE")
         try:
+            self._check_fence(conn)
             for op in ops:
                 results.append(op(conn))
-            if self.guard is not None:
-                self.guard()
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -150,7 +203,8 @@ class Journal:
 
     def _apply(self, op: Op) -> Any:
         """Run one write now, in its own transaction (the synchronous path)."""
-        return self._transaction(self._db, [op])[0]
+        with self._read_lock:
+            return self._transaction(self._db, [op])[0]
 
     async def _submit(self, op: Op) -> Any:
         """Queue a write for the next group commit; returns once it is durable."""
@@ -203,24 +257,25 @@ class Journal:
         return op
 
     @staticmethod
-    def _fail_op(request_id: str | None, seed_id: str, keys_and_indices: list[tuple[str, int]], error: str,
-                 retryable: bool, replace: bool) -> Op:
-        now = time.time()
-        verb = "REPLACE" if replace else "IGNORE"  # IGNORE keeps an earlier, more specific error
-        rows = [(key, seed_id, index, error, int(retryable), now) for key, index in keys_and_indices]
-
+    def _charge_op(request_id: str, seed_id: str, usd: float, kind: str) -> Op:
         def op(conn: sqlite3.Connection) -> None:
-            conn.executemany(f"INSERT OR {verb} INTO dead_letters VALUES (?,?,?,?,?,?)", rows)
-            if request_id is not None:
-                conn.execute("DELETE FROM inflight WHERE request_id = ?", (request_id,))
+            conn.execute("DELETE FROM inflight WHERE request_id = ?", (request_id,))
+            conn.execute("INSERT OR REPLACE INTO charges VALUES (?,?,?,?,?)", (request_id, seed_id, usd, kind, time.time()))
 
         return op
 
-    def begin(self, request_id: str, seed_id: str, keys: list[str], reserved_usd: float) -> None:
-        """Persist a reservation before the request goes out."""
-        self._apply(self._begin_op(request_id, seed_id, keys, reserved_usd))
+    @staticmethod
+    def _release_op(request_id: str) -> Op:
+        return lambda conn: conn.execute("DELETE FROM inflight WHERE request_id = ?", (request_id,))
+
+    @staticmethod
+    def _fail_op(seed_id: str, keys_and_indices: list[tuple[str, int]], error: str, retryable: bool) -> Op:
+        now = time.time()
+        rows = [(key, seed_id, index, error, int(retryable), now) for key, index in keys_and_indices]
+        return lambda conn: conn.executemany("INSERT OR REPLACE INTO dead_letters VALUES (?,?,?,?,?,?)", rows)
 
     async def begin_async(self, request_id: str, seed_id: str, keys: list[str], reserved_usd: float) -> None:
+        """Persist a reservation before the request goes out."""
         await self._submit(self._begin_op(request_id, seed_id, keys, reserved_usd))
 
     def commit(self, seed_id: str, keys_and_indices: list[tuple[str, int]], response: TeacherResponse, *,
@@ -235,51 +290,90 @@ class Journal:
                            *, cost_usd: float = 0.0, request_id: str | None = None) -> list[tuple[int, int]]:
         return await self._submit(self._commit_op(seed_id, keys_and_indices, response, cost_usd, request_id))
 
-    def fail(self, request_id: str | None, seed_id: str, keys_and_indices: list[tuple[str, int]], error: str,
-             retryable: bool, *, replace: bool = True) -> None:
-        """A request that failed for good: nothing was billed, so its reservation closes."""
-        self._apply(self._fail_op(request_id, seed_id, keys_and_indices, error, retryable, replace))
+    async def charge_async(self, request_id: str, seed_id: str, usd: float, kind: str) -> None:
+        """An attempt whose outcome is unknown: its reservation becomes a worst-case charge."""
+        await self._submit(self._charge_op(request_id, seed_id, usd, kind))
 
-    async def fail_async(self, request_id: str | None, seed_id: str, keys_and_indices: list[tuple[str, int]],
-                         error: str, retryable: bool, *, replace: bool = True) -> None:
-        await self._submit(self._fail_op(request_id, seed_id, keys_and_indices, error, retryable, replace))
+    async def release_async(self, request_id: str) -> None:
+        """An attempt the server refused (nothing billed): its reservation closes."""
+        await self._submit(self._release_op(request_id))
 
-    def cancel(self, request_id: str) -> None:
-        """Close a reservation for a request that was never sent."""
-        self._db.execute("DELETE FROM inflight WHERE request_id = ?", (request_id,))
+    def fail(self, seed_id: str, keys_and_indices: list[tuple[str, int]], error: str, retryable: bool) -> None:
+        self._apply(self._fail_op(seed_id, keys_and_indices, error, retryable))
+
+    async def fail_async(self, seed_id: str, keys_and_indices: list[tuple[str, int]], error: str,
+                         retryable: bool) -> None:
+        await self._submit(self._fail_op(seed_id, keys_and_indices, error, retryable))
 
     # -- Batch API -----------------------------------------------------------------------------
     # A batch row is written when its file is uploaded (status 'uploaded', keyed by the file id) and
     # updated with the batch id once created; a crash in between is healed by matching the file id.
     def add_batch(self, input_file_id: str, groups: dict[str, Any], reserved_usd: float) -> None:
-        self._db.execute("INSERT INTO batches VALUES (?,?,?,?,?,?)",
-                         (input_file_id, input_file_id, json.dumps(groups), reserved_usd, "uploaded", time.time()))
+        row = (input_file_id, input_file_id, json.dumps(groups), reserved_usd, "uploaded", time.time())
+        self._apply(lambda conn: conn.execute("INSERT INTO batches VALUES (?,?,?,?,?,?)", row))
 
     def batch_created(self, input_file_id: str, batch_id: str) -> None:
-        self._db.execute("UPDATE batches SET batch_id = ?, status = 'submitted' WHERE input_file_id = ?",
-                         (batch_id, input_file_id))
+        self._apply(lambda conn: conn.execute(
+            "UPDATE batches SET batch_id = ?, status = 'submitted' WHERE input_file_id = ?", (batch_id, input_file_id)))
 
     def open_batches(self) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT batch_id, input_file_id, keys, reserved_usd, status FROM batches "
-            "WHERE status IN ('uploaded', 'submitted') ORDER BY created"
-        ).fetchall()
+        rows = self._query("SELECT batch_id, input_file_id, keys, reserved_usd, status FROM batches "
+                           "WHERE status IN ('uploaded', 'submitted') ORDER BY created")
         return [{"batch_id": r[0], "input_file_id": r[1], "groups": json.loads(r[2]), "reserved_usd": r[3],
                  "status": r[4]} for r in rows]
 
     def close_batch(self, input_file_id: str, status: str) -> None:
-        self._db.execute("UPDATE batches SET status = ? WHERE input_file_id = ?", (status, input_file_id))
+        self._apply(lambda conn: conn.execute("UPDATE batches SET status = ? WHERE input_file_id = ?",
+                                              (status, input_file_id)))
 
     def batch_reserved_usd(self) -> float:
         """Batches not yet reconciled: counted at worst case, like in-flight requests."""
-        return float(self._db.execute(
-            "SELECT COALESCE(SUM(reserved_usd), 0) FROM batches WHERE status IN ('uploaded', 'submitted')"
-        ).fetchone()[0])
+        return float(self._query(
+            "SELECT COALESCE(SUM(reserved_usd), 0) FROM batches WHERE status IN ('uploaded', 'submitted')")[0][0])
 
     def close(self) -> None:
-        # Writes whose callers were cancelled (a second Ctrl-C) are still made durable.
+        # Writes whose callers were cancelled (a second Ctrl-C) are still made durable, unless fenced.
         if self._pending:
-            self._transaction(self._db, [op for op, _ in self._pending])
+            with contextlib.suppress(FencedOut):
+                self._apply_all([op for op, _ in self._pending])
             self._pending = []
+        self._reader.shutdown(wait=True)
         self._writer.close()
         self._db.close()
+
+    def _apply_all(self, ops: list[Op]) -> None:
+        with self._read_lock:
+            self._transaction(self._db, ops)
+
+
+def journal_totals(run_dir: Path) -> tuple[float, int]:
+    """(spent, orphaned requests) over every journal shard of a run folder, read without writing."""
+    spent, orphans = 0.0, 0
+    for path in journal_paths(run_dir):
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            queries = {"responses": "SELECT COALESCE(SUM(cost_usd), 0) FROM responses",
+                       "charges": "SELECT COALESCE(SUM(usd), 0) FROM charges",
+                       "inflight": "SELECT COALESCE(SUM(reserved_usd), 0) FROM inflight",
+                       "batches": "SELECT COALESCE(SUM(reserved_usd), 0) FROM batches "
+                                  "WHERE status IN ('uploaded', 'submitted')"}
+            for table, sql in queries.items():
+                if table in tables:
+                    spent += float(db.execute(sql).fetchone()[0] or 0)
+            if "inflight" in tables:
+                orphans += int(db.execute("SELECT COUNT(*) FROM inflight").fetchone()[0])
+        finally:
+            db.close()
+    return spent, orphans
+
+
+def journal_paths(run_dir: Path) -> list[Path]:
+    """Every journal shard of a run folder (and the single-file journal of older runs)."""
+    paths = sorted((run_dir / "journal").glob("rank-*.sqlite")) if (run_dir / "journal").is_dir() else []
+    legacy = run_dir / "journal.sqlite"
+    return [*paths, legacy] if legacy.exists() else paths
+
+
+def shard_path(run_dir: Path, rank: int) -> Path:
+    return run_dir / "journal" / f"rank-{rank:05d}.sqlite"

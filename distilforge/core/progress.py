@@ -1,9 +1,15 @@
-"""Live progress for long work: samples done/total, kept, tokens, spend and ETA."""
+"""Live progress for long work: samples done/total, kept, tokens, spend and ETA.
+
+Ranks only bump counters (`steps.Progress`); this view redraws the bar from them a few times a
+second, off the request path. Logs (CI, cron) get a line every ~10 seconds instead of a bar.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from typing import Any
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.progress import (
@@ -14,6 +20,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from distilforge.core.steps import Progress as Counts
 
 
 def progress_bar(console: Console, *extra: TextColumn) -> Progress:
@@ -32,57 +40,44 @@ def progress_bar(console: Console, *extra: TextColumn) -> Progress:
     )
 
 
-class RunProgress:
-    def __init__(self, console: Console, total: int, budget: Any = None, label: str = "teacher"):
-        self.console = console
-        self._terminal = console.is_terminal  # asked once: it is an isatty() call
-        self.budget = budget  # prices the tokens for the spend column
-        self.kept = 0
-        self.tokens = 0
-        self.spend = 0.0
-        self._progress = progress_bar(
-            console,
-            TextColumn("kept {task.fields[kept]}"),
-            TextColumn("{task.fields[tokens]} tok"),
-            TextColumn("${task.fields[spend]:.4f}"),
-        )
-        self._task = self._progress.add_task(label, total=total, kept=0, tokens=0, spend=0.0)
-        self._total = total
-        self._done = 0
-        self._last_line = 0.0
+class ProgressView:
+    """Renders a rank's (or the merged) counts; `refresh` is cheap and called on a timer."""
 
-    def __enter__(self) -> RunProgress:
-        self._progress.__enter__()
+    def __init__(self, console: Console, counts: Counts | Callable[[], Counts], label: str = "teacher"):
+        self.console = console
+        self._terminal = console.is_terminal
+        self._counts = counts if callable(counts) else (lambda: counts)
+        self._bar = progress_bar(console, TextColumn("kept {task.fields[kept]}"), TextColumn("{task.fields[tokens]} tok"),
+                                 TextColumn("${task.fields[spend]:.4f}"))
+        total = self._counts().total
+        self._task = self._bar.add_task(label, total=total, kept=0, tokens=0, spend=0.0)
+        self._last_line = time.monotonic()
+
+    def __enter__(self) -> ProgressView:
+        self._bar.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(*exc)
+        self.refresh()
+        self._bar.__exit__(*exc)
         if not self._terminal:
             self._line()
 
     def _line(self) -> None:
+        c = self._counts()
         self._last_line = time.monotonic()
-        self.console.print(
-            f"progress: {self._done}/{self._total} samples, kept {self.kept}, {self.tokens} tokens, ${self.spend:.4f}"
-        )
+        self.console.print(f"progress: {min(c.done, c.total)}/{c.total} samples, kept {c.kept}, {c.tokens} tokens, "
+                           f"${c.spend:.4f}")
 
-    def advance(self, samples: int, prompt_tokens: int, completion_tokens: int) -> None:
-        self._done += samples
-        self.tokens += prompt_tokens + completion_tokens
-        if self.budget is not None:
-            self.spend += self.budget.cost(prompt_tokens, completion_tokens)
-        self._refresh(samples)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"samples_done": self._done, "samples_total": self._total, "kept": self.kept, "tokens": self.tokens,
-                "spend_usd": round(self.spend, 6)}
-
-    def add_kept(self, n: int = 1) -> None:
-        self.kept += n
-        self._refresh(0)
-
-    def _refresh(self, advance: int) -> None:
-        self._progress.update(self._task, advance=advance, kept=self.kept, tokens=self.tokens, spend=self.spend)
-        # Logs (CI, cron) get a line every ~10 seconds instead of a redrawn bar.
+    def refresh(self) -> None:
+        c = self._counts()
+        self._bar.update(self._task, completed=min(c.done, c.total), total=c.total, kept=c.kept, tokens=c.tokens,
+                         spend=c.spend)
         if not self._terminal and time.monotonic() - self._last_line > 10:
             self._line()
+
+    async def keep_fresh(self, every: float = 0.25) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                await asyncio.sleep(every)
+                self.refresh()

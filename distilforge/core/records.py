@@ -12,6 +12,25 @@ from typing import Any
 
 
 @dataclass(slots=True)
+class Completion:
+    """One choice of a teacher answer."""
+
+    text: str
+    finish_reason: str | None  # "stop", "length", ...
+
+
+@dataclass(slots=True)
+class TeacherResponse:
+    """A teacher's answer to one request: n completions and the usage the server reported."""
+
+    completions: list[Completion]
+    prompt_tokens: int
+    completion_tokens: int
+    model: str
+    usage_reported: bool = True  # False when the server sent no usage (the cost is then unknown)
+
+
+@dataclass(slots=True)
 class Seed:
     seed_id: str
     question: str
@@ -68,3 +87,12 @@ class Record:
         row = {name: getattr(self, name) for name in self.__slots__ if name not in ("meta", "student_prompt")}  # type: ignore[attr-defined]
         row["messages"] = self.messages()
         return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Record:
+        """A stored row back as a Record (the second stage filters kept rows); `to_row` gives it back."""
+        names = set(cls.__slots__) - {"meta", "student_prompt", "prompt"}  # type: ignore[attr-defined]
+        record = cls(**{k: v for k, v in row.items() if k in names}, prompt=[])  # type: ignore[arg-type]
+        messages = row.get("messages") or []
+        record.student_prompt = messages[:-1]
+        return record

@@ -6,11 +6,11 @@ import json
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
 from distilforge.core.config import ConfigError, JobConfig, load_config
+from distilforge.core.redact import redact, strip_userinfo
 
 RUN_JSON = "run.json"
 CONFIG_SNAPSHOT = "config.yaml"
@@ -31,26 +31,24 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 def update_run(run_dir: Path, **sections: Any) -> dict[str, Any]:
     data = read_run(run_dir)
-    data.update(sections)
+    data.update(scrub(sections))
     write_atomic(run_dir / RUN_JSON, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     return data
 
 
-def _strip_userinfo(url: str) -> str:
-    # A base_url like https://user:secret@host must not land in run files.
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+def scrub(value: Any) -> Any:
+    """Credentials out of every URL and every registered secret out of every string, at any depth."""
+    if isinstance(value, str):
+        return redact(strip_userinfo(value) if "://" in value else value)
+    if isinstance(value, dict):
+        return {k: scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    return value
 
 
 def snapshot_config(config: JobConfig, run_dir: Path) -> None:
-    data = config.model_dump(mode="json")
-    urls = [_strip_userinfo(u) for u in config.teacher.base_urls]
-    data["teacher"]["base_url"] = urls[0] if isinstance(config.teacher.base_url, str) else (urls or None)
-    write_atomic(run_dir / CONFIG_SNAPSHOT, yaml.safe_dump(data, sort_keys=False))
+    write_atomic(run_dir / CONFIG_SNAPSHOT, yaml.safe_dump(scrub(config.model_dump(mode="json")), sort_keys=False))
 
 
 def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> JobConfig:

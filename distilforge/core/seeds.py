@@ -7,6 +7,7 @@ before any request is sent, so bad input never costs money or leaves a half-writ
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,6 +149,24 @@ def read_seeds(
             input_text = str(value) if value not in (None, "", "<noinput>") else None
         yield Seed(seed_id=seed_id, question=question, gold=gold, answer_type=kind, source=where,
                    input=input_text, meta={"raw_answer": raw_gold} if isinstance(raw_gold, str) else {})
+
+
+def seed_rank(seed_id: str, world_size: int) -> int:
+    """The rank a seed belongs to: a stable hash of its id, so its samples (and its journal rows) always
+    land on the same rank, whatever the order the file is read in."""
+    if world_size <= 1:
+        return 0
+    digest = hashlib.blake2b(seed_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % world_size
+
+
+def shard_seeds(seeds: Iterator[Seed], rank: int, world_size: int) -> Iterator[Seed]:
+    if world_size <= 1:
+        yield from seeds
+        return
+    for seed in seeds:
+        if seed_rank(seed.seed_id, world_size) == rank:
+            yield seed
 
 
 def count_and_validate(path: str, fields: SeedFields, **kwargs: Any) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
-from distilforge.core.config import JobConfig
+from distilforge.core.config import JobConfig, TeacherConfig
 from distilforge.core.formats import LABEL_PREFIX
 from distilforge.core.grading import (
     answers_match,
@@ -23,7 +22,7 @@ from distilforge.core.progress import progress_bar
 from distilforge.core.records import Seed
 from distilforge.core.seeds import SeedError, read_seeds
 from distilforge.prompts import build_messages
-from distilforge.teachers.base import TeacherError
+from distilforge.teachers.sampler import Sampler, sample_many
 
 
 def validation_questions(run_dir: Path, limit: int | None) -> list[tuple[str, Seed]]:
@@ -123,36 +122,30 @@ def evaluate_model(
     return summarize(results, seconds=time.monotonic() - started, model=model, adapter=adapter)
 
 
-async def _ask_teacher(config: JobConfig, questions: list[tuple[str, Seed]]) -> list[str]:
-    from distilforge.teachers import make_teacher
-
-    teacher_config = config.teacher.model_copy(deep=True)
-    teacher_config.params.temperature = 0.0
-    teacher_config.params.max_tokens = max(config.eval.max_tokens, teacher_config.params.max_tokens)
-    teacher = make_teacher(teacher_config)
-    await teacher.start()
-    slots = asyncio.Semaphore(teacher.max_concurrency)
-
-    async def one(question: Seed) -> str:
-        async with slots:
-            try:
-                response = await teacher.complete(eval_prompt(config, question), n=1)
-            except TeacherError:
-                return ""  # a failed request counts as a wrong answer
-            return response.completions[0].text
-
-    try:
-        return await asyncio.gather(*(one(q) for _, q in questions))
-    finally:
-        await teacher.aclose()
+def eval_teacher_config(config: JobConfig) -> TeacherConfig:
+    """The teacher as evaluated: greedy, with room for the eval's answers."""
+    teacher = config.teacher.model_copy(deep=True)
+    teacher.params.temperature = 0.0
+    teacher.params.max_tokens = max(config.eval.max_tokens, teacher.params.max_tokens)
+    return teacher
 
 
-def evaluate_teacher(config: JobConfig, questions: list[tuple[str, Seed]]) -> dict[str, Any]:
-    """The teacher on the same questions (greedy), for the student-vs-teacher ratio."""
+async def evaluate_teacher(config: JobConfig, questions: list[tuple[str, Seed]], sampler: Sampler) -> dict[str, Any]:
+    """The teacher on the same questions (greedy), for the student-vs-teacher ratio.
+
+    Its requests go through `sampler` (stage eval_teacher of the run's budget and journal); a question
+    whose request failed or was not sent counts as a wrong answer, and is counted as such.
+    """
     started = time.monotonic()
-    texts = asyncio.run(_ask_teacher(config, questions))
+    asks = [(f"eval:{name}:{q.seed_id}", eval_prompt(config, q)) for name, q in questions]
+    outcomes = await sample_many(sampler, asks)
+    texts = [o.samples[0].completion.text if o.samples else "" for o in outcomes]
     results = [score(name, q, text) for (name, q), text in zip(questions, texts, strict=True)]
-    return summarize(results, seconds=time.monotonic() - started, model=config.teacher.model, adapter=None)
+    summary = summarize(results, seconds=time.monotonic() - started, model=config.teacher.model, adapter=None)
+    unanswered = sum(1 for o in outcomes if not o.samples)
+    if unanswered:
+        summary["unanswered"] = unanswered
+    return summary
 
 
 def summarize(results: list[dict[str, Any]], *, seconds: float, model: str, adapter: str | None) -> dict[str, Any]:

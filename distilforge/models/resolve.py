@@ -75,20 +75,29 @@ def dequantize_gguf(gguf_path: Path) -> Path:
     return target
 
 
+def check_model(spec: str) -> None:
+    """Raise ModelError now if `spec` cannot be resolved, without loading (or dequantizing) anything."""
+    if spec in EMBEDDED:
+        embedded_gguf(spec)
+        return
+    path = Path(spec).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelError(f"{path}: not a transformers model folder (no config.json)")
+    if path.is_file() and path.suffix.lower() != ".gguf":
+        raise ModelError(f"{path}: a model file must be .gguf (or give a model folder)")
+    if not path.exists() and (spec.startswith((".", "/", "~")) or spec.count("/") != 1):
+        known = ", ".join(sorted(EMBEDDED))
+        raise ModelError(f"model '{spec}' not found: give a folder, a .gguf file, a Hub id, or one of: {known}")
+
+
 def resolve_model(spec: str) -> str:
     """A path or Hub id that `AutoModelForCausalLM.from_pretrained` loads without further options."""
+    check_model(spec)
     if spec in EMBEDDED:
         return str(dequantize_gguf(embedded_gguf(spec)))
     path = Path(spec).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelError(f"{path}: not a transformers model folder (no config.json)")
         return str(path)
     if path.is_file():
-        if path.suffix.lower() != ".gguf":
-            raise ModelError(f"{path}: a model file must be .gguf (or give a model folder)")
         return str(dequantize_gguf(path))
-    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
-        known = ", ".join(sorted(EMBEDDED))
-        raise ModelError(f"model '{spec}' not found: give a folder, a .gguf file, a Hub id, or one of: {known}")
     return spec  # a Hub id; from_pretrained fetches it when online, or finds it in the HF cache

@@ -13,13 +13,15 @@ from distilforge.core.grading import canonical, split_answer
 from distilforge.core.records import Record, Seed
 from distilforge.core.steps import Filter, Map
 from distilforge.prompts import build_messages, template_hash
-from distilforge.quality.checks import Empty, ExactDuplicate, Refusal, Truncated, default_filters
+from distilforge.quality.checks import Empty, Refusal, Truncated, default_filters
 
 ANSWERABLE = ("cot", "icl")
 
 
 class Prompter:
     """Builds the teacher's messages for a seed and the provenance fields its records carry."""
+
+    blocking = False  # True when `build` does heavy work (model inference) and must leave the event loop
 
     def __init__(self, generation: GenerationConfig):
         self.generation = generation
@@ -28,6 +30,9 @@ class Prompter:
 
     def prepare(self, seeds_path: str | None = None) -> None:
         """Load what the mode needs once (ICL: the demonstration pool)."""
+
+    def check(self, seeds_path: str | None = None) -> None:
+        """Raise an input error now if `prepare` would fail (cheap: no model is loaded)."""
 
     def build(self, seed: Seed) -> tuple[list[dict[str, str]], dict[str, Any]]:
         messages = build_messages(seed, self.generation)
@@ -63,9 +68,10 @@ def parse_record(record: Record) -> Record:
 
 
 def filters_for(mode: str) -> list[Filter]:
+    """The built-in checks of a mode, before the configured filters (`duplicate` goes after them)."""
     if mode in ANSWERABLE:
         return default_filters()
-    return [Truncated(), Empty(), Refusal(), ExactDuplicate()]
+    return [Truncated(), Empty(), Refusal()]
 
 
 def ParseAnswer() -> Map:

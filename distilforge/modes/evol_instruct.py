@@ -14,13 +14,17 @@ import hashlib
 import random
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 from distilforge.core.config import JobConfig
 from distilforge.core.records import Record, Seed
-from distilforge.core.seeds import read_seeds
-from distilforge.core.steps import Filter
-from distilforge.modes.generate import Generate
+from distilforge.core.seeds import read_seeds, seed_rank
+from distilforge.core.steps import PipelineStep, current_context
+from distilforge.modes import Prompter
+from distilforge.modes.generate import build_record
 from distilforge.prompts import render, template_hash
+from distilforge.teachers import display_model
+from distilforge.teachers.sampler import Sampler, open_sampler, sample_many
 
 DEPTH_METHODS = {
     "constraints": "Please add one more constraints/requirements into #Given Prompt#.",
@@ -56,40 +60,47 @@ def answer_problem(answer: str) -> str | None:
     return None
 
 
-class EvolInstruct(Filter):
-    """A source step: evolves the seed instructions for `generation.rounds` rounds."""
+class EvolInstruct(PipelineStep):
+    """A source step: evolves the rank's share of the seed instructions for `generation.rounds` rounds."""
 
     name = "evol_instruct"
+    rejects = True
 
-    def __init__(self, config: JobConfig, evolve: Generate, answer: Generate):
-        super().__init__()
+    def __init__(self, config: JobConfig):
         self.config = config
-        self.evolve = evolve
-        self.answer = answer
         self.template = config.generation.template_name
         self.template_sha = template_hash(self.template)
-
-    def check(self, record: Record) -> str | None:  # decisions happen in run()
-        return None
+        self.answering = config.generation.model_copy(update={"mode": "instruct", "template": None,
+                                                              "samples_per_seed": 1})
+        self.teacher_model = display_model(config.teacher)
 
     def _operation(self, seed_id: str, round_no: int) -> str:
         digest = hashlib.sha256(f"{self.config.generation.rng_seed}:{seed_id}:{round_no}".encode()).hexdigest()
         return random.Random(int(digest[:12], 16)).choice(OPERATIONS)
 
-    @staticmethod
-    async def _run(generate: Generate, seeds: list[Seed]) -> list[Record]:
-        async def stream() -> AsyncIterator[Seed]:
-            for seed in seeds:
-                yield seed
-
-        records = [r async for r in generate.run(stream())]
+    async def _ask(self, sampler: Sampler, seeds: list[Seed], messages: list[list[dict[str, str]]],
+                   fields: list[dict[str, Any]]) -> list[Record]:
+        ctx = current_context()
+        outcomes = await sample_many(sampler, [(s.seed_id, m) for s, m in zip(seeds, messages, strict=True)])
+        records = []
+        for seed, msgs, extra, outcome in zip(seeds, messages, fields, outcomes, strict=True):
+            records += [build_record(seed, s, msgs, extra, self.teacher_model) for s in outcome.samples]
+            for index, error, _ in outcome.failed:
+                ctx.fail(seed.seed_id, index, error)
+            for index in outcome.not_sent:
+                ctx.fail(seed.seed_id, index, f"not sent (stopped: {ctx.stopped or 'budget'})")
         return sorted(records, key=lambda r: (r.seed_id, r.sample_index))
 
-    async def run(self, records: AsyncIterator[Record]) -> AsyncIterator[Record]:
+    async def run(self, records: AsyncIterator[Record], rank: int = 0, world_size: int = 1) -> AsyncIterator[Record]:
+        ctx = current_context()
+        sampler = await open_sampler(ctx, "generate", self.config.teacher, stage="generate")
+        answer_prompter = Prompter(self.answering)
+        stats = self.stats
         s = self.config.seeds
-        parents = list(read_seeds(s.path, s.fields, limit=s.limit, answer_type="text", split=s.split, subset=s.subset))
+        parents = [seed for seed in read_seeds(s.path, s.fields, limit=s.limit, answer_type="text", split=s.split,
+                                               subset=s.subset) if seed_rank(seed.seed_id, world_size) == rank]
         for round_no in range(1, self.config.generation.rounds + 1):
-            if not parents or self.evolve.stopped or self.answer.stopped:
+            if not parents or sampler.stopped:
                 break
             asks = []
             for parent in parents:
@@ -102,9 +113,9 @@ class EvolInstruct(Filter):
                                  meta={"parent_id": parent.seed_id, "operation": op}))
             by_id = {a.seed_id: a for a in asks}
             evolved: list[Seed] = []
-            for record in await self._run(self.evolve, asks):
+            for record in await self._ask(sampler, asks, [a.messages or [] for a in asks], [{} for _ in asks]):
                 ask = by_id[record.seed_id]
-                self.n_in += 1
+                stats.n_in += 1
                 record.mode, record.template, record.template_sha = "evol-instruct", self.template, self.template_sha
                 record.parent_id = ask.meta["parent_id"]
                 record.instruction = record.text.strip()
@@ -118,13 +129,15 @@ class EvolInstruct(Filter):
                                                                                  "operation": ask.meta["operation"]}))
             survivors = []
             evolved_by_id = {e.seed_id: e for e in evolved}
-            for record in await self._run(self.answer, evolved):
+            built = [answer_prompter.build(e) for e in evolved]
+            answers = await self._ask(sampler, evolved, [m for m, _ in built], [f for _, f in built])
+            for record in answers:
                 record.mode, record.template, record.template_sha = "evol-instruct", self.template, self.template_sha
                 problem = answer_problem(record.text)
                 if problem:
                     self.reject(record, "evolution_failed", problem)
                     continue
                 survivors.append(evolved_by_id[record.seed_id])
-                self.n_out += 1
+                stats.n_out += 1
                 yield record
             parents = survivors

@@ -11,7 +11,7 @@ import hashlib
 import random
 from typing import Any
 
-from distilforge.core.config import GenerationConfig
+from distilforge.core.config import ConfigError, GenerationConfig
 from distilforge.core.grading import split_answer
 from distilforge.core.records import Seed
 from distilforge.core.seeds import read_seeds
@@ -32,14 +32,27 @@ class IclPrompter(Prompter):
     def __init__(self, generation: GenerationConfig):
         super().__init__(generation)
         self.icl = generation.icl
+        self.blocking = self.icl.selection == "nearest"
         self.pool: list[dict[str, Any]] = []
         self._vectors: Any = None
         self._embedder: Any = None
 
+    def check(self, seeds_path: str | None = None) -> None:
+        path = self.icl.pool or seeds_path
+        if path is None:
+            raise ConfigError("generation.icl.pool: a demonstration file is needed")
+        rows = sum(1 for _ in read_seeds(path, self.icl.fields, answer_type=self.generation.answer_type))
+        if rows <= self.icl.k:
+            raise ConfigError(f"generation.icl.pool: the pool ({path}) needs more than k={self.icl.k} rows")
+        if self.icl.selection == "nearest":
+            from distilforge.models.embeddings import minilm_path
+
+            minilm_path()
+
     def prepare(self, seeds_path: str | None = None) -> None:
         path = self.icl.pool or seeds_path
         if path is None:
-            raise ValueError("generation.icl.pool: a demonstration file is needed")
+            raise ConfigError("generation.icl.pool: a demonstration file is needed")
         fields = self.icl.fields
         for seed in read_seeds(path, fields, answer_type=self.generation.answer_type):
             raw = None
@@ -49,7 +62,7 @@ class IclPrompter(Prompter):
             self.pool.append({"id": seed.seed_id, "question": seed.question,
                               "answer": _demo_answer(raw if isinstance(raw, str) else None, seed.gold)})
         if len(self.pool) <= self.icl.k:
-            raise ValueError(f"generation.icl: the pool ({path}) needs more than k={self.icl.k} rows")
+            raise ConfigError(f"generation.icl.pool: the pool ({path}) needs more than k={self.icl.k} rows")
         if self.icl.selection == "nearest":
             from distilforge.models.embeddings import Embedder
 

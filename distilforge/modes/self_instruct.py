@@ -17,14 +17,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from distilforge.core.config import JobConfig
+from distilforge.core.config import JobConfig, TeacherConfig
 from distilforge.core.records import Record, Seed
 from distilforge.core.seeds import SeedError, iter_rows
-from distilforge.core.steps import Filter
-from distilforge.modes.generate import Generate
+from distilforge.core.steps import PipelineStep, current_context
+from distilforge.modes.generate import build_record
 from distilforge.modes.rouge import NoveltyPool, tokenize
 from distilforge.prompts import render, template_hash
-from distilforge.teachers.structured import parse_model
+from distilforge.teachers import display_model
+from distilforge.teachers.sampler import Sampler, open_sampler, sample_many
+from distilforge.teachers.structured import parse_model, response_format
 
 # The paper's filter: tasks about images, graphs, files, maps, drawings, plots or going to places
 # cannot be done by a language model.
@@ -74,35 +76,49 @@ def load_seed_tasks(path: str) -> list[dict[str, str]]:
     return tasks
 
 
-class SelfInstruct(Filter):
-    """A source step: ignores its input stream and yields accepted instruction records."""
+def self_instruct_teacher(config: JobConfig) -> TeacherConfig:
+    """Servers that can enforce a schema get one (negotiated per endpoint); others' JSON is repaired."""
+    teacher = config.teacher
+    if teacher.backend in ("openai", "vllm") and teacher.params.response_format is None:
+        teacher = teacher.model_copy(deep=True)
+        teacher.params.response_format = response_format(Task, "task")
+    return teacher
+
+
+class SelfInstruct(PipelineStep):
+    """A source step: ignores its input stream and yields accepted instruction records.
+
+    The pool is one global set that each round reads, so it grows on rank 0 only.
+    """
 
     name = "self_instruct"
+    rejects = True
 
-    def __init__(self, config: JobConfig, generate: Generate):
-        super().__init__()
+    def __init__(self, config: JobConfig):
         self.config = config
-        self.generate = generate
         self.template = config.generation.template_name
         self.template_sha = template_hash(self.template)
-        self.pool = NoveltyPool()
-
-    def check(self, record: Record) -> str | None:  # decisions happen in run()
-        return None
+        self.teacher_model = display_model(config.teacher)
 
     def _prompt(self, rng: random.Random, human: list[dict[str, str]], machine: list[dict[str, str]]) -> str:
         shown = rng.sample(human, min(6, len(human))) + rng.sample(machine, min(2, len(machine)))
         rng.shuffle(shown)
         return render(self.template, tasks=shown)
 
-    async def _ask(self, seeds: list[Seed]) -> list[Record]:
-        async def stream() -> AsyncIterator[Seed]:
-            for seed in seeds:
-                yield seed
+    async def _ask(self, sampler: Sampler, seeds: list[Seed]) -> list[Record]:
+        ctx = current_context()
+        outcomes = await sample_many(sampler, [(s.seed_id, s.messages or []) for s in seeds])
+        records = []
+        for seed, outcome in zip(seeds, outcomes, strict=True):
+            for sample in outcome.samples:
+                records.append(build_record(seed, sample, seed.messages or [], {}, self.teacher_model))
+            for index, error, _ in outcome.failed:
+                ctx.fail(seed.seed_id, index, error)
+            for index in outcome.not_sent:
+                ctx.fail(seed.seed_id, index, f"not sent (stopped: {ctx.stopped or 'budget'})")
+        return sorted(records, key=lambda r: (r.seed_id, r.sample_index))
 
-        return sorted([r async for r in self.generate.run(stream())], key=lambda r: (r.seed_id, r.sample_index))
-
-    async def _with_repairs(self, batch: list[Record]) -> list[Record]:
+    async def _with_repairs(self, sampler: Sampler, batch: list[Record]) -> list[Record]:
         """One bounded repair round: a reply that is not a valid task is shown to the teacher with the
         error and asked for again. The broken reply is still accounted for (rejected, invalid_json)."""
         repairs, order = [], []
@@ -117,7 +133,7 @@ class SelfInstruct(Filter):
                                     answer_type="text", source="self-instruct repair", messages=messages))
         if not repairs:
             return order
-        fixed = {r.seed_id: r for r in await self._ask(repairs)}
+        fixed = {r.seed_id: r for r in await self._ask(sampler, repairs)}
         out = []
         for record in order:
             out.append(record)
@@ -125,7 +141,7 @@ class SelfInstruct(Filter):
                 out.append(fixed[f"{record.seed_id}~fix"])
         return out
 
-    def _accept(self, record: Record, machine: list[dict[str, str]]) -> bool:
+    def _accept(self, record: Record, machine: list[dict[str, str]], pool: NoveltyPool) -> bool:
         task, error = parse_model(record.text, Task)
         if task is None:
             self.reject(record, "invalid_json", error or "not a task")
@@ -136,27 +152,34 @@ class SelfInstruct(Filter):
             self.reject(record, "heuristics", reason)
             return False
         tokens = tokenize(task.instruction)
-        score, item = self.pool.max_rouge_l(tokens, stop_at=self.config.generation.rouge_threshold)
+        score, item = pool.max_rouge_l(tokens, stop_at=self.config.generation.rouge_threshold)
         record.rouge_l_max = round(score, 4)
         if score >= self.config.generation.rouge_threshold:
             self.reject(record, "rouge_l", f"ROUGE-L {score:.2f} with pool item {item}")
             return False
-        self.pool.add(tokens)
+        pool.add(tokens)
         machine.append({"instruction": task.instruction, "input": task.input, "output": task.output})
         return True
 
-    async def run(self, records: AsyncIterator[Record]) -> AsyncIterator[Record]:
+    async def run(self, records: AsyncIterator[Record], rank: int = 0, world_size: int = 1) -> AsyncIterator[Record]:
+        if rank != 0:
+            return
+        ctx = current_context()
+        teacher = self_instruct_teacher(self.config)
+        sampler = await open_sampler(ctx, "generate", teacher, stage="generate", counts_samples=False)
         g = self.config.generation
         human = load_seed_tasks(self.config.seeds.path)
         if self.config.seeds.limit:
             human = human[: self.config.seeds.limit]
+        pool = NoveltyPool()
         for task in human:
-            self.pool.add(task["instruction"])
+            pool.add(task["instruction"])
         machine: list[dict[str, str]] = []
         rng = random.Random(g.rng_seed)
         max_rounds = 5 * -(-g.target_count // g.proposals_per_round)  # give up on a teacher that repeats itself
+        stats = self.stats
         for round_no in range(max_rounds):
-            if len(machine) >= g.target_count or self.generate.stopped:
+            if len(machine) >= g.target_count or sampler.stopped:
                 break
             proposals = [
                 Seed(seed_id=f"si-{round_no:04d}-{j:03d}", question=f"self-instruct proposal {round_no}/{j}",
@@ -164,16 +187,18 @@ class SelfInstruct(Filter):
                      messages=[{"role": "user", "content": self._prompt(rng, human, machine)}])
                 for j in range(g.proposals_per_round)
             ]
-
-            batch = await self._with_repairs(await self._ask(proposals))
+            batch = await self._with_repairs(sampler, await self._ask(sampler, proposals))
             for record in batch:
-                self.n_in += 1
+                stats.n_in += 1
                 record.mode, record.template, record.template_sha = "self-instruct", self.template, self.template_sha
                 if len(machine) >= g.target_count:
                     self.reject(record, "target_reached", f"already {g.target_count} instructions")
                     continue
-                if self._accept(record, machine):
+                with self.track_time():
+                    accepted = self._accept(record, machine, pool)
+                if accepted:
                     user = record.instruction + (f"\n\n{record.input}" if record.input else "")
                     record.student_prompt = [{"role": "user", "content": user}]
-                    self.n_out += 1
+                    stats.n_out += 1
+                    ctx.progress.advance(1)
                     yield record

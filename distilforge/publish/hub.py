@@ -11,10 +11,14 @@ class PublishError(RuntimeError):
     """Publishing failed; the message says what was and was not uploaded."""
 
 
+class PublishInputError(PublishError, ValueError):
+    """Publishing cannot start (no token, no dataset, a malformed repo id): bad input, nothing sent."""
+
+
 def _token() -> str:
     token = os.environ.get("HF_TOKEN")
     if not token:
-        raise PublishError("publishing needs a Hugging Face token in the HF_TOKEN environment variable")
+        raise PublishInputError("publishing needs a Hugging Face token in the HF_TOKEN environment variable")
     return token
 
 
@@ -22,7 +26,7 @@ def _push(token: str, repo_id: str, repo_type: str, files: dict[str, str | bytes
           message: str) -> dict[str, Any]:
     """Create the repo if needed, then every file in one commit: either all land or none does."""
     if repo_id.count("/") != 1:
-        raise PublishError(f"{repo_id!r}: expected ORG/NAME")
+        raise PublishInputError(f"{repo_id!r}: expected ORG/NAME")
     from huggingface_hub import CommitOperationAdd, HfApi
 
     api = HfApi(token=token)
@@ -46,7 +50,7 @@ def publish_dataset(run_dir: Path, repo_id: str, *, private: bool = True) -> dic
     files: dict[str, str | bytes] = {f"data/{p.stem}.parquet": str(p) for p in sorted(parquet.glob("*.parquet"))
                                      if p.stem != "rejected"}
     if not files or not card.exists():
-        raise PublishError(f"{run_dir}: no dataset to publish (run `distilforge generate` first)")
+        raise PublishInputError(f"{run_dir}: no dataset to publish (run `distilforge generate` first)")
     files["README.md"] = str(card)
     return _push(token, repo_id, "dataset", files, private=private,
                  message=f"distilforge: {', '.join(files)}")
@@ -84,7 +88,7 @@ def publish_model(run_dir: Path, repo_id: str, *, private: bool = True) -> dict[
     # PEFT writes its own README.md stub; ours replaces it.
     paths = sorted(p for p in student.rglob("*") if p.is_file() and p.name != "README.md") if student.exists() else []
     if not paths:
-        raise PublishError(f"{run_dir}: no trained student to publish (run `distilforge train` first)")
+        raise PublishInputError(f"{run_dir}: no trained student to publish (run `distilforge train` first)")
     run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     files: dict[str, str | bytes] = {str(p.relative_to(student)): str(p) for p in paths}
     files["README.md"] = model_card(run, repo_id).encode()

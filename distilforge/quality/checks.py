@@ -63,7 +63,11 @@ class WrongAnswer(Filter):
 
 
 class ExactDuplicate(Filter):
-    """A rationale already kept for the same seed (whitespace and case folded)."""
+    """A rationale already kept for the same seed (whitespace and case folded).
+
+    It runs after every other per-record filter, so what it remembers has passed them all: a
+    rationale rejected later for another reason never makes a good copy of it a duplicate.
+    """
 
     name = "duplicate"
     # Samples of a seed arrive together (one task produces them while at most 2 x concurrency seeds
@@ -71,7 +75,6 @@ class ExactDuplicate(Filter):
     max_seeds = 65_536
 
     def __init__(self) -> None:
-        super().__init__()
         self._seen: OrderedDict[str, set[bytes]] = OrderedDict()
 
     def check(self, record: Record) -> str | None:
@@ -91,5 +94,5 @@ class ExactDuplicate(Filter):
 
 
 def default_filters() -> list[Filter]:
-    """The checks that always run first, cheapest and most certain first."""
-    return [Truncated(), Empty(), Refusal(), Unparseable(), WrongAnswer(), ExactDuplicate()]
+    """The checks that always run first, cheapest and most certain first (`duplicate` runs last of all)."""
+    return [Truncated(), Empty(), Refusal(), Unparseable(), WrongAnswer()]

@@ -1,17 +1,16 @@
 """Per-seed decisions after the filters: self-consistency voting and the keep policy.
 
 Generate emits all samples of a seed back to back, and the filters keep that order, so this step
-sees each seed's surviving samples as one contiguous group and holds only that group in memory.
+sees each seed's surviving samples as one group and holds only that group in memory.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
 
 from distilforge.core.config import GenerationConfig
 from distilforge.core.records import Record
-from distilforge.core.steps import Filter
+from distilforge.core.steps import GroupFilter
 
 
 def majority(records: list[Record]) -> tuple[str | None, float]:
@@ -23,21 +22,17 @@ def majority(records: list[Record]) -> tuple[str | None, float]:
     return answer, count / sum(votes.values())
 
 
-class SeedPolicy(Filter):
+class SeedPolicy(GroupFilter):
     """Rejects minority answers (self-consistency) and samples beyond the keep policy."""
 
     name = "keep_policy"
 
     def __init__(self, generation: GenerationConfig):
-        super().__init__()
         self.generation = generation
 
-    def check(self, record: Record) -> str | None:  # decisions are per group: see _decide
-        return None
-
-    def _decide(self, group: list[Record]) -> list[tuple[Record, str | None, str | None]]:
+    def decide(self, group: list[Record]) -> list[tuple[Record, tuple[str, str] | None]]:
         g = self.generation
-        out: list[tuple[Record, str | None, str | None]] = []
+        out: list[tuple[Record, tuple[str, str] | None]] = []
         survivors = group
         if g.self_consistency and group and group[0].gold is None:
             answer, share = majority(group)
@@ -47,7 +42,7 @@ class SeedPolicy(Filter):
                 if r.answer == answer:
                     survivors.append(r)
                 else:
-                    out.append((r, "minority", f"answered {r.answer}; the majority said {answer} ({share:.0%})"))
+                    out.append((r, ("minority", f"answered {r.answer}; the majority said {answer} ({share:.0%})")))
         limit = 1 if g.keep == "one" else g.max_per_seed
         seen_texts: set[str] = set()
         kept = 0
@@ -55,34 +50,12 @@ class SeedPolicy(Filter):
             if g.keep == "distinct":
                 norm = " ".join((r.rationale or r.text).lower().split())
                 if norm in seen_texts:
-                    out.append((r, self.name, "same rationale as a kept sample (keep: distinct)"))
+                    out.append((r, (self.name, "same rationale as a kept sample (keep: distinct)")))
                     continue
                 seen_texts.add(norm)
             if limit is not None and kept >= limit:
-                out.append((r, self.name, f"seed already has {limit} kept (keep: {g.keep})"))
+                out.append((r, (self.name, f"seed already has {limit} kept (keep: {g.keep})")))
                 continue
             kept += 1
-            out.append((r, None, None))
+            out.append((r, None))
         return out
-
-    async def run(self, records: AsyncIterator[Record]) -> AsyncIterator[Record]:
-        group: list[Record] = []
-
-        async def flush() -> AsyncIterator[Record]:
-            for record, reason, detail in self._decide(group):
-                if reason is None:
-                    self.n_out += 1
-                    yield record
-                    continue
-                self.reject(record, reason, detail or "")
-
-        async for record in records:
-            self.n_in += 1
-            if group and record.seed_id != group[0].seed_id:
-                async for r in flush():
-                    yield r
-                group = []
-            group.append(record)
-        if group:
-            async for r in flush():
-                yield r

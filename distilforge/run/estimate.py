@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from distilforge.core.budget import Budget
-from distilforge.core.config import JobConfig
+from distilforge.core.config import ConfigError, JobConfig
 from distilforge.core.prices import PRICES_CHECKED, resolve_prices
 from distilforge.core.seeds import read_seeds
 from distilforge.core.tokens import estimate_prompt_tokens, prompt_tokens_upper_bound
@@ -17,11 +17,13 @@ def estimate_cost(config: JobConfig, expected_completion_tokens: int | None = No
     k = g.samples_per_seed
     completion_cap = t.completion_budget()
     expected_completion = expected_completion_tokens if expected_completion_tokens is not None else completion_cap // 2
-    # Each request re-sends the prompt: once per seed with n, once per sample without.
+    # Each request re-sends the prompt: once per seed with n, once per sample without. A server may
+    # also ignore n and answer one choice per request, so the worst case pays the prompt per sample.
     prompts_per_seed = 1 if t.supports_n else k
     seeds = prompt_est = prompt_max = 0
     if g.mode in ("self-instruct", "evol-instruct"):
-        raise ValueError(f"estimate: generation.mode {g.mode} grows its own prompts; estimate a cot/icl/instruct job")
+        raise ConfigError(f"generation.mode: {g.mode} grows its own prompts round by round, so its cost cannot be "
+                          "estimated in advance; use budget.max_usd to cap it")
     prompter = make_prompter(g)
     prompter.prepare(config.seeds.path)
     for seed in read_seeds(config.seeds.path, config.seeds.fields, limit=config.seeds.limit,
@@ -29,10 +31,10 @@ def estimate_cost(config: JobConfig, expected_completion_tokens: int | None = No
         messages, _ = prompter.build(seed)
         seeds += 1
         prompt_est += estimate_prompt_tokens(messages) * prompts_per_seed
-        prompt_max += prompt_tokens_upper_bound(messages) * prompts_per_seed
+        prompt_max += prompt_tokens_upper_bound(messages) * k
     prices = resolve_prices(config)
     multiplier = config.budget.batch_discount if t.batch else 1.0
-    budget = Budget(prices, None, multiplier=multiplier)
+    budget = Budget(prices, None)
     expected = {"prompt_tokens": prompt_est, "completion_tokens": seeds * k * expected_completion}
     worst = {"prompt_tokens": prompt_max, "completion_tokens": seeds * k * completion_cap}
     return {
@@ -44,7 +46,9 @@ def estimate_cost(config: JobConfig, expected_completion_tokens: int | None = No
         "prices_source": "config" if config.budget.prices else (f"built-in table ({PRICES_CHECKED})" if prices else None),
         "batch_discount": multiplier if t.batch else None,
         "assumed_completion_tokens_per_sample": expected_completion,
-        "expected": {**expected, "usd": budget.cost(expected["prompt_tokens"], expected["completion_tokens"]) if prices else None},
-        "worst_case": {**worst, "usd": budget.cost(worst["prompt_tokens"], worst["completion_tokens"]) if prices else None},
+        "expected": {**expected, "usd": budget.cost(expected["prompt_tokens"], expected["completion_tokens"]) * multiplier
+                     if prices else None},
+        "worst_case": {**worst, "usd": budget.cost(worst["prompt_tokens"], worst["completion_tokens"]) * multiplier
+                       if prices else None},
         "max_usd": config.budget.max_usd,
     }

@@ -1,25 +1,168 @@
-"""Executors decide where a pipeline runs. LocalExecutor: one asyncio event loop in this process."""
+"""Executors decide *where* a pipeline runs, never *what* runs.
+
+`run_rank` is one rank's whole life, whatever runs it: open the rank's journal shard and output
+shards, run the steps over the rank's share of the seeds, close everything, and return its stats.
+`LocalExecutor` runs the single rank in this process's event loop; `RayExecutor` (run/ray.py) runs
+N of them as Ray actors. Both hand each rank the same picklable `Pipeline`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from distilforge.core.steps import PipelineStep, chain
+from distilforge.core.budget import Budget
+from distilforge.core.dataset import REJECTED_COLUMNS, JsonlSink
+from distilforge.core.journal import Journal, shard_path
+from distilforge.core.records import Record, Seed
+from distilforge.core.seeds import read_seeds, shard_seeds
+from distilforge.core.steps import Progress, RankContext, RunControl, StepStats, chain, use_context
+from distilforge.run.pipeline import Pipeline
+from distilforge.teachers.sampler import StageStats
 
 
-async def _aiter(items: Iterable[Any]) -> AsyncIterator[Any]:
-    for item in items:
-        yield item
+def staging_dir(run_dir: Path, rank: int) -> Path:
+    return run_dir / ".staging" / f"rank-{rank:05d}"
+
+
+@dataclass
+class RankResult:
+    """What one rank did: its steps' stats, its teacher stages' stats, why it stopped, what it left."""
+
+    rank: int
+    steps: dict[str, StepStats] = field(default_factory=dict)
+    stages: dict[str, StageStats] = field(default_factory=dict)
+    stop_reasons: list[str] = field(default_factory=list)
+    kept: int = 0
+    failed: int = 0
+    not_sent: int = 0
+    notes: list[str] = field(default_factory=list)
+    sections: dict[str, Any] = field(default_factory=dict)
+
+
+async def _threaded(items: Iterator[Seed], chunk: int = 256) -> AsyncIterator[Seed]:
+    """Seeds read in chunks on a worker thread: parsing a file never blocks the event loop."""
+    sentinel = object()
+
+    def take() -> list[Any]:
+        out = []
+        for _ in range(chunk):
+            item = next(items, sentinel)
+            if item is sentinel:
+                out.append(sentinel)
+                break
+            out.append(item)
+        return out
+
+    while True:
+        batch = await asyncio.to_thread(take)
+        for item in batch:
+            if item is sentinel:
+                return
+            yield item
+
+
+async def run_rank(pipeline: Pipeline, run_dir: Path, rank: int, world_size: int, budget: Budget,
+                   control: RunControl, progress: Progress, *, result: RankResult | None = None,
+                   contexts: list[RankContext] | None = None, log: Any = None) -> RankResult:
+    """Run stage 1 of `pipeline` for one rank; its records land in the rank's staging shards.
+
+    `result` is filled in even when the rank is cancelled (a second Ctrl-C), so what it did is reported.
+    """
+    config = pipeline.config
+    staging = staging_dir(run_dir, rank)
+    journal = Journal(shard_path(run_dir, rank), fence=control.fence())
+    kept = JsonlSink(staging / "kept.jsonl", REJECTED_COLUMNS)
+    rejected = JsonlSink(staging / "rejected.jsonl", REJECTED_COLUMNS)
+    failed = JsonlSink(staging / "failed.jsonl")
+    result = result or RankResult(rank)
+
+    def fail(seed_id: str, index: int, error: str) -> None:
+        failed.write_row({"seed_id": seed_id, "sample_index": index, "error": error})
+        if error.startswith("not sent"):
+            result.not_sent += 1
+        else:
+            result.failed += 1
+
+    ctx = RankContext(config, run_dir, rank, world_size, journal, budget, control, progress,
+                      reject=rejected.write, fail=fail, log=log or (lambda message: None))
+    if contexts is not None:
+        contexts.append(ctx)  # the executor forwards stop requests to it
+    try:
+        with use_context(ctx):
+            if pipeline.reads_seeds:
+                s = config.seeds
+                seeds = read_seeds(s.path, s.fields, limit=s.limit, answer_type=config.generation.answer_type,
+                                   split=s.split, subset=s.subset)
+                source: AsyncIterator[Any] = _threaded(shard_seeds(seeds, rank, world_size))
+            else:
+                source = _threaded(iter(()))
+            records: AsyncIterator[Record] = chain(source, pipeline.steps, rank, world_size)
+            async for record in records:
+                kept.write(record)
+                progress.add_kept()
+    finally:
+        try:
+            await ctx.aclose()
+        finally:
+            for sink in (kept, rejected, failed):
+                sink.close()
+            journal.close()
+            result.steps = ctx.stats
+            for sampler in ctx.samplers:
+                result.stages.setdefault(sampler.stage, StageStats()).merge(sampler.stats)
+                notes = getattr(sampler.teacher, "notes", None)
+                if notes is not None:
+                    result.notes += notes()
+            result.stop_reasons = list(ctx.stop_reasons)
+            result.sections = dict(ctx.sections)
+            result.kept = kept.count
+    return result
 
 
 class LocalExecutor:
-    def __init__(self, steps: list[PipelineStep]):
-        self.steps = steps
+    """One rank in this process's event loop."""
 
-    async def run(self, source: Iterable[Any]) -> int:
-        """Drain the pipeline; the last step is a sink. Returns how many records came out the end."""
-        count = 0
-        async for _ in chain(_aiter(source), self.steps):
-            count += 1
-        return count
+    kind = "local"
+    workers = 1
+
+    def __init__(self, log: Any = None) -> None:
+        self._contexts: list[RankContext] = []
+        self.results: list[RankResult] = []
+        self.log = log
+
+    def stop(self, reason: str) -> None:
+        for ctx in self._contexts:
+            ctx.stop(reason)
+
+    async def run(self, pipeline: Pipeline, run_dir: Path, budget: Budget, control: RunControl,
+                  progress: Progress) -> list[RankResult]:
+        self.results = [RankResult(0)]
+        await run_rank(pipeline, run_dir, 0, 1, budget, control, progress, result=self.results[0],
+                       contexts=self._contexts, log=self.log)
+        return self.results
+
+
+def merge_results(results: list[RankResult], order: list[str]) -> tuple[dict[str, StepStats], dict[str, StageStats]]:
+    """Every rank's stats added up, steps in pipeline order."""
+    steps: dict[str, StepStats] = {name: StepStats(name) for name in order}
+    stages: dict[str, StageStats] = {}
+    for result in results:
+        for name, stats in result.steps.items():
+            steps.setdefault(name, StepStats(name)).merge(stats)
+        for name, stats in result.stages.items():
+            stages.setdefault(name, StageStats()).merge(stats)
+    return steps, stages
+
+
+def rejected_by_reason(steps: dict[str, StepStats]) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for stats in steps.values():
+        total.update(stats.rejected)
+    return total
+
+

@@ -1,338 +1,427 @@
-"""The generate stage of a job: seeds -> teacher -> parse -> filters -> dataset, plus run.json."""
+"""The one run lifecycle: `run_job(config, run_dir, control)`, called by the CLI and the service alike.
+
+Order: check every input (nothing written yet) -> generate (executor: ranks over seed shards, then
+the global filters over all kept records) -> dataset, run.json, card -> train -> eval -> publish ->
+report. This module alone decides which stage runs after which outcome, and what the outcome is
+called (`status`) and what exit code it maps to.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
+import shutil
 import signal
 import sys
 import threading
 import time
-from collections import Counter
-from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from distilforge.core.budget import Budget, BudgetError
+from distilforge.core.budget import Budget
 from distilforge.core.config import JobConfig
 from distilforge.core.dataset import (
+    FAILED_COLUMNS,
     REJECTED_COLUMNS,
     JsonlSink,
-    apply_global_filters,
     jsonl_to_dataset,
+    sorted_rows,
     write_dataset,
+    write_sorted_jsonl,
 )
-from distilforge.core.journal import Journal
-from distilforge.core.prices import resolve_prices
-from distilforge.core.progress import RunProgress
+from distilforge.core.journal import journal_totals, shard_path
+from distilforge.core.progress import ProgressView
 from distilforge.core.records import Record
-from distilforge.core.run_files import snapshot_config, update_run, write_atomic
-from distilforge.core.seeds import count_and_validate, read_seeds
-from distilforge.core.steps import Filter, PipelineStep
-from distilforge.modes import ParseAnswer, Prompter, filters_for, make_prompter
-from distilforge.modes.generate import Generate, GenerateStats
-from distilforge.quality import build_filters
-from distilforge.quality.policy import SeedPolicy
-from distilforge.run.executor import LocalExecutor
-from distilforge.teachers import make_teacher
+from distilforge.core.run_files import read_run, snapshot_config, update_run
+from distilforge.core.steps import Progress, RankContext, RunControl, StepStats, aiter_of, chain, use_context
+from distilforge.run.checks import Facts, check_inputs
+from distilforge.run.executor import LocalExecutor, RankResult, merge_results, rejected_by_reason, staging_dir
+from distilforge.run.pipeline import Pipeline, build_pipeline
+from distilforge.teachers import display_model
+from distilforge.teachers.sampler import StageStats
+
+ALL_STAGES = ("generate", "train", "eval", "publish", "report")
+EXIT_CODES = {"completed": 0, "stopped": 0, "cancelled": 0, "lease_lost": 0, "failed": 1, "interrupted": 130}
+# When several reasons stopped a run, the one that says most about what happens next wins.
+_STOP_ORDER = ("lease_lost", "interrupted", "cancelled", "budget")
 
 
-class Keep(PipelineStep):
-    """The sink at the end of the filters: writes what survived every filter."""
+@dataclass
+class JobResult:
+    run: dict[str, Any]
+    status: str
 
-    name = "keep"
-
-    def __init__(self, sink: JsonlSink, progress: RunProgress):
-        self.sink = sink
-        self.progress = progress
-
-    async def run(self, records: AsyncIterator[Record]) -> AsyncIterator[Record]:
-        async for record in records:
-            self.sink.write(record)
-            self.progress.add_kept()
-            yield record
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.status, 1)
 
 
-def teacher_identity(config: JobConfig) -> dict[str, Any]:
-    """What makes two requests the same logical request: not the URL or replica, not concurrency."""
-    t = config.teacher
-    backend = "openai" if t.backend == "vllm" else t.backend  # a vLLM server speaks the same API
-    return {"backend": backend, "model": t.model, "params": t.params.model_dump(mode="json")}
+def make_executor(config: JobConfig) -> Any:
+    if config.executor.kind == "ray":
+        from distilforge.run.ray import RayExecutor
+
+        return RayExecutor(config.executor)
+    return LocalExecutor()
 
 
-def seed_kwargs(config: JobConfig) -> dict[str, Any]:
-    s = config.seeds
-    return {"limit": s.limit, "answer_type": config.generation.answer_type, "split": s.split, "subset": s.subset}
+def _prefetch_imports() -> None:
+    """Import the dataset writer's libraries on a thread while the first requests are in flight."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            import datasets  # noqa: F401
+
+    threading.Thread(target=load, name="prefetch-imports", daemon=True).start()
 
 
-def make_budget(config: JobConfig, journal: Journal) -> Budget:
-    multiplier = config.budget.batch_discount if config.teacher.batch else 1.0
-    # Earlier runs of this folder count: settled answers at cost, orphaned reservations at worst case.
-    spent = journal.spent_usd() + journal.batch_reserved_usd()
-    return Budget(resolve_prices(config), config.budget.max_usd, multiplier=multiplier, spent=spent)
+def _migrate_legacy_journal(run_dir: Path) -> None:
+    """Run folders of earlier versions kept one journal.sqlite: it becomes rank 0's shard."""
+    legacy = run_dir / "journal.sqlite"
+    target = shard_path(run_dir, 0)
+    if legacy.exists() and not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{legacy}{suffix}")
+            if src.exists():
+                src.replace(Path(f"{target}{suffix}"))
 
 
-class _Interrupts:
-    """First Ctrl-C: stop dispatching, let in-flight requests finish. Second: cancel them."""
+class _Driver:
+    """Stops and signals for the generate stage: Ctrl-C, the embedding process's control, the lease."""
 
-    def __init__(self, generates: list[Generate], console: Console):
-        self.generates = generates
-        self.console = console
-        self.count = 0
+    def __init__(self, executor: Any, control: RunControl, progress: Progress, console: Console):
+        self.executor, self.control, self.progress, self.console = executor, control, progress, console
+        self.interrupts = 0
         self.task: asyncio.Task[Any] | None = None
 
-    def __call__(self) -> None:
-        self.count += 1
-        for generate in self.generates:
-            generate.stop("interrupted")
-        if self.count == 1:
+    def on_sigint(self) -> None:
+        self.interrupts += 1
+        self.executor.stop("interrupted")
+        if self.interrupts == 1:
             self.console.print("[yellow]stopping[/yellow]: no new requests; waiting for those in flight "
                                "(Ctrl-C again to abandon them; they will be re-sent on resume)")
         elif self.task is not None:
             self.task.cancel()
 
-
-def expected_samples(config: JobConfig, n_seeds: int) -> int:
-    g = config.generation
-    if g.mode == "self-instruct":
-        return g.target_count
-    if g.mode == "evol-instruct":
-        return n_seeds * g.rounds * 2  # an evolution and an answer per instruction and round
-    return n_seeds * g.samples_per_seed
-
-
-def build_steps(config: JobConfig, new_generate: Any, prompter: Prompter,
-                quality: list[PipelineStep]) -> tuple[list[PipelineStep], list[Generate]]:
-    """The pipeline for the configured mode; also returns its Generate steps (for stats and stops)."""
-    g = config.generation
-    if g.mode == "self-instruct":
-        from distilforge.modes.self_instruct import SelfInstruct
-
-        generate = new_generate(g.model_copy(update={"samples_per_seed": 1}), prompter)
-        return [SelfInstruct(config, generate), *filters_for(g.mode), *quality], [generate]
-    if g.mode == "evol-instruct":
-        from distilforge.modes.evol_instruct import EvolInstruct
-
-        single = g.model_copy(update={"samples_per_seed": 1})
-        answering = g.model_copy(update={"mode": "instruct", "template": None, "samples_per_seed": 1})
-        evolve, answer = new_generate(single, Prompter(single)), new_generate(answering, Prompter(answering))
-        return [EvolInstruct(config, evolve, answer), ParseAnswer(), *filters_for("instruct"), *quality], [evolve, answer]
-    generate = new_generate(g, prompter)
-    steps: list[PipelineStep] = [generate, ParseAnswer(), *filters_for(g.mode), *quality]
-    if g.self_consistency or g.keep != "all" or g.max_per_seed:
-        steps.append(SeedPolicy(g))
-    return steps, [generate]
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            self.control.report(self.progress.snapshot())
+            if self.control.lost():
+                self.executor.stop("lease_lost")
+                if self.task is not None:
+                    self.task.cancel()
+                return
+            reason = self.control.stop_reason()
+            if reason:
+                self.executor.stop(reason)
 
 
-def merged_stats(generates: list[Generate]) -> GenerateStats:
-    total = GenerateStats()
-    for generate in generates:
-        for name, value in vars(generate.stats).items():
-            if name in ("first_request", "last_response"):
-                if value is not None:
-                    current = getattr(total, name)
-                    pick = min if name == "first_request" else max
-                    setattr(total, name, value if current is None else pick(current, value))
-            else:
-                setattr(total, name, getattr(total, name) + value)
-    return total
-
-
-class RunControl:
-    """How an embedding process (the service's worker) steers a run: stop requests, budget, lease."""
-
-    def stop_reason(self) -> str | None:
-        """Polled every quarter second: a reason ('cancelled', ...) stops dispatching."""
-        return None
-
-    def lost(self) -> bool:
-        """True once the run must stop at once (its lease is gone): in-flight work is abandoned."""
-        return False
-
-    def guard(self) -> None:
-        """Called before each journal commit; raises to refuse the write."""
-
-    def report(self, progress: dict[str, Any]) -> None:
-        """Receives the run's progress four times a second."""
-
-    def budget(self, config: JobConfig, journal: Journal) -> Budget:
-        return make_budget(config, journal)
-
-
-async def _watch(control: RunControl, generates: list[Generate], task: asyncio.Task[Any],
-                 progress: RunProgress) -> None:
-    while True:
-        await asyncio.sleep(0.25)
-        control.report(progress.snapshot())
-        if control.lost():
-            for generate in generates:
-                generate.stop("lease_lost")
-            task.cancel()
-            return
-        reason = control.stop_reason()
-        if reason:
-            for generate in generates:
-                generate.stop(reason)
-
-
-async def _generate(config: JobConfig, run_dir: Path, console: Console,
-                    control: RunControl | None = None) -> dict[str, Any]:
-    control = control or RunControl()
-    started = time.monotonic()
-    # Everything that can be wrong with the input is checked before a file is written or a request sent.
-    n_seeds = count_and_validate(config.seeds.path, config.seeds.fields, **seed_kwargs(config))
-    expected = expected_samples(config, n_seeds)
-    if config.budget.max_usd is not None and resolve_prices(config) is None:
-        raise BudgetError("budget.max_usd needs budget.prices: this model is not in the built-in price table")
-    if config.generation.mode == "self-instruct" and config.teacher.backend in ("openai", "vllm") \
-            and config.teacher.params.response_format is None:
-        from distilforge.modes.self_instruct import Task
-        from distilforge.teachers.structured import response_format
-
-        # Servers that can enforce a schema get one; other teachers' JSON is repaired and validated.
-        config = config.model_copy(deep=True)
-        config.teacher.params.response_format = response_format(Task, "task")
-    teacher = make_teacher(config.teacher)  # an OpenAI teacher checks its key variable here
-    prompter = make_prompter(config.generation)
-    prompter.prepare(config.seeds.path)
-
-    staging = run_dir / ".staging"
-    staging.mkdir(parents=True, exist_ok=True)
-    journal = Journal(run_dir / "journal.sqlite", guard=control.guard)
-    budget = control.budget(config, journal)
-    snapshot_config(config, run_dir)
-    orphans = journal.orphan_count()
-    kept_sink = JsonlSink(staging / "kept.jsonl", REJECTED_COLUMNS)  # same columns: global filters may reject
-    rejected_sink = JsonlSink(staging / "rejected.jsonl", REJECTED_COLUMNS)
-    rejected_counts: Counter[str] = Counter()
-
-    def reject(record: Record) -> None:
-        rejected_counts[record.reject_reason or "unknown"] += 1
-        rejected_sink.write(record)
-
-    batch_report: dict[str, Any] | None = None
-    interrupts: _Interrupts | None = None
-    handles_sigint = False
-    loop = asyncio.get_running_loop()
+async def _global_stage(pipeline: Pipeline, run_dir: Path, kept: list[Path], budget: Budget,
+                        control: RunControl) -> tuple[Path, Path, dict[str, StepStats]]:
+    """Stage 2: the global filters over every rank's kept records in seed_id order."""
+    folder = run_dir / ".staging" / "global"
+    kept_sink = JsonlSink(folder / "kept.jsonl", REJECTED_COLUMNS)
+    rejected_sink = JsonlSink(folder / "rejected.jsonl", REJECTED_COLUMNS)
+    ctx = RankContext(pipeline.config, run_dir, 0, 1, None, budget, control, Progress(),
+                      reject=rejected_sink.write, fail=lambda *_: None)
     try:
-        with RunProgress(console, expected, budget) as progress:
-            def new_generate(generation: Any, mode_prompter: Prompter) -> Generate:
-                return Generate(
-                    teacher, journal, generation, teacher_identity(config),
-                    budget=budget, completion_budget=config.teacher.completion_budget(),
-                    on_progress=progress.advance, supports_n=config.teacher.supports_n,
-                    journal_only=config.teacher.batch, prompter=mode_prompter,
-                )
+        with use_context(ctx):
+            records = (Record.from_row(row) for row in sorted_rows(kept, folder))
+            async for record in chain(aiter_of(records), list(pipeline.global_filters)):
+                kept_sink.write(record)
+    finally:
+        await ctx.aclose()
+        kept_sink.close()
+        rejected_sink.close()
+    return kept_sink.path, rejected_sink.path, ctx.stats
 
-            quality, final_filters = build_filters(config)
-            for step in quality:
-                if hasattr(step, "bind"):
-                    step.bind(journal)  # the judge journals its verdicts like teacher answers
-            steps, generates = build_steps(config, new_generate, prompter, quality)
-            filters = [s for s in steps if isinstance(s, Filter)]
-            for f in filters:
-                f.reject_sink = reject
-            generate = generates[0]
-            interrupts = _Interrupts(generates, console)
-            interrupts.task = asyncio.current_task()
-            # Only the main thread of a POSIX process can take signals (a service worker runs jobs in
-            # threads and stops them through RunControl instead).
-            handles_sigint = sys.platform != "win32" and threading.current_thread() is threading.main_thread()
-            if handles_sigint:
-                loop.add_signal_handler(signal.SIGINT, interrupts)
-            console.print(f"[dim]{n_seeds} seeds x {config.generation.samples_per_seed} samples; "
-                          f"teacher {config.teacher.backend}:{config.teacher.model}"
-                          + (f"; budget ${budget.spent:.4f} of ${config.budget.max_usd} spent"
-                             if config.budget.max_usd else "") + "[/dim]")
-            watcher = asyncio.create_task(_watch(control, generates, asyncio.current_task(), progress))  # type: ignore[arg-type]
-            await teacher.start()
-            if config.teacher.batch:
-                from distilforge.run.batch import run_batches
 
-                batch_report = await run_batches(config, teacher, journal, budget, generate, console)
-            steps.append(Keep(kept_sink, progress))
-            source = (read_seeds(config.seeds.path, config.seeds.fields, **seed_kwargs(config))
-                      if generate is steps[0] else iter(()))
+def _status(stop_reasons: list[str], stages: dict[str, StageStats]) -> tuple[str, str, str | None]:
+    """(status, stopped, error) of the generate stage."""
+    stopped = next((r for r in _STOP_ORDER if r in stop_reasons), stop_reasons[0] if stop_reasons else None)
+    gen = stages.get("generate") or StageStats()
+    answered = gen.samples_new + gen.samples_from_journal + gen.succeeded
+    if stopped in (None, "cancelled") and not answered and gen.samples_failed:
+        # Requests were needed and none was answered: not a completed run, whatever was written.
+        return "failed", stopped or "failed", gen.first_error
+    if stopped is None:
+        return "completed", "done", None
+    status = {"budget": "stopped", "interrupted": "interrupted", "cancelled": "cancelled",
+              "lease_lost": "lease_lost"}.get(stopped, "stopped")
+    return status, stopped, None
+
+
+def _stages_report(stages: dict[str, StageStats], budget: Budget) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """run.json's per-stage blocks, and requests and tokens summed over every stage."""
+    per_stage: dict[str, Any] = {}
+    total = StageStats()
+    for name, stats in stages.items():
+        block = stats.report()
+        block["cost_usd"] = round(budget.by_stage.get(name, 0.0), 6)
+        per_stage[name] = block
+        total.merge(stats)
+    report = total.report()
+    return per_stage, report["requests"], report["tokens"]
+
+
+def _cost(budget: Budget) -> tuple[float | None, dict[str, float]]:
+    by_stage = {name: round(usd, 6) for name, usd in budget.by_stage.items()}
+    return (round(budget.spent_this_run, 6) if budget.prices is not None else None), by_stage
+
+
+async def _generate(config: JobConfig, run_dir: Path, control: RunControl, console: Console, executor: Any,
+                    facts: Facts) -> dict[str, Any]:
+    started = time.monotonic()
+    pipeline = build_pipeline(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _migrate_legacy_journal(run_dir)
+    shutil.rmtree(run_dir / ".staging", ignore_errors=True)
+    spent, orphans = journal_totals(run_dir)
+    budget = control.budget(config, spent)
+    snapshot_config(config, run_dir)
+    progress = Progress(total=facts.expected)
+    driver = _Driver(executor, control, progress, console)
+    driver.task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    # Only the main thread of a POSIX process takes signals (a service worker runs jobs in threads
+    # and stops them through its RunControl instead).
+    handles_sigint = sys.platform != "win32" and threading.current_thread() is threading.main_thread()
+    g = config.generation
+    console.print(f"[dim]{facts.n_seeds} seeds x {g.samples_per_seed} samples; teacher "
+                  f"{config.teacher.backend}:{display_model(config.teacher)}"
+                  + (f"; {executor.kind} executor, {executor.workers} ranks" if executor.kind != "local" else "")
+                  + (f"; budget ${budget.spent:.4f} of ${config.budget.max_usd} spent" if config.budget.max_usd else "")
+                  + "[/dim]")
+    results: list[RankResult] = []
+    try:
+        if handles_sigint:
+            loop.add_signal_handler(signal.SIGINT, driver.on_sigint)
+        with ProgressView(console, progress) as view:
+            watcher = asyncio.create_task(driver.watch())
+            painter = asyncio.create_task(view.keep_fresh())
             try:
-                await LocalExecutor(steps).run(source)
+                results = await executor.run(pipeline, run_dir, budget, control, progress)
             except asyncio.CancelledError:
-                if not (interrupts and interrupts.count >= 2):
+                if not (driver.interrupts >= 2 or control.lost()):
                     raise
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                results = list(getattr(executor, "results", []))
+                executor.stop("interrupted" if driver.interrupts >= 2 else "lease_lost")
             finally:
                 watcher.cancel()
+                painter.cancel()
     finally:
         if handles_sigint:
             loop.remove_signal_handler(signal.SIGINT)
-        await teacher.aclose()
-        kept_sink.close()
-        rejected_sink.close()
-        dead = journal.dead_letters()
-        write_atomic(run_dir / "failed.jsonl", "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in dead))
-        journal.close()
+    if control.lost():
+        return {"status": "lease_lost", "stopped": "lease_lost"}
 
-    kept_path = staging / "kept.jsonl"
-    if final_filters:
-        kept_path = apply_global_filters(final_filters, kept_path, staging / "rejected.jsonl", rejected_counts)
-    kept = write_dataset(kept_path, run_dir, config.output.validation_fraction, config.generation.rng_seed)
-    jsonl_to_dataset(staging / "rejected.jsonl", REJECTED_COLUMNS, run_dir / "rejected",
-                     run_dir / "parquet" / "rejected.parquet")
-    stats = merged_stats(generates)
-    stopped = next((g.stopped for g in generates if g.stopped), None)
-    wall = (stats.last_response - stats.first_request) if stats.first_request and stats.last_response else 0.0
-    summary = {
+    steps, stages = merge_results(results, [s.name for s in pipeline.steps])
+    stop_reasons = sorted({r for result in results for r in result.stop_reasons} | set(getattr(executor, "stop_reasons", [])))
+    if driver.interrupts and "interrupted" not in stop_reasons:
+        stop_reasons.append("interrupted")
+    ranks = list(range(getattr(executor, "workers", 1)))
+    kept = [staging_dir(run_dir, r) / "kept.jsonl" for r in ranks]
+    rejected = [staging_dir(run_dir, r) / "rejected.jsonl" for r in ranks]
+    failed = [staging_dir(run_dir, r) / "failed.jsonl" for r in ranks]
+    if pipeline.global_filters:
+        kept_path, rejected_path, global_stats = await _global_stage(pipeline, run_dir, kept, budget, control)
+        kept, rejected = [kept_path], [*rejected, rejected_path]
+        for name, stats in global_stats.items():
+            steps.setdefault(name, StepStats(name)).merge(stats)
+    control.check()  # a worker that lost its lease must not write the run's final files
+    splits = await asyncio.to_thread(write_dataset, kept, run_dir, config.output.validation_fraction, g.rng_seed)
+    n_rejected = await asyncio.to_thread(jsonl_to_dataset, rejected, REJECTED_COLUMNS, run_dir / "rejected",
+                                         run_dir / "parquet" / "rejected.parquet")
+    n_failed = await asyncio.to_thread(write_sorted_jsonl, failed, FAILED_COLUMNS, run_dir / "failed.jsonl")
+
+    status, stopped, error = _status(stop_reasons, stages)
+    per_stage, requests, tokens = _stages_report(stages, budget)
+    gen = stages.get("generate") or StageStats()
+    cost, by_stage = _cost(budget)
+    not_sent = sum(r.not_sent for r in results)
+    filters = [stats.report() for name, stats in steps.items() if _is_filter(pipeline, name)]
+    summary: dict[str, Any] = {
         "name": config.name,
-        "status": "completed" if stopped is None else "stopped",
-        "stopped": stopped or "done",
-        "mode": config.generation.mode,
-        "teacher": {"backend": config.teacher.backend, "model": config.teacher.model,
+        "status": status,
+        "stopped": stopped,
+        "error": error,
+        "mode": g.mode,
+        "teacher": {"backend": config.teacher.backend, "model": display_model(config.teacher),
                     "params": config.teacher.params.model_dump(mode="json", exclude_none=True)},
-        "seeds": {"path": config.seeds.path, "count": n_seeds},
-        "samples": {
-            "expected": expected,
-            "from_journal": stats.samples_from_journal,
-            "new": stats.samples_new,
-            "failed": len(dead),
-            "not_sent": stats.samples_not_sent,
-        },
-        "requests_saved": stats.samples_saved,
-        "requests": {
-            "sent": stats.requests_sent,
-            "succeeded": stats.requests_succeeded,
-            "failed": stats.requests_failed,
-            "retried": teacher.stats.retries,
-            "rate_limited": teacher.stats.rate_limited,
-            "attempts": teacher.stats.attempts,
-            "errors": teacher.stats.errors_by_kind,
-        },
-        "tokens": {"prompt": stats.prompt_tokens, "completion": stats.completion_tokens},
-        "cost_usd": round(budget.spent_this_run, 6) if budget.prices is not None else None,
-        "budget": {
-            "max_usd": config.budget.max_usd,
-            "spent_usd_total": round(budget.spent, 6),
-            "orphaned_requests": orphans,
-            "prices": budget.prices.model_dump() if budget.prices else None,
-        },
-        "kept": kept,
-        "rejected": dict(rejected_counts),
-        "filters": [f.report() for f in filters] + [f.report() for f in final_filters],
-        "wall_seconds": round(wall, 3),
+        "seeds": {"path": Path(config.seeds.path).name, "count": facts.n_seeds},
+        "executor": {"kind": executor.kind, "workers": getattr(executor, "workers", 1)},
+        "samples": {"expected": facts.expected, "from_journal": gen.samples_from_journal, "new": gen.samples_new,
+                    "failed": n_failed - not_sent, "not_sent": not_sent},
+        "requests_saved": steps.get("generate", StepStats("generate")).counters.get("requests_saved", 0),
+        "requests": requests,
+        "tokens": tokens,
+        "stages": per_stage,
+        "cost_usd": cost,
+        "cost_by_stage": by_stage,
+        "budget": {**budget.report(), "orphaned_requests": orphans},
+        "kept": sum(splits.values()),
+        "rejected": dict(rejected_by_reason(steps)),
+        "filters": filters,
+        "steps": [stats.report() for stats in steps.values()],
+        "wall_seconds": per_stage.get("generate", {}).get("wall_seconds", 0.0),
         "total_seconds": round(time.monotonic() - started, 3),
+        "notes": sorted({note for result in results for note in result.notes}),
     }
-    if batch_report is not None:
-        summary["batch"] = batch_report
-    judge_cost = sum(getattr(f, "cost_usd", 0.0) for f in filters)
-    if judge_cost:
-        summary["judge_cost_usd"] = round(judge_cost, 6)
+    for result in results:
+        summary.update(result.sections)
+    assert n_rejected == sum(summary["rejected"].values()), (n_rejected, summary["rejected"])
     run = update_run(run_dir, **summary)
     from distilforge.publish import write_card
 
-    write_card(config, run_dir)
+    await asyncio.to_thread(write_card, config, run_dir)
+    shutil.rmtree(run_dir / ".staging", ignore_errors=True)
     return run
 
 
-def run_generate(config: JobConfig, run_dir: Path, console: Console,
-                 control: RunControl | None = None) -> dict[str, Any]:
-    return asyncio.run(_generate(config, run_dir, console, control))  # the folder is made once input checks pass
+def _is_filter(pipeline: Pipeline, name: str) -> bool:
+    steps = {s.name: s for s in [*pipeline.steps, *pipeline.global_filters]}
+    step = steps.get(name)
+    return step is None or getattr(step, "rejects", False)
+
+
+def run_job(config: JobConfig, run_dir: Path, control: RunControl | None = None, *, console: Console | None = None,
+            stages: tuple[str, ...] = ALL_STAGES, executor: Any = None) -> JobResult:
+    """Run `stages` of a job in `run_dir`. Input errors raise (nothing written); outcomes are a status."""
+    console = console or Console(stderr=True)
+    control = control or RunControl()
+    explicit = len(stages) == 1  # `distilforge train DIR`: the stage was asked for by name
+    started = time.monotonic()
+    facts = check_inputs(config, stages)
+    if "generate" in stages:
+        _prefetch_imports()
+        run = asyncio.run(_generate(config, run_dir, control, console, executor or make_executor(config), facts))
+        status = run["status"]
+        if status in ("interrupted", "lease_lost", "failed", "cancelled"):
+            if status not in ("lease_lost",) and "report" in stages:
+                _report(run_dir, console)
+            return JobResult(run, status)
+    else:
+        run = read_run(run_dir)
+        status = run.get("status", "completed")
+    trained = False
+    if "train" in stages and (explicit or config.train.enabled):
+        if not run.get("kept") and not explicit:
+            console.print("[yellow]training skipped[/yellow]: nothing was kept to train on")
+            run = update_run(run_dir, train={"skipped": "no kept records to train on"})
+        else:
+            control.check()
+            run = _train(config, run_dir, control, console)
+            trained = True
+    if "eval" in stages and (explicit or config.train.enabled):
+        control.check()
+        run = _eval(config, run_dir, control, console, trained=trained)
+    if "publish" in stages and config.output.hub_repo and status == "completed":
+        from distilforge.publish import PublishError, publish_dataset
+
+        control.check()
+        try:
+            # The service checked the repo against DISTILFORGE_HUB_REPOS when the job was submitted.
+            run = update_run(run_dir, published=publish_dataset(run_dir, config.output.hub_repo,
+                                                                private=config.output.private))
+        except PublishError as exc:
+            update_run(run_dir, published={"error": str(exc)})
+            if "report" in stages:
+                _report(run_dir, console)
+            raise
+    if "generate" in stages:
+        run = update_run(run_dir, total_seconds=round(time.monotonic() - started, 3))
+    if "report" in stages:
+        _report(run_dir, console)
+    return JobResult(run, status)
+
+
+def _report(run_dir: Path, console: Console) -> None:
+    from distilforge.report import build_report
+
+    with contextlib.suppress(FileNotFoundError):
+        build_report(run_dir)
+
+
+def _train(config: JobConfig, run_dir: Path, control: RunControl, console: Console) -> dict[str, Any]:
+    from distilforge.trainers import train_student
+
+    console.print(f"[bold]training[/bold] {config.train.student} ({config.train.method}) on {run_dir / 'dataset'}")
+    summary = train_student(config, run_dir, should_stop=lambda: bool(control.stop_reason() or control.lost()))
+    return update_run(run_dir, train=summary)
+
+
+def _eval(config: JobConfig, run_dir: Path, control: RunControl, console: Console, *, trained: bool) -> dict[str, Any]:
+    """Score the student before/after (and the teacher if asked); records `eval` in run.json."""
+    from distilforge.evaluation import evaluate_model, load_eval_questions
+
+    questions = load_eval_questions(config, run_dir)
+    if not questions:
+        console.print("[yellow]eval skipped[/yellow]: no eval.files configured and no validation rows with gold")
+        return read_run(run_dir)
+    run = read_run(run_dir)
+    results = dict(run.get("eval") or {})
+    if "before" not in results or results["before"].get("n") != len(questions):
+        results["before"] = evaluate_model(config, questions, model=config.train.student, label="eval before",
+                                           console=console)
+        run = update_run(run_dir, eval=results)
+    student = run_dir / "student"
+    if (student / "adapter_config.json").exists():
+        results["after"] = evaluate_model(config, questions, model=config.train.student, adapter=str(student),
+                                          label="eval after", console=console)
+    elif (student / "config.json").exists():
+        results["after"] = evaluate_model(config, questions, model=str(student), label="eval after", console=console)
+    sections: dict[str, Any] = {}
+    if config.eval.teacher and results.get("teacher", {}).get("n") != len(questions):
+        results["teacher"], sections = asyncio.run(_eval_teacher(config, run_dir, control, questions, run))
+    if results.get("teacher") and results.get("after") and results["teacher"]["accuracy"]:
+        results["student_vs_teacher"] = round(results["after"]["accuracy"] / results["teacher"]["accuracy"], 4)
+    return update_run(run_dir, eval=results, **sections)
+
+
+async def _eval_teacher(config: JobConfig, run_dir: Path, control: RunControl, questions: list[Any],
+                        run: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The teacher's eval goes through the run's budget (cap included) and rank 0's journal."""
+    from distilforge.core.journal import Journal
+    from distilforge.evaluation.accuracy import eval_teacher_config, evaluate_teacher
+    from distilforge.teachers.sampler import open_sampler
+
+    spent, _ = journal_totals(run_dir)
+    budget = control.budget(config, spent)
+    journal = Journal(shard_path(run_dir, 0), fence=control.fence())
+    ctx = RankContext(config, run_dir, 0, 1, journal, budget, control, Progress(), reject=lambda r: None,
+                      fail=lambda *_: None)
+    try:
+        with use_context(ctx):
+            sampler = await open_sampler(ctx, "eval_teacher", eval_teacher_config(config), stage="eval_teacher")
+            summary = await evaluate_teacher(config, questions, sampler)
+    finally:
+        await ctx.aclose()
+        journal.close()
+    stage = sampler.stats.report()
+    stage["cost_usd"] = round(budget.by_stage.get("eval_teacher", 0.0), 6)
+    stages = {**(run.get("stages") or {}), "eval_teacher": stage}
+    by_stage = {**(run.get("cost_by_stage") or {}), "eval_teacher": stage["cost_usd"]}
+    totals = StageStats()
+    for block in stages.values():
+        totals.prompt_tokens += block["tokens"]["prompt"]
+        totals.completion_tokens += block["tokens"]["completion"]
+    requests = dict(run.get("requests") or {})
+    for key, value in stage["requests"].items():
+        if isinstance(value, int):
+            requests[key] = requests.get(key, 0) + value
+    sections = {
+        "stages": stages,
+        "cost_by_stage": by_stage,
+        "cost_usd": round(sum(by_stage.values()), 6) if run.get("cost_usd") is not None else None,
+        "requests": requests,
+        "tokens": {"prompt": totals.prompt_tokens, "completion": totals.completion_tokens},
+        "budget": {**(run.get("budget") or {}), **budget.report(),
+                   "unknown_outcome_usd": round((run.get("budget") or {}).get("unknown_outcome_usd", 0.0)
+                                                + budget.unknown_outcome_usd, 6)},
+    }
+    return summary, sections

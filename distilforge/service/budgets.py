@@ -7,6 +7,7 @@ so the sum of what all of them hold never passes a cap.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -62,27 +63,36 @@ class Ledger:
 
 @dataclass
 class LedgerBudget(Budget):
-    """A run's budget that also reserves against the service's monthly caps."""
+    """A run's budget that also reserves against the service's monthly caps.
+
+    The ledger is a database: every call goes to a worker thread, never blocking the event loop.
+    """
 
     ledger: Ledger | None = None
     caps: dict[str, float | None] = field(default_factory=dict)
     blocked_by: str | None = None
 
-    def try_reserve(self, usd: float) -> bool:
-        if not super().try_reserve(usd):
+    async def reserve(self, usd: float) -> bool:
+        if not await super().reserve(usd):
             return False
-        if self.ledger is not None and self.caps and usd > 0 and not self.ledger.reserve(self.caps, usd):
-            super().release(usd)
+        if self.ledger is not None and self.caps and usd > 0 and \
+                not await asyncio.to_thread(self.ledger.reserve, self.caps, usd):
+            await super().release(usd)
             self.blocked_by = "monthly cap"
             return False
         return True
 
-    def settle(self, reserved_usd: float, actual_usd: float) -> None:
-        super().settle(reserved_usd, actual_usd)
+    async def settle(self, reserved_usd: float, actual_usd: float, stage: str) -> None:
+        await super().settle(reserved_usd, actual_usd, stage)
         if self.ledger is not None and self.caps and (reserved_usd or actual_usd):
-            self.ledger.settle(list(self.caps), reserved_usd, actual_usd)
+            await asyncio.to_thread(self.ledger.settle, list(self.caps), reserved_usd, actual_usd)
 
-    def release(self, reserved_usd: float) -> None:
-        super().release(reserved_usd)
+    async def charge_unknown(self, reserved_usd: float, stage: str) -> None:
+        await super().charge_unknown(reserved_usd, stage)
         if self.ledger is not None and self.caps and reserved_usd:
-            self.ledger.settle(list(self.caps), reserved_usd, 0.0)
+            await asyncio.to_thread(self.ledger.settle, list(self.caps), reserved_usd, reserved_usd)
+
+    async def release(self, reserved_usd: float) -> None:
+        await super().release(reserved_usd)
+        if self.ledger is not None and self.caps and reserved_usd:
+            await asyncio.to_thread(self.ledger.settle, list(self.caps), reserved_usd, 0.0)

@@ -14,8 +14,10 @@ from typing import Any
 
 from rich.console import Console
 
+from distilforge.core.budget import Budget
 from distilforge.core.config import JobConfig
-from distilforge.run.lifecycle import RunControl, make_budget
+from distilforge.core.prices import resolve_prices
+from distilforge.core.steps import RunControl
 from distilforge.service.budgets import Ledger, LedgerBudget, month_scopes
 from distilforge.service.db import Schedule
 from distilforge.service.settings import Settings
@@ -69,15 +71,17 @@ class JobControl(RunControl):
     def lost(self) -> bool:
         return self._lost
 
-    def guard(self) -> None:
+    def fence(self) -> int:
+        return self.epoch
+
+    def check(self) -> None:
         if self._lost:
             raise LeaseLost(f"job {self.job_id}: lease lost")
         self.store.check(self.job_id, self.epoch)
 
-    def budget(self, config: JobConfig, journal: Any) -> LedgerBudget:
-        base = make_budget(config, journal)
-        return LedgerBudget(base.prices, base.max_usd, multiplier=base.multiplier, spent=base.spent,
-                            ledger=self.ledger, caps=self.caps)
+    def budget(self, config: JobConfig, spent: float) -> Budget:
+        return LedgerBudget(resolve_prices(config), config.budget.max_usd, spent=spent, ledger=self.ledger,
+                            caps=self.caps)
 
 
 class Worker:
@@ -105,7 +109,7 @@ class Worker:
                 stop.wait(self.poll_seconds)
 
     def _run(self, job_id: str, epoch: int, raw: dict[str, Any], run_dir: Path, schedule_id: str | None) -> None:
-        from distilforge.run.lifecycle import run_generate
+        from distilforge.run.lifecycle import run_job
 
         cap = None
         if schedule_id:
@@ -117,34 +121,23 @@ class Worker:
         try:
             config = JobConfig.model_validate(raw)
             with open(os.devnull, "w") as quiet:
-                console = Console(file=quiet)
-                run = run_generate(config, run_dir, console, control)
-                stopped = run.get("stopped", "done")
-                if control.lost():
-                    return
-                if stopped in ("done", "budget") and config.train.enabled and run.get("kept"):
-                    from distilforge.run.stages import eval_stage, train_stage
-
-                    control.guard()  # a worker that lost the job must not train for it either
-                    train_stage(config, run_dir, console)
-                    run = eval_stage(config, run_dir, console)
-                if stopped == "done" and config.output.hub_repo:
-                    from distilforge.core.run_files import update_run
-                    from distilforge.publish import publish_dataset
-
-                    # The repo was checked against DISTILFORGE_HUB_REPOS when the job was submitted.
-                    run = update_run(run_dir, published=publish_dataset(run_dir, config.output.hub_repo,
-                                                                        private=config.output.private))
-            state = {"done": "succeeded", "budget": "stopped_budget", "cancelled": "cancelled"}.get(stopped, "succeeded")
-            self.store.finish(job_id, epoch, state, summary=job_summary(run))
+                result = run_job(config, run_dir, control, console=Console(file=quiet))
+            if result.status == "lease_lost" or control.lost():
+                return
+            state = {"completed": "succeeded", "stopped": "stopped_budget", "cancelled": "cancelled",
+                     "interrupted": "cancelled"}.get(result.status, "failed")
+            error = result.run.get("error") if state == "failed" else None
+            self.store.finish(job_id, epoch, state, summary=job_summary(result.run), error=error)
         except LeaseLost:
             log.warning("job %s: lease lost; another worker owns it now", job_id)
         except BaseException as exc:  # the job failed; the worker lives on
             if control.lost():
                 return
+            from distilforge.core.redact import redact
+
             with contextlib.suppress(LeaseLost):
-                self.store.finish(job_id, epoch, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
-            log.error("job %s failed: %s", job_id, traceback.format_exc(limit=3))
+                self.store.finish(job_id, epoch, "failed", error=redact(f"{type(exc).__name__}: {exc}")[:2000])
+            log.error("job %s failed: %s", job_id, redact(traceback.format_exc(limit=3)))
         finally:
             control.close()
 

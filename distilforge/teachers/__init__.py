@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from distilforge.core.config import TeacherConfig
-from distilforge.teachers.base import Completion, Teacher, TeacherError, TeacherResponse, TeacherStats
+from distilforge.teachers.base import AttemptFailed, Teacher, TeacherError
 
 
 def make_teacher(config: TeacherConfig) -> Teacher:
@@ -29,7 +32,24 @@ def make_teacher(config: TeacherConfig) -> Teacher:
         from distilforge.teachers.vllm_offline import VllmOfflineTeacher
 
         return VllmOfflineTeacher(config)
-    raise ValueError(f"teacher.backend: unknown backend {config.backend!r}")
+    raise TeacherError(f"teacher.backend: unknown backend {config.backend!r}")
 
 
-__all__ = ["Completion", "Teacher", "TeacherError", "TeacherResponse", "TeacherStats", "make_teacher"]
+def teacher_identity(config: TeacherConfig) -> dict[str, Any]:
+    """What makes two requests the same logical request: not the URL or replica, not concurrency."""
+    backend = "openai" if config.backend == "vllm" else config.backend  # a vLLM server speaks the same API
+    return {"backend": backend, "model": config.model, "params": config.params.model_dump(mode="json")}
+
+
+def display_model(config: TeacherConfig) -> str:
+    """The teacher's name for datasets, cards and reports: an alias or a served id, never a local path."""
+    from distilforge.models import EMBEDDED
+
+    if config.backend in ("local", "vllm-offline") and config.model not in EMBEDDED:
+        path = Path(config.model)
+        if path.exists() or config.model.startswith((".", "/", "~")):
+            return path.name
+    return config.model
+
+
+__all__ = ["AttemptFailed", "Teacher", "TeacherError", "display_model", "make_teacher", "teacher_identity"]

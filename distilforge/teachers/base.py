@@ -1,43 +1,39 @@
-"""The one small async interface every teacher implements."""
+"""The one small async interface every teacher implements: one attempt at a request.
+
+Retries, budget and journal live in the `Sampler`, which needs to know after every attempt whether
+the server may have billed it: so a teacher makes exactly one attempt per call and, when it fails,
+says how (`AttemptFailed`: its kind, whether a retry can help, Retry-After, whether it may have been
+billed).
+"""
 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
 
+from distilforge.core.records import Completion, TeacherResponse
 
-@dataclass(slots=True)
-class Completion:
-    text: str
-    finish_reason: str | None  # "stop", "length", ...
-
-
-@dataclass(slots=True)
-class TeacherResponse:
-    completions: list[Completion]
-    prompt_tokens: int
-    completion_tokens: int
-    model: str
-
-
-@dataclass
-class TeacherStats:
-    attempts: int = 0  # HTTP calls / generate() calls, retries included
-    retries: int = 0
-    rate_limited: int = 0  # 429 answers seen
-    server_errors: int = 0  # 5xx, malformed bodies, timeouts, dropped connections
-    errors_by_kind: dict[str, int] = field(default_factory=dict)
-
-    def count_error(self, kind: str) -> None:
-        self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
+__all__ = ["AttemptFailed", "Completion", "Teacher", "TeacherError", "TeacherResponse"]
 
 
 class TeacherError(RuntimeError):
-    """A request that failed for good (after retries, or a non-retryable error)."""
+    """A teacher that cannot be used at all (missing key, unreachable or wrong server): bad input."""
 
-    def __init__(self, message: str, *, retryable: bool = False):
-        super().__init__(message)
+
+class AttemptFailed(Exception):
+    """One attempt failed.
+
+    kind: "429", "500", ..., "timeout", "connect" (never reached the server), "connection" (dropped
+    after sending), "malformed" (a 200 whose body could not be read), "engine" (a local model).
+    maybe_billed: the server may have billed it (sent, outcome unknown), so it is charged at worst case.
+    """
+
+    def __init__(self, kind: str, message: str, *, retryable: bool, maybe_billed: bool = False,
+                 retry_after: float | None = None):
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
         self.retryable = retryable
+        self.maybe_billed = maybe_billed
+        self.retry_after = retry_after
 
 
 class Teacher(abc.ABC):
@@ -45,10 +41,10 @@ class Teacher(abc.ABC):
 
     model: str
     max_concurrency: int
-    stats: TeacherStats
 
     @abc.abstractmethod
-    async def complete(self, messages: list[dict[str, str]], n: int = 1) -> TeacherResponse: ...
+    async def attempt(self, messages: list[dict[str, str]], n: int = 1) -> TeacherResponse:
+        """One try; raises AttemptFailed."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook, most teachers need it
         """Load weights / check the endpoint before the first request."""
@@ -57,5 +53,6 @@ class Teacher(abc.ABC):
         """Release connections or models."""
 
     @property
-    def max_samples_per_request(self) -> int:
-        return 1 << 16
+    def served_model(self) -> str:
+        """The model id to record in datasets and cards (an alias or the server's id, never a path)."""
+        return self.model

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
-from distilforge.teachers.base import Teacher, TeacherError, TeacherResponse, TeacherStats
+from distilforge.core.records import TeacherResponse
+from distilforge.teachers.base import AttemptFailed, Teacher
 
 
 @dataclass
@@ -28,7 +29,7 @@ class BatchedTeacher(Teacher):
         self.batch_size = batch_size
         # Enough callers waiting to fill the next batch while the current one runs.
         self.max_concurrency = batch_size * 2
-        self.stats = TeacherStats()
+        self.batches = 0  # generate_batch calls: fewer than requests when callers shared batches
         self._queue: asyncio.Queue[_Job] | None = None
         self._worker: asyncio.Task[None] | None = None
 
@@ -54,7 +55,7 @@ class BatchedTeacher(Teacher):
                 await self._worker
             self._worker = None
 
-    async def complete(self, messages: list[dict[str, str]], n: int = 1) -> TeacherResponse:
+    async def attempt(self, messages: list[dict[str, str]], n: int = 1) -> TeacherResponse:
         if self._worker is None:
             await self.start()
         assert self._queue is not None
@@ -73,12 +74,14 @@ class BatchedTeacher(Teacher):
                 job = self._queue.get_nowait()
                 jobs.append(job)
                 rows += job.n
+            self.batches += 1
             try:
                 results = await asyncio.to_thread(self.generate_batch, [(j.messages, j.n) for j in jobs])
             except Exception as exc:  # a failed batch fails its callers, not the worker
                 for job in jobs:
                     if not job.future.done():
-                        job.future.set_exception(TeacherError(f"{type(self).__name__}: generation failed: {exc}"))
+                        job.future.set_exception(AttemptFailed("engine", f"{type(self).__name__}: generation failed: "
+                                                               f"{exc}", retryable=False))
                 continue
             for job, result in zip(jobs, results, strict=True):
                 if not job.future.done():

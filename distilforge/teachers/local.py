@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from distilforge.teachers.base import Completion, TeacherError, TeacherResponse
+from distilforge.core.records import Completion, TeacherResponse
+from distilforge.teachers.base import TeacherError
 from distilforge.teachers.batched import BatchedTeacher
 
 
@@ -77,7 +78,6 @@ class LocalTeacher(BatchedTeacher):
 
         self.load()
         tok, model = self._tokenizer, self._model
-        self.stats.attempts += 1
         prompts = [
             tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             for messages, n in requests

@@ -1,31 +1,40 @@
 """Any OpenAI-compatible chat endpoint (OpenAI, vLLM, SGLang, llama.cpp server, ...).
 
-One retry layer: the SDK's own retries are off (`max_retries=0`) and tenacity retries here, so every
-attempt, 429 and 5xx is counted once and Retry-After is honoured.
+One attempt per call: the SDK's own retries are off (`max_retries=0`) and the `Sampler` retries,
+because after every attempt the budget must know whether the server may have billed it. This module
+classifies each failure: refused before sending (never billed), refused by the server with a readable
+error (429, 5xx: not billed), or sent with an unknown outcome (timeout, dropped connection, unreadable
+200 body: maybe billed).
+
+Structured output is negotiated per endpoint, not assumed: a request asking for a JSON schema tries
+`json_schema`, then `json_object` with the schema inline (llama.cpp, some vLLM versions), then plain
+text (the caller repairs and validates it); the first form an endpoint accepts is remembered.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import openai
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from distilforge.core.config import TeacherConfig
+from distilforge.core.records import Completion, TeacherResponse
+from distilforge.core.redact import redact, register_secret, strip_userinfo
 from distilforge.core.tokens import estimate_prompt_tokens
-from distilforge.teachers.base import Completion, Teacher, TeacherError, TeacherResponse, TeacherStats
+from distilforge.teachers.base import AttemptFailed, Teacher, TeacherError
 from distilforge.teachers.ratelimit import RateLimiter
 
-RETRY_AFTER_CAP = 120.0  # never sleep longer than this on a server's say-so
 UNHEALTHY_SECONDS = 5.0  # a replica that just failed sits out this long
 HEADER_SAMPLE = 20  # read rate-limit headers from the 1st, 21st, 41st ... response of an endpoint
+STRUCTURED_FORMS = ("json_schema", "json_object", "text")
+# Words in an error body that say the server refused the structured-output request itself: such an
+# error does not change on retry, so the endpoint falls back to the next form at once.
+_FORMAT_WORDS = ("response_format", "json_schema", "json_object", "schema", "grammar", "structured")
 
 
 def _as_float(value: str | None) -> float | None:
@@ -57,32 +66,68 @@ def retry_after_seconds(headers: Any) -> float | None:
         return None
 
 
-class _Retryable(Exception):
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
+def _chain(exc: BaseException) -> list[BaseException]:
+    out, seen = [], set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        out.append(node)
+        node = node.__cause__ or node.__context__
+    return out
 
 
-def classify(exc: BaseException) -> tuple[str, bool, float | None]:
-    """(kind, retryable, retry_after) for an SDK exception."""
+def _never_sent(exc: BaseException) -> bool:
+    """The connection was never made (refused, unreachable, a connect timeout): nothing was sent.
+
+    Decided from the transport's own exception, deepest first: the aiohttp transport reports a server
+    that disconnected mid-request as httpx's ConnectTimeout, which must not count as "never sent".
+    """
+    chain = _chain(exc)
+    for node in reversed(chain):
+        if isinstance(node, ConnectionRefusedError):
+            return True
+        module, name = type(node).__module__, type(node).__name__
+        if module.startswith("aiohttp"):
+            return name in ("ClientConnectorError", "ClientConnectorDNSError", "ClientConnectorCertificateError",
+                            "ClientProxyConnectionError", "ConnectionTimeoutError")
+    return any(type(node).__name__ in ("ConnectError", "ConnectTimeout") for node in chain)
+
+
+def _readable_error(exc: openai.APIStatusError) -> bool:
+    body = exc.body
+    return isinstance(body, dict) or (isinstance(body, str) and body.strip().startswith("{"))
+
+
+def classify(exc: BaseException) -> AttemptFailed:
+    """What a failed attempt means for retries and for the bill."""
+    message = redact(str(exc))[:300]
     if isinstance(exc, openai.RateLimitError):
-        return "429", True, retry_after_seconds(exc.response.headers)
+        return AttemptFailed("429", message, retryable=True, retry_after=retry_after_seconds(exc.response.headers))
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         retryable = status >= 500 or status in (408, 409)
-        return str(status), retryable, retry_after_seconds(exc.response.headers)
-    if isinstance(exc, openai.APITimeoutError):
-        return "timeout", True, None
-    if isinstance(exc, openai.APIConnectionError):
-        return "connection", True, None
-    if isinstance(exc, (openai.APIResponseValidationError, json.JSONDecodeError, ValueError, KeyError)):
-        return "malformed", True, None
-    return type(exc).__name__, False, None
+        # A 5xx with a readable error body was refused, not billed; without one (a proxy's HTML page,
+        # a cut body) the upstream may have done the work.
+        maybe_billed = status >= 500 and not _readable_error(exc)
+        return AttemptFailed(str(status), message, retryable=retryable, maybe_billed=maybe_billed,
+                             retry_after=retry_after_seconds(exc.response.headers))
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+        if _never_sent(exc):
+            return AttemptFailed("connection", f"connection refused or unreachable ({message})", retryable=True)
+        dropped = any(type(n).__name__ in ("ServerDisconnectedError", "RemoteProtocolError", "ClientPayloadError",
+                                           "ClientOSError") for n in _chain(exc))
+        if dropped or not isinstance(exc, openai.APITimeoutError):
+            return AttemptFailed("dropped", f"the connection dropped after the request was sent ({message})",
+                                 retryable=True, maybe_billed=True)
+        return AttemptFailed("timeout", message, retryable=True, maybe_billed=True)
+    if isinstance(exc, (openai.APIResponseValidationError, json.JSONDecodeError, ValueError, KeyError, TypeError)):
+        return AttemptFailed("malformed", message, retryable=True, maybe_billed=True)
+    return AttemptFailed(type(exc).__name__, message, retryable=False)
 
 
 @dataclass
 class Endpoint:
-    """One server (replica) of the teacher: its client, its rate limiter and its load."""
+    """One server (replica) of the teacher: its client, rate limiter, load and structured-output form."""
 
     url: str | None
     client: openai.AsyncOpenAI
@@ -90,6 +135,8 @@ class Endpoint:
     in_flight: int = 0
     sent: int = 0
     unhealthy_until: float = 0.0
+    structured: str = "json_schema"  # the first form this endpoint accepted (see STRUCTURED_FORMS)
+    notes: list[str] = field(default_factory=list)
 
 
 class OpenAITeacher(Teacher):
@@ -99,11 +146,8 @@ class OpenAITeacher(Teacher):
         self.config = config
         self.model = config.model
         self.max_concurrency = config.max_concurrency
-        self.stats = TeacherStats()
         self.endpoints: list[Endpoint] = []
         self._api_key()  # fail before the run writes anything when the key variable is not set
-        # Bounds requests on the wire, not callers: a request sleeping in backoff holds no slot.
-        self._slots = asyncio.Semaphore(config.max_concurrency)
 
     def _api_key(self) -> str:
         name = self.config.api_key_env
@@ -112,6 +156,7 @@ class OpenAITeacher(Teacher):
         key = os.environ.get(name)
         if not key:
             raise TeacherError(f"teacher.api_key_env: environment variable {name} is not set")
+        register_secret(key)
         return key
 
     def _client(self, base_url: str | None) -> openai.AsyncOpenAI:
@@ -123,22 +168,17 @@ class OpenAITeacher(Teacher):
             )
         except RuntimeError:  # the aiohttp extra is missing: the default transport still works
             http_client = None
-        return openai.AsyncOpenAI(
-            api_key=self._api_key(),
-            base_url=base_url,
-            max_retries=0,
-            timeout=self.config.timeout,
-            http_client=http_client,
-        )
+        return openai.AsyncOpenAI(api_key=self._api_key(), base_url=base_url, max_retries=0,
+                                  timeout=self.config.timeout, http_client=http_client)
 
     async def start(self) -> None:
         if self.endpoints:
             return
         urls: list[str | None] = list(self.config.base_urls) or [None]
-        for url in urls:
-            self.endpoints.append(Endpoint(url, self._client(url), RateLimiter(self.config.rpm, self.config.tpm)))
         if self.config.backend == "vllm":
             await check_vllm_servers([u for u in urls if u], self.model, self._api_key())
+        for url in urls:
+            self.endpoints.append(Endpoint(url, self._client(url), RateLimiter(self.config.rpm, self.config.tpm)))
 
     async def aclose(self) -> None:
         for endpoint in self.endpoints:
@@ -147,11 +187,13 @@ class OpenAITeacher(Teacher):
 
     def _pick(self) -> Endpoint:
         """The least-loaded healthy replica (a replica that just failed sits out a few seconds)."""
+        if len(self.endpoints) == 1:
+            return self.endpoints[0]
         now = time.monotonic()
         healthy = [e for e in self.endpoints if e.unhealthy_until <= now] or self.endpoints
         return min(healthy, key=lambda e: (e.in_flight, e.sent))
 
-    def request_body(self, messages: list[dict[str, str]], n: int) -> dict[str, Any]:
+    def request_body(self, messages: list[dict[str, str]], n: int, structured: str = "json_schema") -> dict[str, Any]:
         p = self.config.params
         body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": p.temperature}
         if p.max_completion_tokens is not None:
@@ -160,102 +202,88 @@ class OpenAITeacher(Teacher):
             body["max_tokens"] = p.max_tokens
         if n > 1:
             body["n"] = n
-        for key in ("top_p", "seed", "stop", "presence_penalty", "frequency_penalty", "response_format"):
+        for key in ("top_p", "seed", "stop", "presence_penalty", "frequency_penalty"):
             value = getattr(p, key)
             if value is not None:
                 body[key] = value
-        # A raw JSON body carries vendor fields (vLLM's structured_outputs, ...) inline.
+        fmt = p.response_format
+        if fmt is not None:
+            if fmt.get("type") != "json_schema" or structured == "json_schema":
+                body["response_format"] = fmt
+            elif structured == "json_object":
+                body["response_format"] = {"type": "json_object", "schema": fmt["json_schema"]["schema"]}
+        # A raw JSON body carries vendor fields (vLLM's structured_outputs, top_k, ...) inline.
         body.update(p.extra_body)
         return body
 
-    @staticmethod
-    def _delay(exc: BaseException | None, attempt_number: int) -> float:
-        """Seconds before retry `attempt_number` + 1: Retry-After when the server gave one."""
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            return min(retry_after, RETRY_AFTER_CAP) + random.uniform(0, 0.05)
-        # Exponential backoff with full jitter: 0.25 s, 0.5 s, 1 s ... capped at 30 s.
-        return random.uniform(0, min(30.0, 0.25 * 2 ** (attempt_number - 1)))
+    def _format_refused(self, exc: BaseException, endpoint: Endpoint) -> bool:
+        """The server refused our structured-output form (a fixed answer, not a passing fault)."""
+        if not isinstance(exc, openai.APIStatusError) or exc.status_code not in (400, 422, 500, 501):
+            return False
+        fmt = self.config.params.response_format
+        if fmt is None or fmt.get("type") != "json_schema" or endpoint.structured == "text":
+            return False
+        text = f"{exc.message} {exc.body}".lower()
+        return any(word in text for word in _FORMAT_WORDS)
 
-    async def _attempt(self, messages: list[dict[str, str]], n: int) -> TeacherResponse:
-        async with self._slots:
-            endpoint = self._pick()
-            limiter = endpoint.limiter
-            reserved = estimate_prompt_tokens(messages) + self.config.completion_budget() * n
-            await limiter.acquire(reserved)
-            endpoint.in_flight += 1
-            endpoint.sent += 1
-            self.stats.attempts += 1
-            try:
-                body = self.request_body(messages, n)
-                # The body is plain JSON we built ourselves, so it goes through the client's documented
-                # `post` (same transport, auth and errors as `create`) without `create`'s per-call
-                # walk of the TypedDict params, which costs more CPU than the rest of our pipeline.
-                if endpoint.sent % HEADER_SAMPLE == 1:
-                    # Every HEADER_SAMPLE-th response is read raw for its x-ratelimit-* headers.
-                    raw = await endpoint.client.post("/chat/completions", body=body,
-                                                     cast_to=openai.types.chat.ChatCompletion,
-                                                     options={"headers": {"X-Stainless-Raw-Response": "true"}})
-                    limiter.observe_headers(raw.headers)
-                    resp = raw.parse()
-                else:
-                    resp = await endpoint.client.post("/chat/completions", body=body,
-                                                      cast_to=openai.types.chat.ChatCompletion)
-                completions = [Completion(c.message.content or "", c.finish_reason) for c in resp.choices]
-                if not completions:
-                    raise ValueError("response has no choices")
-            except Exception as exc:
-                kind, retryable, retry_after = classify(exc)
-                self.stats.count_error(kind)
-                limiter.refund(reserved)
-                if kind == "429":
-                    self.stats.rate_limited += 1
-                    limiter.observe_headers(exc.response.headers)  # type: ignore[attr-defined]
-                    limiter.on_rate_limited(retry_after)
-                elif retryable:
-                    self.stats.server_errors += 1
-                    if len(self.endpoints) > 1 and (kind in ("connection", "timeout") or kind.startswith("5")):
-                        endpoint.unhealthy_until = time.monotonic() + UNHEALTHY_SECONDS
-                message = f"{kind}: {str(exc)[:300]}"
-                if retryable:
-                    raise _Retryable(message, retry_after) from exc
-                raise TeacherError(message) from exc
-            finally:
-                endpoint.in_flight -= 1
-        usage = resp.usage
-        prompt_tokens = usage.prompt_tokens if usage else 0
-        completion_tokens = usage.completion_tokens if usage else 0
-        limiter.reconcile(reserved, prompt_tokens + completion_tokens if usage else reserved)
-        return TeacherResponse(completions, prompt_tokens, completion_tokens, resp.model or self.model)
-
-    async def complete(self, messages: list[dict[str, str]], n: int = 1) -> TeacherResponse:
+    async def attempt(self, messages: list[dict[str, str]], n: int = 1) -> TeacherResponse:
         if not self.endpoints:
             await self.start()
-        # Most requests succeed first time: they skip the retry machinery, whose set-up costs more
-        # CPU per request than the rest of our pipeline.
+        endpoint = self._pick()
+        limiter = endpoint.limiter
+        reserved = estimate_prompt_tokens(messages) + self.config.completion_budget() * n
+        await limiter.acquire(reserved)
+        endpoint.in_flight += 1
+        endpoint.sent += 1
         try:
-            return await self._attempt(messages, n)
-        except _Retryable as exc:
-            first = exc
-        if self.config.max_attempts == 1:
-            raise TeacherError(f"gave up after 1 attempt: {first}", retryable=True) from first
-        self.stats.retries += 1
-        await asyncio.sleep(self._delay(first, 1))
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.config.max_attempts - 1),
-            wait=lambda state: self._delay(state.outcome.exception() if state.outcome else None,
-                                           state.attempt_number + 1),
-            retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
-            reraise=True,
-            before_sleep=lambda _state: setattr(self.stats, "retries", self.stats.retries + 1),
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._attempt(messages, n)
-        except _Retryable as exc:
-            raise TeacherError(f"gave up after {self.config.max_attempts} attempts: {exc}", retryable=True) from exc
-        raise AssertionError("unreachable")
+            while True:
+                body = self.request_body(messages, n, endpoint.structured)
+                try:
+                    # The body is plain JSON we built ourselves, so it goes through the client's
+                    # documented `post` (same transport, auth and errors as `create`) without
+                    # `create`'s per-call walk of the TypedDict params, which costs more CPU than
+                    # the rest of our pipeline.
+                    if endpoint.sent % HEADER_SAMPLE == 1:
+                        raw = await endpoint.client.post("/chat/completions", body=body,
+                                                         cast_to=openai.types.chat.ChatCompletion,
+                                                         options={"headers": {"X-Stainless-Raw-Response": "true"}})
+                        limiter.observe_headers(raw.headers)
+                        resp = raw.parse()
+                    else:
+                        resp = await endpoint.client.post("/chat/completions", body=body,
+                                                          cast_to=openai.types.chat.ChatCompletion)
+                    completions = [Completion(c.message.content or "", c.finish_reason) for c in resp.choices]
+                    if not completions:
+                        raise ValueError("response has no choices")
+                    break
+                except Exception as exc:
+                    if self._format_refused(exc, endpoint):
+                        # Not billed (the server refused it): fall back to the next form and ask again.
+                        following = STRUCTURED_FORMS[STRUCTURED_FORMS.index(endpoint.structured) + 1]
+                        endpoint.notes.append(f"{strip_userinfo(endpoint.url or 'api')}: {endpoint.structured} "
+                                              f"refused ({getattr(exc, 'status_code', '?')}); using {following}")
+                        endpoint.structured = following
+                        continue
+                    failure = classify(exc)
+                    limiter.refund(reserved)
+                    if failure.kind == "429":
+                        limiter.observe_headers(exc.response.headers)  # type: ignore[attr-defined]
+                        limiter.on_rate_limited(failure.retry_after)
+                    elif (failure.retryable and len(self.endpoints) > 1 and failure.kind in ("connect", "connection",
+                                                                                            "timeout")) or (failure.retryable and failure.kind.startswith("5") and len(self.endpoints) > 1):
+                        endpoint.unhealthy_until = time.monotonic() + UNHEALTHY_SECONDS
+                    raise failure from exc
+        finally:
+            endpoint.in_flight -= 1
+        usage = resp.usage
+        if usage is None:
+            limiter.reconcile(reserved, reserved)
+            return TeacherResponse(completions, 0, 0, resp.model or self.model, usage_reported=False)
+        limiter.reconcile(reserved, usage.prompt_tokens + usage.completion_tokens)
+        return TeacherResponse(completions, usage.prompt_tokens, usage.completion_tokens, resp.model or self.model)
+
+    def notes(self) -> list[str]:
+        return [note for endpoint in self.endpoints for note in endpoint.notes]
 
 
 def httpx2_limits(concurrency: int) -> Any:
@@ -265,22 +293,29 @@ def httpx2_limits(concurrency: int) -> Any:
 
 
 async def check_vllm_servers(urls: list[str], model: str, api_key: str) -> None:
-    """vLLM serves /health at the server root and /v1/models: fail early, and clearly, if either is off."""
+    """vLLM serves /health at the server root and /v1/models: fail early, and clearly, if either is off.
+
+    Errors name the configured URL (without credentials) and the status, never the server's answer.
+    """
     import httpx
 
-    async with httpx.AsyncClient(timeout=10.0) as http:
+    from distilforge.core.urls import server_root
+
+    async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as http:
         for url in urls:
-            root = url.rstrip("/")
-            root = root[: -len("/v1")] if root.endswith("/v1") else root
+            shown = strip_userinfo(url)
             try:
-                health = await http.get(f"{root}/health")
+                health = await http.get(f"{server_root(url)}/health")
                 models = await http.get(f"{url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"})
             except httpx.HTTPError as exc:
-                raise TeacherError(f"teacher.base_url {url}: vLLM server unreachable ({type(exc).__name__}: {exc})") from None
+                raise TeacherError(f"teacher.base_url {shown}: vLLM server unreachable ({type(exc).__name__})") from None
             if health.status_code != 200:
-                raise TeacherError(f"teacher.base_url {url}: /health answered {health.status_code}")
+                raise TeacherError(f"teacher.base_url {shown}: /health answered {health.status_code}")
             if models.status_code != 200:
-                raise TeacherError(f"teacher.base_url {url}: /v1/models answered {models.status_code}")
-            served = [m.get("id") for m in models.json().get("data", [])]
+                raise TeacherError(f"teacher.base_url {shown}: /v1/models answered {models.status_code}")
+            try:
+                served = [m.get("id") for m in models.json().get("data", [])]
+            except (ValueError, AttributeError):
+                raise TeacherError(f"teacher.base_url {shown}: /v1/models is not an OpenAI-compatible model list") from None
             if model not in served:
-                raise TeacherError(f"teacher.model {model!r} is not served by {url}; it serves {served}")
+                raise TeacherError(f"teacher.model {model!r} is not served by {shown}")

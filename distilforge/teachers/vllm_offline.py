@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from distilforge.core.config import TeacherConfig
-from distilforge.teachers.base import Completion, TeacherError, TeacherResponse
+from distilforge.core.records import Completion, TeacherResponse
+from distilforge.teachers.base import TeacherError
 from distilforge.teachers.batched import BatchedTeacher
 
 
@@ -45,7 +46,6 @@ class VllmOfflineTeacher(BatchedTeacher):
 
     def generate_batch(self, requests: list[tuple[list[dict[str, str]], int]]) -> list[TeacherResponse]:
         self.load()
-        self.stats.attempts += 1
         outputs = self._llm.chat([m for m, _ in requests], sampling_params=[self._params(n) for _, n in requests],
                                  use_tqdm=False)
         responses = []

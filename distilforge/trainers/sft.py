@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,12 +138,34 @@ def build_trainer(config: JobConfig, run_dir: Path) -> tuple[Any, dict[str, Any]
     return trainer, facts
 
 
-def train_student(config: JobConfig, run_dir: Path) -> dict[str, Any]:
+def _stop_callback(should_stop: Callable[[], bool]) -> Any:
+    """Checked at every step: a cancelled job stops training within one step, not at the end."""
+    from transformers import TrainerCallback
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if should_stop():
+                control.should_training_stop = True
+            return control
+
+    return Stop()
+
+
+class TrainingStopped(RuntimeError):
+    """Training was stopped (a cancelled job or a lost lease); nothing was saved."""
+
+
+def train_student(config: JobConfig, run_dir: Path, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     import shutil
 
     trainer, facts = build_trainer(config, run_dir)
+    if should_stop is not None:
+        trainer.add_callback(_stop_callback(should_stop))
     started = facts.pop("started")
     result = trainer.train()
+    if should_stop is not None and should_stop():
+        shutil.rmtree(run_dir / ".checkpoints", ignore_errors=True)
+        raise TrainingStopped("training stopped before the end: the student was not saved")
     out_dir = run_dir / "student"
     tmp = out_dir.with_name("student.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,89 @@
+"""Teacher URLs, parsed and normalised, and the allowlist rule the service checks them with.
+
+A URL is compared by its parts, never as a string prefix: scheme, host and port must equal an
+allowlist entry's, and the path (percent-escapes decoded, dot segments resolved) must lie under the
+entry's path at a `/` boundary. Credentials, fragments, control characters and encoded slashes are
+refused outright: each is a way to make one string mean two different URLs.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f\\]")
+
+
+class UrlError(ValueError):
+    """A URL that cannot be used as a teacher endpoint; the message says why (never echoing secrets)."""
+
+
+@dataclass(frozen=True)
+class Url:
+    scheme: str
+    host: str
+    port: int
+    path: str  # normalised, starts with "/", no trailing "/" except the root
+
+    def __str__(self) -> str:
+        default = _DEFAULT_PORTS[self.scheme] == self.port
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        netloc = host if default else f"{host}:{self.port}"
+        return f"{self.scheme}://{netloc}{'' if self.path == '/' else self.path}"
+
+    def under(self, entry: Url) -> bool:
+        if (self.scheme, self.host, self.port) != (entry.scheme, entry.host, entry.port):
+            return False
+        return entry.path == "/" or self.path == entry.path or self.path.startswith(entry.path + "/")
+
+
+def parse_url(text: str) -> Url:
+    if not isinstance(text, str) or _CONTROL.search(text):
+        raise UrlError("control characters, spaces or backslashes are not allowed in a URL")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise UrlError("not a valid URL") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise UrlError("only http and https URLs are allowed")
+    if "@" in parts.netloc:
+        raise UrlError("credentials in the URL are not allowed (use an api_key_env)")
+    if parts.fragment or "#" in text:
+        raise UrlError("a fragment (#...) is not allowed in a URL")
+    if parts.query:
+        raise UrlError("a query string is not allowed in a teacher URL")
+    host = (parts.hostname or "").lower().rstrip(".")
+    if not host:
+        raise UrlError("the URL has no host")
+    raw_path = parts.path or "/"
+    if re.search(r"%2f|%5c|%00", raw_path, re.I):
+        raise UrlError("encoded slashes or NUL in the path are not allowed")
+    decoded = unquote(raw_path)
+    if _CONTROL.search(decoded):
+        raise UrlError("control characters in the path are not allowed")
+    path = posixpath.normpath("/" + decoded.lstrip("/"))
+    path = "/" + path.lstrip("/")  # normpath keeps a leading "//"
+    return Url(scheme, host, port or _DEFAULT_PORTS[scheme], path.rstrip("/") or "/")
+
+
+def url_allowed(text: str, allowlist: list[str]) -> bool:
+    """`text` lies under one of the allowlist's entries (entries that do not parse allow nothing)."""
+    url = parse_url(text)
+    for entry in allowlist:
+        try:
+            if url.under(parse_url(entry)):
+                return True
+        except UrlError:
+            continue
+    return False
+
+
+def server_root(url: str) -> str:
+    """vLLM's /health lives at the server root: the URL without a trailing /v1."""
+    root = url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root

@@ -1,0 +1,91 @@
+"""Everything that can be wrong with a job's input, checked before a file is written or a request sent.
+
+Seeds, the ICL pool, templates, eval sets, decontamination sets, every teacher's key variable (the
+generator's, each judge's), vLLM servers' health, the price behind a cap, the student model: a
+problem raises one of the known input errors, which the CLI prints as one line and exits 2 for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from distilforge.core.config import ConfigError, JobConfig, TeacherConfig
+from distilforge.core.prices import resolve_prices
+from distilforge.core.seeds import count_and_validate, iter_rows
+from distilforge.models import check_model
+from distilforge.modes import make_prompter
+from distilforge.prompts import template_hash
+from distilforge.teachers import make_teacher
+from distilforge.teachers.base import TeacherError
+
+
+@dataclass
+class Facts:
+    n_seeds: int
+    expected: int
+    eval_questions: int | None = None
+
+
+def _teacher(config: TeacherConfig, where: str) -> None:
+    try:
+        make_teacher(config)  # an API teacher checks its key variable here
+    except TeacherError as exc:
+        raise TeacherError(str(exc).replace("teacher.", f"{where}.", 1)) from None
+    if config.backend in ("local", "vllm-offline"):
+        check_model(config.model)
+    if config.backend == "vllm":
+        from distilforge.teachers.openai_api import check_vllm_servers
+
+        key = make_teacher(config)._api_key()  # type: ignore[attr-defined]
+        asyncio.run(check_vllm_servers(config.base_urls, config.model, key))
+
+
+def check_inputs(config: JobConfig, stages: tuple[str, ...]) -> Facts:
+    from distilforge.core.budget import BudgetError
+    from distilforge.run.pipeline import expected_samples
+
+    g = config.generation
+    if "generate" in stages:
+        if g.mode == "self-instruct":
+            from distilforge.modes.self_instruct import load_seed_tasks
+
+            n_seeds = len(load_seed_tasks(config.seeds.path)[: config.seeds.limit])
+        else:
+            s = config.seeds
+            n_seeds = count_and_validate(s.path, s.fields, limit=s.limit, answer_type=g.answer_type, split=s.split,
+                                         subset=s.subset)
+        try:
+            template_hash(g.template_name)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"generation.template: {exc}") from None
+        if config.budget.max_usd is not None and resolve_prices(config) is None:
+            raise BudgetError("budget.max_usd needs budget.prices: this model is not in the built-in price table")
+        _teacher(config.teacher, "teacher")
+        make_prompter(g).check(config.seeds.path)
+        for i, spec in enumerate(config.filters):
+            if spec.name == "judge":
+                from distilforge.quality.judge import judge_teacher
+
+                _teacher(judge_teacher(spec), f"filters.{i}.teacher")
+            elif spec.name == "decontaminate":
+                for j, source in enumerate(spec.eval_sets):
+                    try:
+                        next(iter(iter_rows(source, split=spec.split)), None)
+                    except Exception as exc:
+                        raise ConfigError(f"filters.{i}.eval_sets.{j}: {source}: {exc}") from None
+    else:
+        n_seeds = 0
+    facts = Facts(n_seeds, expected_samples(config, n_seeds))
+    if config.train.enabled and ("train" in stages or "generate" in stages):
+        check_model(config.train.student)
+    if "eval" in stages or (config.train.enabled and "generate" in stages):
+        from distilforge.evaluation import load_eval_questions
+
+        facts.eval_questions = len(load_eval_questions(config))  # the files, not yet the validation split
+    return facts
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "config.yaml").exists()

@@ -1,0 +1,57 @@
+"""The pipeline of a job: a picklable description of what runs, built once from the config.
+
+Stage 1 runs on every rank over its shard of the seeds (or, for the instruction modes that grow
+their own seeds, from a source step); stage 2 runs once over the kept records of all ranks, in
+seed_id order (the global filters). Executors decide where the ranks run; nothing here opens a
+file, a connection or a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from distilforge.core.config import JobConfig
+from distilforge.core.steps import Filter, PipelineStep
+from distilforge.modes import ParseAnswer, filters_for
+from distilforge.quality import build_filters
+from distilforge.quality.checks import ExactDuplicate
+from distilforge.quality.policy import SeedPolicy
+
+
+@dataclass
+class Pipeline:
+    config: JobConfig
+    steps: list[PipelineStep]  # stage 1, per rank; what comes out of the last step is kept
+    global_filters: list[Filter]  # stage 2, over every rank's kept records in seed_id order
+    reads_seeds: bool = True  # False: the first step is a source (self-instruct, evol-instruct)
+
+
+def build_pipeline(config: JobConfig) -> Pipeline:
+    g = config.generation
+    quality, final = build_filters(config)
+    # `duplicate` runs after every other per-record filter: what it remembers was kept.
+    tail: list[PipelineStep] = [*quality, ExactDuplicate()]
+    if g.mode == "self-instruct":
+        from distilforge.modes.self_instruct import SelfInstruct
+
+        return Pipeline(config, [SelfInstruct(config), *filters_for(g.mode), *tail], final, reads_seeds=False)
+    if g.mode == "evol-instruct":
+        from distilforge.modes.evol_instruct import EvolInstruct
+
+        steps: list[PipelineStep] = [EvolInstruct(config), ParseAnswer(), *filters_for("instruct"), *tail]
+        return Pipeline(config, steps, final, reads_seeds=False)
+    from distilforge.modes.generate import Generate
+
+    steps = [Generate(config), ParseAnswer(), *filters_for(g.mode), *tail]
+    if g.self_consistency or g.keep != "all" or g.max_per_seed:
+        steps.append(SeedPolicy(g))
+    return Pipeline(config, steps, final)
+
+
+def expected_samples(config: JobConfig, n_seeds: int) -> int:
+    g = config.generation
+    if g.mode == "self-instruct":
+        return g.target_count
+    if g.mode == "evol-instruct":
+        return n_seeds * g.rounds * 2  # an evolution and an answer per instruction and round
+    return n_seeds * g.samples_per_seed
