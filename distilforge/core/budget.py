@@ -12,6 +12,7 @@ Ray actor) answers from a database or another process, and must not block the ev
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -33,10 +34,22 @@ class Budget:
     spent_this_run: float = 0.0
     unknown_outcome_usd: float = 0.0  # charged at worst case: attempts that may have been billed
     by_stage: Counter[str] = field(default_factory=Counter)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_usd is not None and self.prices is None:
             raise BudgetError("budget.max_usd needs budget.prices: this model is not in the built-in price table")
+
+    async def reserve_when_possible(self, usd: float) -> bool:
+        """Reserve `usd`, waiting while requests in flight still hold reservations that may settle
+        below their worst case; False only once it cannot fit with nothing of this run in flight."""
+        while True:
+            if await self.reserve(usd):
+                return True
+            if self.reserved <= 1e-12 or not self.fits(usd - self.reserved):
+                return False
+            self._changed.clear()
+            await self._changed.wait()
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         if self.prices is None:
@@ -57,6 +70,7 @@ class Budget:
         self.spent += usd
         self.spent_this_run += usd
         self.by_stage[stage] += usd
+        self._changed.set()
 
     async def settle(self, reserved_usd: float, actual_usd: float, stage: str) -> None:
         self.reserved = max(0.0, self.reserved - reserved_usd)
@@ -70,6 +84,7 @@ class Budget:
 
     async def release(self, reserved_usd: float) -> None:
         self.reserved = max(0.0, self.reserved - reserved_usd)
+        self._changed.set()
 
     def report(self) -> dict[str, object]:
         return {

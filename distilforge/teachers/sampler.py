@@ -220,29 +220,34 @@ class Sampler:
         while group:
             n = len(group)
             reserve = self.worst_case_usd(messages, n)
-            if self.stopped or not await budget.reserve(reserve):
-                if not self.stopped:
-                    self.stop("budget")
-                    self.on_budget("budget")
-                outcome.not_sent += [i for _, i in group]
-                stats.samples_not_sent += n
-                self.progress.advance(n)
-                return
-            request_id = f"{self._run_token}-{next(self._ids)}"
-            # Persisted before sending: if the process dies now, later runs count it at worst case.
-            await journal.begin_async(request_id, seed_id, [k for k, _ in group], reserve)
-            stats.attempts += 1
-            if again and not counted:
-                stats.retried += 1
-            elif not counted:
-                stats.sent += 1
-            counted = True
-            if stats.first_request is None:
-                stats.first_request = time.time()
-            try:
-                async with self._slots:
+            # The slot is taken before the reservation: only requests about to go out hold one, so
+            # seeds waiting for a slot never make the budget look spent.
+            async with self._slots:
+                if self.stopped or not await budget.reserve_when_possible(reserve):
+                    if not self.stopped:
+                        self.stop("budget")
+                        self.on_budget("budget")
+                    outcome.not_sent += [i for _, i in group]
+                    stats.samples_not_sent += n
+                    self.progress.advance(n)
+                    return
+                request_id = f"{self._run_token}-{next(self._ids)}"
+                # Persisted before sending: if the process dies now, later runs count it at worst case.
+                await journal.begin_async(request_id, seed_id, [k for k, _ in group], reserve)
+                stats.attempts += 1
+                if again and not counted:
+                    stats.retried += 1
+                elif not counted:
+                    stats.sent += 1
+                counted = True
+                if stats.first_request is None:
+                    stats.first_request = time.time()
+                try:
                     response = await teacher.attempt(messages, n)
-            except AttemptFailed as failure:
+                    failure = None
+                except AttemptFailed as exc:
+                    failure = exc
+            if failure is not None:
                 stats.last_done = time.time()
                 stats.errors[failure.kind] += 1
                 if failure.kind == "429":
