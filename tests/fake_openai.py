@@ -173,8 +173,21 @@ class FakeOpenAI:
         """Keys the client may still be waiting on, as far as the server can tell: a request of theirs is
         being processed, or their latest request got no usable answer (so it will be retried)."""
         with self.lock:
-            return {k for k, c in self.in_flight_keys.items() if c > 0} | \
-                   {k for k, kind in self.last_kind.items() if kind in _NO_ANSWER}
+            return self._open_keys()
+
+    def _open_keys(self) -> set[str]:
+        return {k for k, c in self.in_flight_keys.items() if c > 0} | \
+               {k for k, kind in self.last_kind.items() if kind in _NO_ANSWER}
+
+    def snapshot(self, action: Callable[[], Any] | None = None) -> dict[str, Any]:
+        """The server's state at one instant, with `action` (e.g. SIGKILL to the client) done in that
+        instant: no request is accepted, billed or counted out while it runs."""
+        with self.lock:
+            if action is not None:
+                action()
+            return {"in_flight": self.in_flight, "in_flight_keys": Counter(self.in_flight_keys),
+                    "open_keys": self._open_keys(), "last_kind": dict(self.last_kind),
+                    "chat_requests": self.chat_requests, "bills": len(self.bills)}
 
     def _fault_rng(self) -> random.Random:
         rng = getattr(self, "_rng", None)
