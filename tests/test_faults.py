@@ -153,6 +153,65 @@ def check_money(p: Problems, run: dict[str, Any], *, max_usd: float, billed_run:
         p.check(0 <= unknown <= cost + 1e-9, f"budget.unknown_outcome_usd {unknown} is not within cost_usd {cost}")
 
 
+# -- 0. the fake bills like a provider ------------------------------------------------------------------
+
+
+def test_the_fake_server_bills_what_it_processes(fake):
+    """Billed: answers (with or without usage), hangs, drops and cut bodies. Not billed: 429, 5xx, 4xx."""
+    import httpx
+
+    billed = ["ok", "no_usage", "hang", "slow", "drop", "drop_after", "cut", "malformed"]
+    refused = ["429", "500", "502", "503", "5xx", "400", "401"]
+    fake.hang_seconds = 0.3
+    fake.script = {f"K-{k}:": Behaviour(["one two three four five"], always=None if k == "ok" else k)
+                   for k in billed + refused}
+    seen: dict[str, Any] = {}
+    with httpx.Client(timeout=0.2) as http:
+        for kind in billed + refused:
+            body = {"model": "fake-teacher", "n": 2, "max_tokens": 3,
+                    "messages": [{"role": "user", "content": f"K-{kind}: six seven"}]}
+            try:
+                response = http.post(f"{fake.base_url}/chat/completions", json=body)  # type: ignore[attr-defined]
+            except httpx.HTTPError as exc:
+                seen[kind] = type(exc).__name__
+                continue
+            try:
+                seen[kind] = (response.status_code, response.json(), response.headers)
+            except ValueError:
+                seen[kind] = (response.status_code, "unreadable", response.headers)
+    assert fake.billed_keys() == Counter({f"K-{k}:": 1 for k in billed})
+    # 3 prompt words ("K-kind: six seven"), 2 choices of 5 words capped at max_tokens 3.
+    assert fake.billed_tokens() == (3 * len(billed), 6 * len(billed))
+    assert fake.billed_usd(PRICE, PRICE) == pytest.approx(len(billed) * 9 * PRICE / 1e6)
+    assert seen["ok"][0] == 200 and seen["ok"][1]["usage"]["completion_tokens"] == 6
+    assert seen["no_usage"][0] == 200 and "usage" not in seen["no_usage"][1]
+    assert seen["hang"] == seen["slow"] == "ReadTimeout"
+    assert seen["drop"] == seen["drop_after"] == "RemoteProtocolError"
+    assert seen["cut"][:2] == seen["malformed"][:2] == (200, "unreadable")
+    assert seen["429"][0] == 429 and float(seen["429"][2]["retry-after"]) > 0
+    assert "x-ratelimit-limit-requests" in seen["429"][2]
+    for kind in ("500", "502", "503", "5xx", "400", "401"):
+        status, error, _ = seen[kind]
+        assert status == (500 if kind == "5xx" else int(kind)) and error["error"]["message"]
+    assert fake.faults == Counter({k: 1 for k in billed + refused if k != "ok"})
+
+    # Random faults are drawn from the server's own seeded generator; a storm answers 429 until it ends.
+    draws = []
+    for _ in range(2):
+        server = FakeOpenAI(fault_rates={"500": 0.3, "no_usage": 0.3}, fault_seed=11)
+        with server.lock:
+            draws.append([server._draw_fault() for _ in range(50)])
+    assert draws[0] == draws[1] and {"500", "no_usage", None} == set(draws[0])
+    fake.storm, fake.script = (0.0, 0.3), {}
+    fake._first_chat = time.monotonic()
+    with httpx.Client(timeout=2) as http:
+        body = {"model": "fake-teacher", "messages": [{"role": "user", "content": "storm"}]}
+        during = http.post(f"{fake.base_url}/chat/completions", json=body)  # type: ignore[attr-defined]
+        time.sleep(float(during.headers["retry-after"]) + 0.02)
+        after = http.post(f"{fake.base_url}/chat/completions", json=body)  # type: ignore[attr-defined]
+    assert during.status_code == 429 and after.status_code == 200 and fake.faults["storm"] == 1
+
+
 # -- 1. a table of faults, each through the CLI --------------------------------------------------------
 
 
@@ -273,16 +332,18 @@ def test_sigkill_at_a_random_point_then_resume(fake, cli, tmp_path, seed):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)]
     env = {**os.environ, "DISTILFORGE_TEST_KEY": "sk-test"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        assert wait_for(lambda: fake.chat_requests > 0 or proc.poll() is not None, 60), "no request in 60 s"
-        time.sleep(rng.uniform(0.05, 1.6))
-        # SIGKILL in the same instant as the server's view of what is in flight.
-        at_kill = fake.snapshot(proc.kill)
-    finally:
-        proc.kill()
-        _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode in (0, -9), stderr[-2000:]
+    log = tmp_path / "first-run.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            assert wait_for(lambda: fake.chat_requests > 0 or proc.poll() is not None, 60), "no request in 60 s"
+            time.sleep(rng.uniform(0.05, 1.6))
+            # SIGKILL in the same instant as the server's view of what is in flight.
+            at_kill = fake.snapshot(proc.kill)
+        finally:
+            proc.kill()
+            proc.wait(30)
+    assert proc.returncode in (0, -9), log.read_text()[-2000:]
     time.sleep(0.25)  # requests already on the wire at the kill reach the server (and its bill)
     mark = len(fake.bills)
     first_bill = fake.ledger(0)
@@ -293,7 +354,6 @@ def test_sigkill_at_a_random_point_then_resume(fake, cli, tmp_path, seed):
     run = json.loads((out / "run.json").read_text())
 
     p = Problems()
-    key_of = {b.key for b in first_bill}
     samples_of: dict[str, set[tuple[str, int]]] = {}
     for seed_id, index in expected:
         samples_of.setdefault(f"{seed_id}:", set()).add((seed_id, index))
@@ -310,7 +370,7 @@ def test_sigkill_at_a_random_point_then_resume(fake, cli, tmp_path, seed):
     on_the_wire = {b.key for b in first_bill if b.request > at_kill["chat_requests"]}
     answered = {k for k, kind in at_kill["last_kind"].items() if kind in ("ok", "no_usage")}
     in_flight = at_kill["open_keys"] | on_the_wire | (answered - done_keys)
-    repaid = sorted(k for k in paid_again if k in key_of)
+    repaid = sorted(k for k in paid_again if k in paid_first)
     p.check(len(repaid) <= len(in_flight),
             f"resume paid again for {len(repaid)} questions ({repaid}), but only {len(in_flight)} were in flight "
             f"at the kill ({sorted(in_flight)}; server in_flight {at_kill['in_flight']})")
