@@ -23,7 +23,9 @@ Faults come from a question's `Behaviour` (`failures` in order, or `always`), or
 `fault_rates` ({kind: probability}) draws at most one fault per chat request from a
 `random.Random(fault_seed)` owned by the server (scripted faults win); `storm = (start, duration)`
 answers every chat request with 429 from `start` seconds after the first chat request for `duration`
-seconds, Retry-After saying when it ends.
+seconds, Retry-After saying when it ends. `hang_seconds` is how much longer "slow" / "hang" take.
+`faults` counts what was served; `in_flight_keys`, `last_kind`, `open_keys()` and `snapshot(action)`
+give the server's view of what a client still waits on (e.g. at the instant it is killed).
 """
 
 from __future__ import annotations

@@ -225,6 +225,7 @@ class Scenario:
     clean: bool = False  # no billed fault: the client's cost equals the bill, nothing unknown, nothing lost
     n_seeds: int = 16
     latency: tuple[float, float] = (0.01, 0.03)
+    timeout: float = 5.0  # teacher.timeout: short only where hangs must time out (hangs last 0.5 s more)
     fault_seed: int = 1  # the k-th request takes the k-th draw: seed 1 puts 3 faults in the first 20 at 5%
 
 
@@ -232,24 +233,25 @@ class Scenario:
 SCENARIOS = [
     # A response without usage is settled at its worst case: 16 of them (~$3.4) cannot fit under $2.5.
     Scenario("no_usage_everywhere", {"no_usage": 1.0}, max_usd=2.5, binds=True),
-    Scenario("hang_after_billing", {"hang": 0.3}, max_usd=2.5),
+    Scenario("hang_after_billing", {"hang": 0.3}, max_usd=2.5, timeout=0.5),
     Scenario("drop_after_billing", {"drop_after": 0.3}),
     Scenario("cut_200_body", {"cut": 0.3}),
     Scenario("429_storm", storm=(0.05, 0.5), clean=True, latency=(0.02, 0.05)),
     Scenario("five_percent_5xx", {"500": 0.03, "503": 0.02}, clean=True, n_seeds=20),
     Scenario("mixed", {"no_usage": 0.1, "hang": 0.05, "drop_after": 0.05, "cut": 0.05, "500": 0.05, "429": 0.05},
-             max_usd=1.5, binds=True, n_seeds=20),
+             max_usd=1.5, binds=True, n_seeds=20, timeout=0.8),
 ]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_faults_never_cost_more_than_reported(fake, cli, tmp_path, scenario):
     fake.latency = scenario.latency
-    fake.hang_seconds = 0.8  # past teacher.timeout (0.5 s)
+    fake.hang_seconds = scenario.timeout + 0.5  # always past teacher.timeout
     fake.fault_rates = dict(scenario.fault_rates)
     fake.fault_seed = scenario.fault_seed
     fake.storm = scenario.storm
-    data, expected = scripted_job(tmp_path, fake, scenario.n_seeds, max_usd=scenario.max_usd)
+    data, expected = scripted_job(tmp_path, fake, scenario.n_seeds, max_usd=scenario.max_usd,
+                                  timeout=scenario.timeout)
     out = tmp_path / "run"
     result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out)
     assert result.exit_code == 0, result.output
