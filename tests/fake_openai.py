@@ -4,6 +4,28 @@ Real HTTP (aiohttp.web on its own event loop in a background thread, so it can k
 client): `/v1/chat/completions` and `/v1/models`, usage counts, `n`
 choices, per-request latency, 429 with Retry-After and x-ratelimit-* headers, 5xx, 400, malformed
 bodies, and `finish_reason: length`. A `script` maps a question to how the server behaves for it.
+
+Like a real provider it *bills* every request it accepts for processing, whatever happens next, in a
+server-side ledger (`bills`, `billed_tokens()`, `billed_usd()`, `billed_keys()`):
+
+| kind | what the client sees | billed |
+| --- | --- | --- |
+| (none) | a 200 answer with `usage` | yes |
+| `no_usage` | a 200 answer without `usage` | yes |
+| `slow`, `hang` | the answer after `hang_seconds` more (past the client's timeout) | yes |
+| `drop`, `drop_after` | the connection closed without an answer, after processing | yes |
+| `malformed`, `cut` | a 200 whose JSON body is cut in the middle | yes |
+| `429` (and a `storm`) | 429 with Retry-After and x-ratelimit-* headers | no |
+| `500`, `502`, `503`, `5xx` | that status with a readable JSON error body (`5xx` is 500) | no |
+| `400`, `401` | that status with a JSON error body | no |
+
+Faults come from a question's `Behaviour` (`failures` in order, or `always`), or at random:
+`fault_rates` ({kind: probability}) draws at most one fault per chat request from a
+`random.Random(fault_seed)` owned by the server (scripted faults win); `storm = (start, duration)`
+answers every chat request with 429 from `start` seconds after the first chat request for `duration`
+seconds, Retry-After saying when it ends. `hang_seconds` is how much longer "slow" / "hang" take.
+`faults` counts what was served; `in_flight_keys`, `last_kind`, `open_keys()` and `snapshot(action)`
+give the server's view of what a client still waits on (e.g. at the instant it is killed).
 """
 
 from __future__ import annotations
@@ -18,6 +40,29 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+# Every kind a Behaviour or `fault_rates` may name.
+FAULT_KINDS = ("429", "500", "502", "503", "5xx", "400", "401", "malformed", "cut", "drop", "drop_after",
+               "slow", "hang", "no_usage")
+# Kinds the server processes (and bills) before misbehaving; the others are refused before processing.
+BILLED_KINDS = frozenset({"ok", "no_usage", "slow", "hang", "drop", "drop_after", "malformed", "cut", "batch"})
+# Kinds after which the client has no answer it can use (it will retry, or give up).
+_NO_ANSWER = frozenset(FAULT_KINDS) - {"no_usage"} | {"storm"}
+
+
+@dataclass(frozen=True)
+class Bill:
+    """One line of the server's bill: a request it accepted for processing."""
+
+    request: int  # the server's request number (1, 2, ... in arrival order)
+    prompt_tokens: int
+    completion_tokens: int
+    n: int  # choices actually generated
+    key: str  # the script key of the question ("" for the default behaviour)
+    kind: str  # "ok", "batch", or the fault served after billing ("no_usage", "hang", "drop_after", "cut", ...)
+
+    def usd(self, input_per_million: float, output_per_million: float) -> float:
+        return (self.prompt_tokens * input_per_million + self.completion_tokens * output_per_million) / 1e6
+
 
 @dataclass
 class Behaviour:
@@ -25,7 +70,8 @@ class Behaviour:
 
     answers: list[str] = field(default_factory=lambda: ["The answer is 0."])
     finish_reason: str = "stop"
-    # Failures served before success, in order: "429", "500", "503", "malformed", "400", "drop", "slow".
+    # Failures served before success, in order: any kind in FAULT_KINDS ("429", "500", "503", "malformed",
+    # "400", "drop", "slow", "no_usage", "hang", "drop_after", "cut", ...).
     failures: list[str] = field(default_factory=list)
     always: str | None = None  # fail every time with this kind
 
@@ -76,12 +122,102 @@ class FakeOpenAI:
     lock: threading.Lock = field(default_factory=threading.Lock)
     in_flight: int = 0
     max_in_flight: int = 0
+    # -- realism: billing, hangs, random faults, 429 storms ------------------------------------
+    hang_seconds: float = 1.5  # how much longer a "slow" / "hang" request takes (past the client's timeout)
+    fault_rates: dict[str, float] = field(default_factory=dict)  # kind -> probability per chat request
+    fault_seed: int = 0
+    storm: tuple[float, float] | None = None  # (start after N s from the first chat request, duration s)
+    bills: list[Bill] = field(default_factory=list)  # the server's ledger, in billing order
+    faults: Counter[str] = field(default_factory=Counter)  # kind -> times served ("storm" for storm 429s)
+    in_flight_keys: Counter[str] = field(default_factory=Counter)  # key -> requests being processed now
+    last_kind: dict[str, str] = field(default_factory=dict)  # key -> kind of its latest chat request ("ok" ...)
+    chat_requests: int = 0  # every chat request received (also when `log_requests` is off)
+    _first_chat: float | None = None
 
     def behaviour_for(self, prompt: str) -> tuple[str, Behaviour]:
         for key, behaviour in self.script.items():
             if key in prompt:
                 return key, behaviour
         return "", self.default
+
+    # -- the bill --------------------------------------------------------------------------------
+    def _bill(self, request: int, prompt_tokens: int, completion_tokens: int, n: int, key: str, kind: str) -> None:
+        with self.lock:
+            self.bills.append(Bill(request, prompt_tokens, completion_tokens, n, key, kind))
+
+    def ledger(self, since: int = 0) -> list[Bill]:
+        """A copy of the bill from line `since` on (`len(fake.bills)` taken earlier marks a point in time)."""
+        with self.lock:
+            return list(self.bills[since:])
+
+    def billed_tokens(self, since: int = 0) -> tuple[int, int]:
+        """(prompt, completion) tokens billed."""
+        bills = self.ledger(since)
+        return sum(b.prompt_tokens for b in bills), sum(b.completion_tokens for b in bills)
+
+    def billed_usd(self, input_per_million: float, output_per_million: float, since: int = 0, *,
+                   batch_multiplier: float = 0.5) -> float:
+        """What the server charged, at these prices (Batch API rows at `batch_multiplier` of them)."""
+        return sum(b.usd(input_per_million, output_per_million) * (batch_multiplier if b.kind == "batch" else 1.0)
+                   for b in self.ledger(since))
+
+    def billed_keys(self, since: int = 0) -> Counter[str]:
+        """Question key -> how many of its requests were billed."""
+        return Counter(b.key for b in self.ledger(since))
+
+    def billed_count(self, key: str) -> int:
+        return self.billed_keys()[key]
+
+    def billed_kinds(self, since: int = 0) -> Counter[str]:
+        return Counter(b.kind for b in self.ledger(since))
+
+    def open_keys(self) -> set[str]:
+        """Keys the client may still be waiting on, as far as the server can tell: a request of theirs is
+        being processed, or their latest request got no usable answer (so it will be retried)."""
+        with self.lock:
+            return self._open_keys()
+
+    def _open_keys(self) -> set[str]:
+        return {k for k, c in self.in_flight_keys.items() if c > 0} | \
+               {k for k, kind in self.last_kind.items() if kind in _NO_ANSWER}
+
+    def snapshot(self, action: Callable[[], Any] | None = None) -> dict[str, Any]:
+        """The server's state at one instant, with `action` (e.g. SIGKILL to the client) done in that
+        instant: no request is accepted, billed or counted out while it runs."""
+        with self.lock:
+            if action is not None:
+                action()
+            return {"in_flight": self.in_flight, "in_flight_keys": Counter(self.in_flight_keys),
+                    "open_keys": self._open_keys(), "last_kind": dict(self.last_kind),
+                    "chat_requests": self.chat_requests, "bills": len(self.bills)}
+
+    def _fault_rng(self) -> random.Random:
+        rng = getattr(self, "_rng", None)
+        if rng is None:
+            rng = self._rng = random.Random(self.fault_seed)
+        return rng
+
+    def _draw_fault(self) -> str | None:
+        """At most one fault for this request, by `fault_rates` (call with the lock held)."""
+        if not self.fault_rates:
+            return None
+        unknown = set(self.fault_rates) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"fault_rates: unknown kinds {sorted(unknown)}")
+        draw, total = self._fault_rng().random(), 0.0
+        for kind, rate in self.fault_rates.items():
+            total += rate
+            if draw < total:
+                return kind
+        return None
+
+    def _storm_left(self, now: float) -> float:
+        """Seconds left of the 429 storm now, 0 outside it."""
+        if self.storm is None or self._first_chat is None:
+            return 0.0
+        start, duration = self.storm
+        since = now - self._first_chat
+        return start + duration - since if start <= since < start + duration else 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> str:
@@ -95,11 +231,11 @@ class FakeOpenAI:
 
         async def chat(request: web.Request) -> web.StreamResponse:
             body = await request.json()
-            status, payload, headers, delay = self.handle(body, dict(request.headers))
+            status, payload, headers, delay, key = self.handle(body, dict(request.headers))
             try:
                 if delay:
                     await asyncio.sleep(delay)
-                if payload is None:  # "drop": close the socket without answering
+                if payload is None:  # "drop" / "drop_after": close the socket without answering
                     assert request.transport is not None
                     request.transport.close()
                     return web.Response(status=500)
@@ -107,6 +243,9 @@ class FakeOpenAI:
             finally:
                 with self.lock:
                     self.in_flight -= 1
+                    self.in_flight_keys[key] -= 1
+                    if self.in_flight_keys[key] <= 0:
+                        del self.in_flight_keys[key]
 
         async def upload(request: web.Request) -> web.Response:
             form = await request.post()
@@ -181,43 +320,62 @@ class FakeOpenAI:
         self.thread.join(10)
 
     # -- behaviour -------------------------------------------------------------------------
-    def handle(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, bytes | None, dict[str, str], float]:
-        """(status, body or None to drop the connection, headers, seconds to wait before answering)."""
+    def handle(self, body: dict[str, Any],
+               headers: dict[str, str]) -> tuple[int, bytes | None, dict[str, str], float, str]:
+        """(status, body or None to drop the connection, headers, seconds to wait before answering, key)."""
         prompt = body["messages"][-1]["content"]
         key, behaviour = self.behaviour_for(prompt)
+        now = time.monotonic()
         with self.lock:
             if self.log_requests:
                 self.requests.append({"body": body, "auth": headers.get("Authorization") or headers.get("authorization")})
+            self.chat_requests += 1
+            number = self.chat_requests
+            if self._first_chat is None:
+                self._first_chat = now
             attempt = self._seen[key]
             self._seen[key] += 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.in_flight_keys[key] += 1
+            drawn = self._draw_fault()  # drawn for every request, so a seed gives one sequence of draws
+            kind = behaviour.always or (behaviour.failures[attempt] if attempt < len(behaviour.failures) else None)
+            kind = kind or drawn
+            storm_left = self._storm_left(now)
+            if storm_left:
+                kind = "storm"
+            if kind:
+                self.faults[kind] += 1
+            self.last_kind[key] = kind or "ok"
         low, high = self.latency
         # The request is received (and logged) first, then the "model" takes its time.
         delay = random.uniform(low, high) if high else 0.0
-        kind = behaviour.always or (behaviour.failures[attempt] if attempt < len(behaviour.failures) else None)
-        if kind == "slow":  # longer than the client's timeout, then a normal answer nobody reads
-            delay += 1.5
-        status, payload, extra = self._answer(body, headers, key, behaviour, kind)
-        return status, payload, extra, delay
+        if kind in ("slow", "hang"):  # longer than the client's timeout, then a normal answer nobody reads
+            delay += self.hang_seconds
+        status, payload, extra = self._answer(body, headers, key, behaviour, kind, number=number,
+                                              retry_after=storm_left or None)
+        return status, payload, extra, delay, key
+
+    @staticmethod
+    def _error(status: int, message: str, kind: str) -> tuple[int, bytes, dict[str, str]]:
+        return status, json.dumps({"error": {"message": message, "type": kind}}).encode(), {}
 
     def _answer(self, body: dict[str, Any], headers: dict[str, str], key: str, behaviour: Behaviour,
-                kind: str | None) -> tuple[int, bytes | None, dict[str, str]]:
-        if self.require_key and (self.requests[-1]["auth"] != f"Bearer {self.require_key}"):
-            return 401, json.dumps({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}).encode(), {}
-        if kind == "429":
-            return self._too_many(self.retry_after)
+                kind: str | None, *, number: int = 0, retry_after: float | None = None,
+                bill_kind: str | None = None) -> tuple[int, bytes | None, dict[str, str]]:
+        auth = headers.get("Authorization") or headers.get("authorization")
+        if (self.require_key and auth != f"Bearer {self.require_key}") or kind == "401":
+            return self._error(401, "Incorrect API key provided", "invalid_request_error")
+        if kind in ("429", "storm"):
+            return self._too_many(retry_after or self.retry_after)
         wait = self._limits(body)
         if wait:
             return self._too_many(wait)
-        if kind in ("500", "502", "503"):
-            return int(kind), json.dumps({"error": {"message": "The server had an error", "type": "server_error"}}).encode(), {}
+        if kind in ("500", "502", "503", "5xx"):
+            return self._error(500 if kind == "5xx" else int(kind), "The server had an error", "server_error")
         if kind == "400":
-            return 400, json.dumps({"error": {"message": "Invalid 'messages'", "type": "invalid_request_error"}}).encode(), {}
-        if kind == "malformed":
-            return 200, b'{"id": "chatcmpl-x", "object": "chat.completion", "choices": [{"index": 0, "mess', {}
-        if kind == "drop":
-            return 0, None, {}
+            return self._error(400, "Invalid 'messages'", "invalid_request_error")
+        # From here on the request is processed, so it is billed, whatever the client then gets.
         n = int(body.get("n") or 1) if self.supports_n else 1
         prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
         cap = body.get("max_completion_tokens") or body.get("max_tokens") or 10**9
@@ -232,10 +390,14 @@ class FakeOpenAI:
             completion_tokens += min(len(words), cap)
             choices.append({"index": i, "message": {"role": "assistant", "content": text},
                             "finish_reason": finish, "logprobs": None})
-        with self.lock:
-            self.served[key] += n
+        self._bill(number, prompt_tokens, completion_tokens, n, key, bill_kind or kind or "ok")
+        if kind in ("drop", "drop_after"):  # processed, then the connection is closed without an answer
+            return 0, None, {}
+        if kind not in ("malformed", "cut"):
+            with self.lock:
+                self.served[key] += n
         payload = {
-            "id": f"chatcmpl-{len(self.requests)}",
+            "id": f"chatcmpl-{number or len(self.requests)}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", "fake-teacher"),
@@ -243,7 +405,12 @@ class FakeOpenAI:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
-        return 200, json.dumps(payload).encode(), self._limit_headers()
+        if kind == "no_usage":
+            del payload["usage"]
+        data = json.dumps(payload).encode()
+        if kind in ("malformed", "cut"):  # a 200 whose body stops in the middle of the JSON
+            return 200, data[: max(1, min(len(data) // 2, data.index(b'"choices"') + 20))], {}
+        return 200, data, self._limit_headers()
 
     # -- Batch API -------------------------------------------------------------------------------
     def _batch_view(self, batch_id: str) -> dict[str, Any]:
@@ -269,8 +436,9 @@ class FakeOpenAI:
                 self._seen[key] += 1
             kind = behaviour.always or (behaviour.failures[attempt] if attempt < len(behaviour.failures) else None)
             # A batch has no sockets to drop or bodies to garble: those become 500 rows; "slow" is just slow.
-            kind = {"drop": "500", "malformed": "500", "slow": None}.get(kind or "", kind)
-            status, payload, _ = self._answer(line["body"], {}, key, behaviour, kind)
+            kind = {"drop": "500", "drop_after": "500", "malformed": "500", "cut": "500", "slow": None,
+                    "hang": None, "storm": "429"}.get(kind or "", kind)
+            status, payload, _ = self._answer(line["body"], {}, key, behaviour, kind, bill_kind="batch")
             result = {"id": f"batch_req_{len(out) + len(err)}", "custom_id": line["custom_id"],
                       "response": {"status_code": status, "request_id": "req", "body": json.loads(payload or b"{}")},
                       "error": None}
