@@ -92,7 +92,8 @@ def scripted_job(tmp_path: Path, fake: FakeOpenAI, n_seeds: int, *, max_usd: flo
     ])
     data = api_config(seeds, fake.base_url)  # type: ignore[attr-defined]
     data["seeds"]["fields"]["id"] = "id"
-    data["teacher"].update({"max_concurrency": 4, "max_attempts": 4, "timeout": 0.5, **teacher})
+    data["teacher"].update({"max_concurrency": 4, "retry": {"max_attempts": 4, "second_pass_after_s": 0.2},
+                            "timeout": 0.5, **teacher})
     data["teacher"]["params"]["max_tokens"] = 32  # a request's worst case ~5x its real cost
     data["generation"]["samples_per_seed"] = samples
     data["budget"] = {"prices": dict(PRICES), "max_usd": max_usd}

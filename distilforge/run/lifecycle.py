@@ -168,8 +168,9 @@ def _stages_report(stages: dict[str, StageStats], budget: Budget) -> tuple[dict[
     return per_stage, report["requests"], report["tokens"]
 
 
-def _cost(budget: Budget) -> tuple[float | None, dict[str, float]]:
-    by_stage = {name: round(usd, 6) for name, usd in budget.by_stage.items()}
+def _cost(budget: Budget, stages: dict[str, StageStats]) -> tuple[float | None, dict[str, float]]:
+    """This run's spend, and its split by stage (every stage that ran, also those that paid nothing)."""
+    by_stage = {name: round(budget.by_stage.get(name, 0.0), 6) for name in [*stages, *budget.by_stage]}
     return (round(budget.spent_this_run, 6) if budget.prices is not None else None), by_stage
 
 
@@ -242,7 +243,7 @@ async def _generate(config: JobConfig, run_dir: Path, control: RunControl, conso
     status, stopped, error = _status(stop_reasons, stages)
     per_stage, requests, tokens = _stages_report(stages, budget)
     gen = stages.get("generate") or StageStats()
-    cost, by_stage = _cost(budget)
+    cost, by_stage = _cost(budget, stages)
     not_sent = sum(r.not_sent for r in results)
     filters = [stats.report() for name, stats in steps.items() if _is_filter(pipeline, name)]
     summary: dict[str, Any] = {
