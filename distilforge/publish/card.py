@@ -15,6 +15,7 @@ from distilforge import __version__
 from distilforge.core.config import JobConfig
 from distilforge.core.run_files import read_run, write_atomic
 from distilforge.prompts import template_hash
+from distilforge.teachers import display_model
 
 
 def _filters_table(run: dict[str, Any]) -> str:
@@ -54,7 +55,7 @@ Each row has `messages` (chat format, ready for TRL's `SFTTrainer`) and its prov
 
 ## Teacher
 
-- backend `{t.backend}`, model `{t.model}`
+- backend `{t.backend}`, model `{display_model(t)}`
 - sampling: `{params}`
 - samples per seed: {g.samples_per_seed}; keep: `{g.keep}`; self-consistency: {g.self_consistency}
 
