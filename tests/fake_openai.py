@@ -132,6 +132,8 @@ class FakeOpenAI:
     in_flight_keys: Counter[str] = field(default_factory=Counter)  # key -> requests being processed now
     last_kind: dict[str, str] = field(default_factory=dict)  # key -> kind of its latest chat request ("ok" ...)
     chat_requests: int = 0  # every chat request received (also when `log_requests` is off)
+    # response_format types the server accepts; others get a 500 like llama.cpp's server gives for json_schema
+    accepts_formats: tuple[str, ...] = ("json_schema", "json_object", "text")
     _first_chat: float | None = None
 
     def behaviour_for(self, prompt: str) -> tuple[str, Behaviour]:
@@ -220,7 +222,8 @@ class FakeOpenAI:
         return start + duration - since if start <= since < start + duration else 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> str:
+    def start(self, port: int = 0) -> str:
+        """Serve on 127.0.0.1 (`port` 0: any free port; a stopped server can come back on its old port)."""
         from aiohttp import web
 
         async def models(_request: web.Request) -> web.Response:
@@ -302,7 +305,7 @@ class FakeOpenAI:
             asyncio.set_event_loop(self._loop)
             self._runner = web.AppRunner(app, access_log=None)
             self._loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
+            site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=1024, reuse_address=True)
             self._loop.run_until_complete(site.start())
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
             ready.set()
@@ -375,6 +378,9 @@ class FakeOpenAI:
             return self._error(500 if kind == "5xx" else int(kind), "The server had an error", "server_error")
         if kind == "400":
             return self._error(400, "Invalid 'messages'", "invalid_request_error")
+        fmt = (body.get("response_format") or {}).get("type")
+        if fmt is not None and fmt not in self.accepts_formats:
+            return self._error(500, f"response_format type {fmt!r} is not supported", "server_error")
         # From here on the request is processed, so it is billed, whatever the client then gets.
         n = int(body.get("n") or 1) if self.supports_n else 1
         prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])

@@ -232,6 +232,7 @@ class ConsistencyFilterSpec(Strict):
 class JudgeFilterSpec(Strict):
     name: Literal["judge"]
     teacher: TeacherConfig
+    prices: Prices | None = Field(default=None, description="the judge model's prices (default: the built-in table)")
     min_score: float = Field(default=4.0, ge=1, le=5)
     rubric: str = Field(default="correctness of each step, relevance to the question, clarity")
     batch: int = Field(default=64, ge=1, description="records judged together (memory bound)")

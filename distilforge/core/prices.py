@@ -7,7 +7,7 @@ enforced against a guessed price).
 
 from __future__ import annotations
 
-from distilforge.core.config import JobConfig, Prices
+from distilforge.core.config import JobConfig, JudgeFilterSpec, Prices, TeacherConfig
 
 PRICES_CHECKED = "2025-08-15"  # OpenAI's published list prices on that day (standard tier)
 
@@ -38,10 +38,22 @@ def lookup_price(model: str) -> Prices | None:
     return Prices(input_per_million=inp, output_per_million=out)
 
 
-def resolve_prices(config: JobConfig) -> Prices | None:
-    """The config's prices, else the table's for an API model; local models cost nothing here."""
-    if config.budget.prices is not None:
-        return config.budget.prices
-    if config.teacher.backend in ("local", "vllm-offline"):
+def teacher_prices(teacher: TeacherConfig, given: Prices | None = None) -> Prices | None:
+    """A teacher's prices: the ones given for it, else free for in-process models, else the table's."""
+    if given is not None:
+        return given
+    if teacher.backend in ("local", "vllm-offline"):
         return Prices(input_per_million=0.0, output_per_million=0.0)
-    return lookup_price(config.teacher.model)
+    return lookup_price(teacher.model)
+
+
+def resolve_prices(config: JobConfig) -> Prices | None:
+    """The generating teacher's prices: `budget.prices`, else the built-in table (in-process models are free)."""
+    return teacher_prices(config.teacher, config.budget.prices)
+
+
+def judge_prices(config: JobConfig, spec: JudgeFilterSpec) -> Prices | None:
+    """A judge is priced as its own model: `filters[].prices`, else the table; `budget.prices` only when the
+    judge is the generating model itself."""
+    same = spec.teacher.model == config.teacher.model and spec.teacher.backend == config.teacher.backend
+    return teacher_prices(spec.teacher, spec.prices or (config.budget.prices if same else None))

@@ -79,7 +79,7 @@ class BatchRun:
         self.report: dict[str, Any] = {"batches": [], "rows_ok": 0, "rows_failed": 0}
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return self.budget.cost(prompt_tokens, completion_tokens) * self.discount
+        return self.sampler.cost(prompt_tokens, completion_tokens) * self.discount
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep in short steps; False as soon as the run is told to stop."""

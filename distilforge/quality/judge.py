@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pydantic import BaseModel, Field
 
 from distilforge.core.config import JudgeFilterSpec, TeacherConfig
+from distilforge.core.prices import judge_prices
 from distilforge.core.records import Record
 from distilforge.core.steps import Filter, current_context
 from distilforge.prompts import render
@@ -74,7 +75,8 @@ class JudgeFilter(Filter):
         ctx = current_context()
         identity = {"judge": self.spec.teacher.model, "params": self.spec.teacher.params.model_dump(mode="json"),
                     "rubric": self.spec.rubric}
-        sampler = await open_sampler(ctx, self.name, judge_teacher(self.spec), stage="judge", identity=identity)
+        sampler = await open_sampler(ctx, self.name, judge_teacher(self.spec), stage="judge", identity=identity,
+                                     prices=judge_prices(ctx.config, self.spec))
         stats = self.stats
         batch: list[Record] = []
 

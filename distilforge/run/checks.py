@@ -66,9 +66,13 @@ def check_inputs(config: JobConfig, stages: tuple[str, ...]) -> Facts:
         make_prompter(g).check(config.seeds.path)
         for i, spec in enumerate(config.filters):
             if spec.name == "judge":
+                from distilforge.core.prices import judge_prices
                 from distilforge.quality.judge import judge_teacher
 
                 _teacher(judge_teacher(spec), f"filters.{i}.teacher")
+                if config.budget.max_usd is not None and judge_prices(config, spec) is None:
+                    raise BudgetError(f"filters.{i}.prices: budget.max_usd needs the judge's prices: "
+                                      f"{spec.teacher.model} is not in the built-in price table")
             elif spec.name == "decontaminate":
                 for j, source in enumerate(spec.eval_sets):
                     try:

@@ -13,10 +13,11 @@ text (the caller repairs and validates it); the first form an endpoint accepts i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -105,7 +106,10 @@ def classify(exc: BaseException) -> AttemptFailed:
         return AttemptFailed("429", message, retryable=True, retry_after=retry_after_seconds(exc.response.headers))
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
-        retryable = status >= 500 or status in (408, 409)
+        # Some servers (llama.cpp's) answer a request they cannot validate with a 500 that says so:
+        # it will not change on retry.
+        validation = status >= 500 and "validation error" in f"{exc.message} {exc.body}".lower()
+        retryable = (status >= 500 and not validation) or status in (408, 409)
         # A 5xx with a readable error body was refused, not billed; without one (a proxy's HTML page,
         # a cut body) the upstream may have done the work.
         maybe_billed = status >= 500 and not _readable_error(exc)
@@ -135,8 +139,9 @@ class Endpoint:
     in_flight: int = 0
     sent: int = 0
     unhealthy_until: float = 0.0
-    structured: str = "json_schema"  # the first form this endpoint accepted (see STRUCTURED_FORMS)
-    notes: list[str] = field(default_factory=list)
+    structured: str = "json_schema"  # the form this endpoint is asked in (see STRUCTURED_FORMS)
+    settled: bool = False  # a structured request has succeeded in that form
+    probe: asyncio.Event | None = None  # set while one request finds the form; the others wait for it
 
 
 class OpenAITeacher(Teacher):
@@ -147,7 +152,11 @@ class OpenAITeacher(Teacher):
         self.model = config.model
         self.max_concurrency = config.max_concurrency
         self.endpoints: list[Endpoint] = []
+        self._notes: list[str] = []
         self._api_key()  # fail before the run writes anything when the key variable is not set
+        self._openai_host = all("api.openai.com" in u for u in config.base_urls) if config.base_urls else True
+        fmt = config.params.response_format
+        self._negotiates = fmt is not None and fmt.get("type") == "json_schema"
 
     def _api_key(self) -> str:
         name = self.config.api_key_env
@@ -198,6 +207,10 @@ class OpenAITeacher(Teacher):
         body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": p.temperature}
         if p.max_completion_tokens is not None:
             body["max_completion_tokens"] = p.max_completion_tokens
+            if not self._openai_host:
+                # Servers other than OpenAI's may ignore max_completion_tokens (llama.cpp does): the
+                # budget's worst case assumes the cap holds, so it goes as max_tokens too.
+                body["max_tokens"] = p.max_completion_tokens
         else:
             body["max_tokens"] = p.max_tokens
         if n > 1:
@@ -230,6 +243,24 @@ class OpenAITeacher(Teacher):
         if not self.endpoints:
             await self.start()
         endpoint = self._pick()
+        if not self._negotiates or endpoint.settled:
+            return await self._attempt(endpoint, messages, n)
+        # Until an endpoint has answered a structured request, one request finds the form it accepts
+        # and the others wait, so a server that refuses json_schema is told so once, not once per row.
+        while not endpoint.settled and endpoint.probe is not None:
+            await endpoint.probe.wait()
+        if endpoint.settled:
+            return await self._attempt(endpoint, messages, n)
+        endpoint.probe = asyncio.Event()
+        try:
+            response = await self._attempt(endpoint, messages, n)
+            endpoint.settled = True
+            return response
+        finally:
+            probe, endpoint.probe = endpoint.probe, None
+            probe.set()
+
+    async def _attempt(self, endpoint: Endpoint, messages: list[dict[str, str]], n: int) -> TeacherResponse:
         limiter = endpoint.limiter
         reserved = estimate_prompt_tokens(messages) + self.config.completion_budget() * n
         await limiter.acquire(reserved)
@@ -260,7 +291,7 @@ class OpenAITeacher(Teacher):
                     if self._format_refused(exc, endpoint):
                         # Not billed (the server refused it): fall back to the next form and ask again.
                         following = STRUCTURED_FORMS[STRUCTURED_FORMS.index(endpoint.structured) + 1]
-                        endpoint.notes.append(f"{strip_userinfo(endpoint.url or 'api')}: {endpoint.structured} "
+                        self._notes.append(f"{strip_userinfo(endpoint.url or 'api')}: {endpoint.structured} "
                                               f"refused ({getattr(exc, 'status_code', '?')}); using {following}")
                         endpoint.structured = following
                         continue
@@ -269,8 +300,8 @@ class OpenAITeacher(Teacher):
                     if failure.kind == "429":
                         limiter.observe_headers(exc.response.headers)  # type: ignore[attr-defined]
                         limiter.on_rate_limited(failure.retry_after)
-                    elif (failure.retryable and len(self.endpoints) > 1 and failure.kind in ("connect", "connection",
-                                                                                            "timeout")) or (failure.retryable and failure.kind.startswith("5") and len(self.endpoints) > 1):
+                    elif failure.retryable and len(self.endpoints) > 1 and (
+                            failure.kind in ("connection", "dropped", "timeout") or failure.kind.startswith("5")):
                         endpoint.unhealthy_until = time.monotonic() + UNHEALTHY_SECONDS
                     raise failure from exc
         finally:
@@ -283,7 +314,8 @@ class OpenAITeacher(Teacher):
         return TeacherResponse(completions, usage.prompt_tokens, usage.completion_tokens, resp.model or self.model)
 
     def notes(self) -> list[str]:
-        return [note for endpoint in self.endpoints for note in endpoint.notes]
+        """What this teacher learnt about its servers (structured-output fallbacks), for run.json."""
+        return list(self._notes)
 
 
 def httpx2_limits(concurrency: int) -> Any:

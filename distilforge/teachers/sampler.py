@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distilforge.core.budget import Budget
-from distilforge.core.config import RetryConfig, TeacherConfig
+from distilforge.core.config import Prices, RetryConfig, TeacherConfig
 from distilforge.core.journal import Journal, request_key
 from distilforge.core.records import Completion
 from distilforge.core.steps import Progress, RankContext
@@ -117,13 +117,15 @@ class Outcome:
 
 class Sampler:
     def __init__(self, teacher: Teacher, journal: Journal, budget: Budget, *, stage: str,
-                 identity: dict[str, Any], completion_budget: int, supports_n: bool = True,
+                 identity: dict[str, Any], completion_budget: int, prices: Prices | None = None,
+                 supports_n: bool = True,
                  retry: RetryConfig | None = None, progress: Progress | None = None,
                  on_budget: Callable[[str], None] | None = None, journal_only: bool = False):
         self.teacher = teacher
         self.journal = journal
         self.budget = budget
         self.stage = stage
+        self.prices = prices if prices is not None else budget.prices  # this teacher's; the cap is the run's
         self.identity = identity
         self.completion_budget = completion_budget
         self.supports_n = supports_n
@@ -151,8 +153,14 @@ class Sampler:
     def keys(self, messages: list[dict[str, str]], indices: range | list[int]) -> list[tuple[str, int]]:
         return [(request_key(self.identity, messages, i), i) for i in indices]
 
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        if self.prices is None:
+            return 0.0
+        return (prompt_tokens * self.prices.input_per_million
+                + completion_tokens * self.prices.output_per_million) / 1e6
+
     def worst_case_usd(self, messages: list[dict[str, str]], n: int) -> float:
-        return self.budget.cost(prompt_tokens_upper_bound(messages), self.completion_budget * n)
+        return self.cost(prompt_tokens_upper_bound(messages), self.completion_budget * n)
 
     async def replay(self, messages: list[dict[str, str]],
                      indices: range | list[int]) -> tuple[list[Sample], list[tuple[str, int]]]:
@@ -284,7 +292,7 @@ class Sampler:
             completions = response.completions[:n]
             response.completions = completions
             if response.usage_reported:
-                cost = budget.cost(response.prompt_tokens, response.completion_tokens)
+                cost = self.cost(response.prompt_tokens, response.completion_tokens)
             else:
                 stats.usage_missing += 1
                 cost = reserve  # unknown usage: the worst case, never 0
@@ -314,8 +322,8 @@ class _TokensOnly(Progress):
 
 
 async def open_sampler(ctx: RankContext, name: str, config: TeacherConfig, *, stage: str,
-                       identity: dict[str, Any] | None = None, journal_only: bool = False,
-                       counts_samples: bool = True) -> Sampler:
+                       identity: dict[str, Any] | None = None, prices: Prices | None = None,
+                       journal_only: bool = False, counts_samples: bool = True) -> Sampler:
     """The rank's sampler `name` for a teacher config: opened once, stopped with the run, closed with the rank."""
     from distilforge.teachers import make_teacher, teacher_identity
 
@@ -324,7 +332,7 @@ async def open_sampler(ctx: RankContext, name: str, config: TeacherConfig, *, st
         await teacher.start()
         sampler = Sampler(teacher, ctx.journal, ctx.budget, stage=stage,
                           identity=identity or teacher_identity(config),
-                          completion_budget=config.completion_budget(), supports_n=config.supports_n,
+                          completion_budget=config.completion_budget(), prices=prices, supports_n=config.supports_n,
                           retry=config.retry, progress=ctx.progress if counts_samples else _TokensOnly(ctx.progress),
                           on_budget=ctx.stop, journal_only=journal_only)
         if ctx.stopped:
