@@ -123,6 +123,14 @@ def test_n_ignored_still_gives_every_sample_and_estimate_bounds_cost(proxy, tmp_
         f"estimate's worst case ${worst} is below the real cost ${run['cost_usd']}: "
         "a server that ignores n is billed for the prompt once per sample"
     )
+    # The same run with every sample at max_tokens (the worst case's own assumption) must stay under it too:
+    # the prompts really sent (once per sample here) plus max_tokens per sample, at $1/M each way.
+    max_tokens = data["teacher"]["params"]["max_tokens"]
+    could_have_cost = (run["tokens"]["prompt"] + n_seeds * k * max_tokens) / 1e6
+    assert worst >= could_have_cost - 1e-6, (
+        f"estimate's worst case ${worst} < ${could_have_cost:.6f}, what this run costs if every sample hits "
+        f"max_tokens: the server ignored n, so each of the {n_seeds * k} samples re-sent its prompt"
+    )
 
 
 # -- c. LLM judge with structured output ------------------------------------------------------------------
