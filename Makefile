@@ -3,8 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The compatibility suite's llama.cpp server lives in its own venv (no torch), built once: the stamp
+# names the pinned version, so changing the pin rebuilds it.
+COMPAT_VENV ?= .venv-compat
+LLAMA_CPP_PYTHON_VERSION ?= 0.3.36
+COMPAT_STAMP := $(COMPAT_VENV)/.installed-$(LLAMA_CPP_PYTHON_VERSION)
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-compat lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +34,20 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# llama-cpp-python compiles llama.cpp from source (CPU build): about 6 minutes on 2 cores, up to 25 on a
+# busy machine; only the first time.
+$(COMPAT_STAMP):
+	test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install -q --upgrade pip
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc 2>/dev/null || echo 2) \
+	CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+	$(COMPAT_VENV)/bin/python -m pip install -q 'llama-cpp-python[server]==$(LLAMA_CPP_PYTHON_VERSION)'
+	touch $(COMPAT_STAMP)
+
+# The CLI against a real llama.cpp server (CoT, n ignored, judge, self-instruct, kill and resume); not in `make test`.
+test-compat: $(STAMP) $(COMPAT_STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests_compat
 
 clean:
 	rm -rf runs .pytest_cache
