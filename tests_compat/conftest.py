@@ -409,14 +409,14 @@ def journal_responses(run_dir: Path) -> int:
     """Answers committed to the run's journal so far (0 before it exists)."""
     import sqlite3
 
-    path = run_dir / "journal.sqlite"
-    if not path.exists():
-        return 0
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
-            return db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
-    except sqlite3.Error:
-        return 0
+    total = 0
+    for path in sorted((run_dir / "journal").glob("rank-*.sqlite")):
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
+                total += db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+        except sqlite3.Error:
+            pass
+    return total
 
 
 def wait_for(predicate: Any, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
