@@ -23,6 +23,9 @@ console = Console(stderr=True)
 ConfigArg = Annotated[Path, typer.Argument(help="Job config (YAML), or an existing run folder to continue.")]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Run folder (default: output.dir, else runs/NAME).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config key: --set teacher.params.temperature=0.2")]
+ExecutorOpt = Annotated[str | None, typer.Option(
+    "--executor", help="Where the ranks run: local, or ray (a local Ray unless executor.address); --executor ray:4 "
+                       "for 4 ranks.")]
 RunDirArg = Annotated[Path, typer.Argument(help="A run folder written by `distilforge run` or `generate`.")]
 
 
@@ -83,6 +86,13 @@ def _guard(fn: Any) -> Any:
         raise typer.Exit(130) from None
 
 
+def _executor_overrides(executor: str | None) -> list[str]:
+    if executor is None:
+        return []
+    kind, _, workers = executor.partition(":")
+    return [f"executor.kind={kind}", *([f"executor.workers={workers}"] if workers else [])]
+
+
 def _job(config: Path, set_: list[str] | None, output: Path | None, stages: tuple[str, ...], *,
          summary: bool = True) -> None:
     """Load the config (or a run folder's), run `stages` through the one lifecycle, exit with its code."""
@@ -111,15 +121,16 @@ def _job(config: Path, set_: list[str] | None, output: Path | None, stages: tupl
 
 
 @app.command()
-def run(config: ConfigArg, output: OutputOpt = None, set_: SetOpt = None) -> None:
+def run(config: ConfigArg, output: OutputOpt = None, set_: SetOpt = None, executor: ExecutorOpt = None) -> None:
     """Run the whole job: generate -> filter -> dataset, then train -> eval if train.enabled -> report."""
-    _job(config, set_, output, ("generate", "train", "eval", "publish", "report"))
+    _job(config, [*(set_ or []), *_executor_overrides(executor)], output,
+         ("generate", "train", "eval", "publish", "report"))
 
 
 @app.command()
-def generate(config: ConfigArg, output: OutputOpt = None, set_: SetOpt = None) -> None:
+def generate(config: ConfigArg, output: OutputOpt = None, set_: SetOpt = None, executor: ExecutorOpt = None) -> None:
     """Only the data stage: seeds -> teacher -> filters -> DIR/dataset. Resumes an existing run folder."""
-    _job(config, set_, output, ("generate", "report"))
+    _job(config, [*(set_ or []), *_executor_overrides(executor)], output, ("generate", "report"))
 
 
 @app.command()

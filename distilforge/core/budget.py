@@ -40,6 +40,15 @@ class Budget:
         if self.max_usd is not None and self.prices is None:
             raise BudgetError("budget.max_usd needs budget.prices: this model is not in the built-in price table")
 
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state.pop("_changed", None)  # bound to an event loop: a copy in another process gets its own
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._changed = asyncio.Event()
+
     async def reserve_when_possible(self, usd: float) -> bool:
         """Reserve `usd`, waiting while requests in flight still hold reservations that may settle
         below their worst case; False only once it cannot fit with nothing of this run in flight."""

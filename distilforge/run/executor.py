@@ -9,6 +9,9 @@ N of them as Ray actors. Both hand each rank the same picklable `Pipeline`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import shutil
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +45,56 @@ class RankResult:
     not_sent: int = 0
     notes: list[str] = field(default_factory=list)
     sections: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # the rank died (a killed Ray worker): what is known of it
+    reused: bool = False  # a complete shard of an earlier run with the same pipeline: not run again
+    fingerprint: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return not (self.error or self.stop_reasons or self.failed or self.not_sent)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rank": self.rank, "steps": {k: _stats_json(v) for k, v in self.steps.items()},
+                "stages": {k: _stats_json(v) for k, v in self.stages.items()}, "stop_reasons": self.stop_reasons,
+                "kept": self.kept, "failed": self.failed, "not_sent": self.not_sent, "notes": self.notes,
+                "sections": self.sections, "error": self.error, "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RankResult:
+        result = cls(data["rank"])
+        for key in ("stop_reasons", "kept", "failed", "not_sent", "notes", "sections", "error", "fingerprint"):
+            setattr(result, key, data.get(key, getattr(result, key)))
+        result.steps = {k: StepStats(**{**v, "rejected": Counter(v["rejected"]), "counters": Counter(v["counters"])})
+                        for k, v in data.get("steps", {}).items()}
+        result.stages = {k: StageStats.from_dict(v) for k, v in data.get("stages", {}).items()}
+        return result
+
+
+def _stats_json(stats: Any) -> dict[str, Any]:
+    return {k: (dict(v) if isinstance(v, Counter) else v) for k, v in vars(stats).items()}
+
+
+def pipeline_fingerprint(pipeline: Pipeline, world_size: int) -> str:
+    """What must match for an earlier run's complete shard to stand for this run's rank."""
+    blob = json.dumps({"config": pipeline.config.model_dump(mode="json", exclude={"train", "eval", "output"}),
+                       "world_size": world_size}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def reusable(run_dir: Path, rank: int, fingerprint: str) -> RankResult | None:
+    """A shard that an earlier run of the same pipeline completed (every sample answered): kept as is."""
+    path = staging_dir(run_dir, rank) / "result.json"
+    if not path.exists():
+        return None
+    try:
+        result = RankResult.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError):
+        return None
+    if result.fingerprint != fingerprint or not result.complete:
+        return None
+    result.reused = True
+    result.stages = {}  # this run sent nothing for it
+    return result
 
 
 async def _threaded(items: Iterator[Seed], chunk: int = 256) -> AsyncIterator[Seed]:
@@ -75,11 +128,13 @@ async def run_rank(pipeline: Pipeline, run_dir: Path, rank: int, world_size: int
     """
     config = pipeline.config
     staging = staging_dir(run_dir, rank)
+    shutil.rmtree(staging, ignore_errors=True)
     journal = Journal(shard_path(run_dir, rank), fence=control.fence())
     kept = JsonlSink(staging / "kept.jsonl", REJECTED_COLUMNS)
     rejected = JsonlSink(staging / "rejected.jsonl", REJECTED_COLUMNS)
     failed = JsonlSink(staging / "failed.jsonl")
     result = result or RankResult(rank)
+    result.fingerprint = pipeline_fingerprint(pipeline, world_size)
 
     def fail(seed_id: str, index: int, error: str) -> None:
         failed.write_row({"seed_id": seed_id, "sample_index": index, "error": error})
@@ -121,6 +176,8 @@ async def run_rank(pipeline: Pipeline, run_dir: Path, rank: int, world_size: int
             result.stop_reasons = list(ctx.stop_reasons)
             result.sections = dict(ctx.sections)
             result.kept = kept.count
+    # Written last: only a rank that got here left a shard a rerun may reuse.
+    (staging / "result.json").write_text(json.dumps(result.to_json()), encoding="utf-8")
     return result
 
 
@@ -141,6 +198,11 @@ class LocalExecutor:
 
     async def run(self, pipeline: Pipeline, run_dir: Path, budget: Budget, control: RunControl,
                   progress: Progress) -> list[RankResult]:
+        earlier = reusable(run_dir, 0, pipeline_fingerprint(pipeline, 1))
+        if earlier is not None:
+            progress.advance(progress.total)
+            self.results = [earlier]
+            return self.results
         self.results = [RankResult(0)]
         await run_rank(pipeline, run_dir, 0, 1, budget, control, progress, result=self.results[0],
                        contexts=self._contexts, log=self.log)

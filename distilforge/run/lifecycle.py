@@ -180,7 +180,7 @@ async def _generate(config: JobConfig, run_dir: Path, control: RunControl, conso
     pipeline = build_pipeline(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     _migrate_legacy_journal(run_dir)
-    shutil.rmtree(run_dir / ".staging", ignore_errors=True)
+    shutil.rmtree(run_dir / ".staging" / "global", ignore_errors=True)  # ranks clear (or reuse) their own
     spent, orphans = journal_totals(run_dir)
     budget = control.budget(config, spent)
     snapshot_config(config, run_dir)
@@ -241,6 +241,9 @@ async def _generate(config: JobConfig, run_dir: Path, control: RunControl, conso
     n_failed = await asyncio.to_thread(write_sorted_jsonl, failed, FAILED_COLUMNS, run_dir / "failed.jsonl")
 
     status, stopped, error = _status(stop_reasons, stages)
+    dead = [r for r in results if r.error]
+    if dead:  # a rank died (a killed Ray worker): its shard is incomplete; a rerun resumes it from its journal
+        status, stopped, error = "failed", stopped, "; ".join(f"rank {r.rank}: {r.error}" for r in dead)
     per_stage, requests, tokens = _stages_report(stages, budget)
     gen = stages.get("generate") or StageStats()
     cost, by_stage = _cost(budget, stages)
@@ -255,7 +258,8 @@ async def _generate(config: JobConfig, run_dir: Path, control: RunControl, conso
         "teacher": {"backend": config.teacher.backend, "model": display_model(config.teacher),
                     "params": config.teacher.params.model_dump(mode="json", exclude_none=True)},
         "seeds": {"path": Path(config.seeds.path).name, "count": facts.n_seeds},
-        "executor": {"kind": executor.kind, "workers": getattr(executor, "workers", 1)},
+        "executor": {"kind": executor.kind, "workers": getattr(executor, "workers", 1),
+                     "reused_ranks": [r.rank for r in results if r.reused]},
         "samples": {"expected": facts.expected, "from_journal": gen.samples_from_journal, "new": gen.samples_new,
                     "failed": n_failed - not_sent, "not_sent": not_sent},
         "requests_saved": steps.get("generate", StepStats("generate")).counters.get("requests_saved", 0),
@@ -280,7 +284,8 @@ async def _generate(config: JobConfig, run_dir: Path, control: RunControl, conso
     from distilforge.publish import write_card
 
     await asyncio.to_thread(write_card, config, run_dir)
-    shutil.rmtree(run_dir / ".staging", ignore_errors=True)
+    if status == "completed":  # otherwise a rerun reuses the shards its ranks completed
+        shutil.rmtree(run_dir / ".staging", ignore_errors=True)
     return run
 
 

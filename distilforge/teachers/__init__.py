@@ -9,11 +9,12 @@ from distilforge.core.config import TeacherConfig
 from distilforge.teachers.base import AttemptFailed, Teacher, TeacherError
 
 
-def make_teacher(config: TeacherConfig) -> Teacher:
+def make_teacher(config: TeacherConfig, share: float = 1.0) -> Teacher:
+    """`share`: the part of the endpoint's rate limits this process may use (1/N of N ranks)."""
     if config.backend in ("openai", "vllm"):
         from distilforge.teachers.openai_api import OpenAITeacher
 
-        return OpenAITeacher(config)
+        return OpenAITeacher(config, share=share)
     if config.backend == "local":
         # Imported here so an API run never pays for torch/transformers at start-up.
         from distilforge.teachers.local import LocalTeacher

@@ -147,8 +147,9 @@ class Endpoint:
 class OpenAITeacher(Teacher):
     """Chat completions over HTTP. Also the `vllm` backend: the same client plus vLLM's checks."""
 
-    def __init__(self, config: TeacherConfig):
+    def __init__(self, config: TeacherConfig, share: float = 1.0):
         self.config = config
+        self.share = share  # this process's part of each endpoint's rate limits (1/N of N ranks)
         self.model = config.model
         self.max_concurrency = config.max_concurrency
         self.endpoints: list[Endpoint] = []
@@ -187,7 +188,8 @@ class OpenAITeacher(Teacher):
         if self.config.backend == "vllm":
             await check_vllm_servers([u for u in urls if u], self.model, self._api_key())
         for url in urls:
-            self.endpoints.append(Endpoint(url, self._client(url), RateLimiter(self.config.rpm, self.config.tpm)))
+            limiter = RateLimiter(self.config.rpm, self.config.tpm, share=self.share)
+            self.endpoints.append(Endpoint(url, self._client(url), limiter))
 
     async def aclose(self) -> None:
         for endpoint in self.endpoints:

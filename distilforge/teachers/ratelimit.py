@@ -69,9 +69,12 @@ class TokenBucket:
 
 
 class RateLimiter:
-    def __init__(self, rpm: float | None = None, tpm: float | None = None):
-        self.requests = TokenBucket(rpm) if rpm else None
-        self.tokens = TokenBucket(tpm, min_capacity=1.0) if tpm else None
+    """`share`: the part of the endpoint's limits this process may use (1/N for each of N ranks)."""
+
+    def __init__(self, rpm: float | None = None, tpm: float | None = None, share: float = 1.0):
+        self.share = share
+        self.requests = TokenBucket(rpm * share) if rpm else None
+        self.tokens = TokenBucket(tpm * share, min_capacity=1.0) if tpm else None
         self.cooldown_until = 0.0
         self.waited_seconds = 0.0
         self._lock = asyncio.Lock()
@@ -126,7 +129,7 @@ class RateLimiter:
         for name in ("requests", "tokens"):
             limit = headers.get(f"x-ratelimit-limit-{name}")
             try:
-                value = float(limit) if limit else None
+                value = float(limit) * self.share if limit else None
             except ValueError:
                 value = None
             bucket = getattr(self, name)

@@ -328,7 +328,7 @@ async def open_sampler(ctx: RankContext, name: str, config: TeacherConfig, *, st
     from distilforge.teachers import make_teacher, teacher_identity
 
     async def opener() -> tuple[Sampler, Callable[[], Any]]:
-        teacher = make_teacher(config)
+        teacher = make_teacher(config, share=1.0 / ctx.world_size)
         await teacher.start()
         sampler = Sampler(teacher, ctx.journal, ctx.budget, stage=stage,
                           identity=identity or teacher_identity(config),
