@@ -1,26 +1,26 @@
-"""distilforge against the bare OpenAI SDK on the same prompts, and against a rate limit.
+"""distilforge against a bare OpenAI SDK loop on the same prompts, as whole commands, and a rate limit.
 
-Run: .venv/bin/python benchmarks/teacher_throughput.py [--requests 2000] [--concurrency 256]
+Run: .venv/bin/python benchmarks/teacher_throughput.py [--requests 4000 40000] [--concurrency 256]
+     [--latency 0.2] [--repeats 3]
 
-All in one process against the fake OpenAI-compatible server (tests/fake_openai.py, aiohttp on its
-own thread, real HTTP on loopback):
-1. The ceiling: a bare `AsyncOpenAI` (aiohttp transport, pool sized to the concurrency) + semaphore
-   loop over N prompts; then `distilforge generate` on the same N prompts (journal, parsing, filters,
-   dataset writing included). Requests/s for both and the ratio, at 0 and 200 ms server latency.
-2. A rate limit enforced by the server (a bucket of one second of the RPM): the fraction of the limit
-   distilforge sustains with `teacher.rpm` set, and the 429s it provoked.
+The fake OpenAI-compatible server (tests/fake_openai.py: aiohttp, real HTTP on loopback) runs in this
+process; each contender runs as its own child process, timed from spawn to exit:
+- bare: a script with `AsyncOpenAI` (aiohttp transport, pool sized to the concurrency) and a
+  semaphore, reading the same seeds file and writing every answer to a JSONL file;
+- distilforge: `distilforge run job.yaml` as a user runs it (journal, parse, filters, dataset, card
+  and report on disk when it returns).
+The table gives both the request window (first request to last answer, from each one's own clock) and
+the whole command, and their ratios (bare / distilforge: 1.00 = as fast as the bare loop). A second
+table: a rate limit enforced by the server, the fraction distilforge sustains and the 429s it provoked.
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-
 import argparse
-import asyncio
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,100 +28,139 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import httpx2
-import openai
+import yaml
 from fake_openai import Behaviour, FakeOpenAI
 from rich.console import Console
 from rich.table import Table
 
-from distilforge.core.config import JobConfig
-from distilforge.run.lifecycle import run_generate
-
 ANSWER = "Two plus two is four.\nThe answer is 4."
 
+BARE = '''
+import asyncio, json, sys, time
+import httpx2, openai
 
-def prompts(n: int) -> list[str]:
-    return [f"Q{i}: what is 2 + 2?" for i in range(n)]
-
-
-async def bare_loop(base_url: str, n: int, concurrency: int) -> float:
-    client = openai.AsyncOpenAI(
-        api_key="EMPTY", base_url=base_url, max_retries=0,
+async def main(seeds, out, concurrency):
+    client = openai.AsyncOpenAI(api_key="EMPTY", base_url=sys.argv[1], max_retries=0,
         http_client=openai.DefaultAioHttpClient(
-            limits=httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)),
-    )
+            limits=httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)))
     slots = asyncio.Semaphore(concurrency)
-
-    async def one(text: str) -> None:
+    questions = [json.loads(line)["question"] for line in open(seeds)]
+    answers = []
+    async def one(text):
         async with slots:
-            await client.chat.completions.create(model="fake", messages=[{"role": "user", "content": text}],
-                                                 max_tokens=64, temperature=0.7)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(one(p) for p in prompts(n)))
-    elapsed = time.perf_counter() - start
+            r = await client.chat.completions.create(model="fake", messages=[{"role": "user", "content": text}],
+                                                     max_tokens=64, temperature=0.7)
+            answers.append({"question": text, "answer": r.choices[0].message.content})
+    start = time.time()
+    await asyncio.gather(*(one(q) for q in questions))
+    window = time.time() - start
+    with open(out, "w") as fh:
+        for a in answers:
+            fh.write(json.dumps(a) + "\\n")
     await client.close()
-    return elapsed
+    print(json.dumps({"window": window}))
+
+asyncio.run(main(sys.argv[2], sys.argv[3], int(sys.argv[4])))
+'''
 
 
-def distilforge_run(base_url: str, n: int, concurrency: int, rpm: float | None = None) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        seeds = Path(tmp) / "seeds.jsonl"
-        seeds.write_text("".join(json.dumps({"question": p, "answer": "#### 4"}) + "\n" for p in prompts(n)))
-        config = JobConfig.model_validate({
-            "seeds": {"path": str(seeds)},
-            "teacher": {"backend": "openai", "model": "fake", "base_url": base_url, "api_key_env": None,
-                        "max_concurrency": concurrency, "rpm": rpm, "params": {"max_tokens": 64}},
-        })
-        with open(os.devnull, "w") as devnull:
-            run = run_generate(config, Path(tmp) / "run", Console(file=devnull))
-        assert run["kept"] == n, run
-        return run
+def seeds_file(folder: Path, n: int) -> Path:
+    path = folder / "seeds.jsonl"
+    with path.open("w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"question": f"Q{i}: what is 2 + 2?", "answer": "#### 4"}) + "\n")
+    return path
+
+
+def bare(url: str, seeds: Path, folder: Path, concurrency: int) -> tuple[float, float]:
+    script = folder / "bare.py"
+    script.write_text(BARE)
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, str(script), url, str(seeds), str(folder / "answers.jsonl"), str(concurrency)],
+                         check=True, capture_output=True, text=True)
+    whole = time.perf_counter() - start
+    return json.loads(out.stdout.strip().splitlines()[-1])["window"], whole
+
+
+def distilforge(url: str, seeds: Path, folder: Path, concurrency: int, rpm: float | None = None) -> tuple[dict, float]:
+    config = folder / "job.yaml"
+    config.write_text(yaml.safe_dump({
+        "seeds": {"path": str(seeds)},
+        "teacher": {"backend": "openai", "model": "fake", "base_url": url, "api_key_env": None,
+                    "max_concurrency": concurrency, "rpm": rpm, "params": {"max_tokens": 64}},
+    }))
+    out = folder / "run"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)], check=True,
+                   capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    whole = time.perf_counter() - start
+    run = json.loads((out / "run.json").read_text())
+    assert (out / "report.html").exists() and (out / "dataset" / "README.md").exists()
+    return run, whole
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, nargs="+", default=[4000, 40000])
     parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--latency", type=float, default=0.2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rpm", type=float, default=6000)
     parser.add_argument("--rpm-requests", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-rpm", action="store_true", help="skip the rate-limit table")
     args = parser.parse_args()
     console = Console()
 
-    table = Table(title=f"requests/s, {args.requests} requests, concurrency {args.concurrency}, "
-                        f"median of {args.repeats} (one process, loopback)")
-    for col in ("server latency", "bare AsyncOpenAI", "distilforge", "ratio"):
+    table = Table(title=f"bare AsyncOpenAI loop vs distilforge run, concurrency {args.concurrency}, "
+                        f"{args.latency * 1000:.0f} ms teacher, median of {args.repeats} (separate processes, loopback)")
+    for col in ("requests", "bare window s", "ours window s", "window ratio", "bare command s", "ours command s",
+                "command ratio", "target"):
         table.add_column(col, justify="right")
-    for latency in (0.0, 0.2):
-        fake = FakeOpenAI(latency=(latency, latency), default=Behaviour([ANSWER]))
-        url = fake.start()
-        try:
-            asyncio.run(bare_loop(url, 200, args.concurrency))  # warm-up
-            # Alternate the two and take medians: on 2 shared cores single runs vary by +-15%.
-            bares, ours = [], []
-            for _ in range(args.repeats):
-                bares.append(args.requests / asyncio.run(bare_loop(url, args.requests, args.concurrency)))
-                ours.append(args.requests / distilforge_run(url, args.requests, args.concurrency)["wall_seconds"])
-        finally:
-            fake.stop()
-        bare, mine = statistics.median(bares), statistics.median(ours)
-        table.add_row(f"{latency * 1000:.0f} ms", f"{bare:,.0f}", f"{mine:,.0f}", f"{mine / bare:.2f}")
+    fake = FakeOpenAI(latency=(args.latency, args.latency), default=Behaviour([ANSWER]), log_requests=False)
+    url = fake.start()
+    try:
+        for n in args.requests:
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = Path(tmp)
+                seeds = seeds_file(folder, n)
+                bare(url, seeds, folder, args.concurrency)  # warm-up (page cache, server)
+                windows: tuple[list[float], list[float]] = ([], [])
+                commands: tuple[list[float], list[float]] = ([], [])
+                # Alternate the two and take medians: on 2 shared cores single runs vary.
+                for i in range(args.repeats):
+                    window, whole = bare(url, seeds, folder, args.concurrency)
+                    windows[0].append(window)
+                    commands[0].append(whole)
+                    (folder / f"d{i}").mkdir()
+                    run, whole = distilforge(url, seeds, folder / f"d{i}", args.concurrency)
+                    assert run["kept"] == n, run["kept"]
+                    windows[1].append(run["wall_seconds"])
+                    commands[1].append(whole)
+            bw, ow = statistics.median(windows[0]), statistics.median(windows[1])
+            bc, oc = statistics.median(commands[0]), statistics.median(commands[1])
+            target = 0.85 if n <= 4000 else 0.95
+            table.add_row(f"{n:,}", f"{bw:.2f}", f"{ow:.2f}", f"{bw / ow:.2f}", f"{bc:.2f}", f"{oc:.2f}",
+                          f"{bc / oc:.2f}", f">= {target}")
+    finally:
+        fake.stop()
     console.print(table)
+    if args.no_rpm:
+        return
 
     limit = Table(title=f"server-enforced limit of {args.rpm:,.0f} RPM, {args.rpm_requests} requests")
     for col in ("client", "achieved RPM", "fraction of limit", "429s", "429s / requests"):
         limit.add_column(col, justify="right")
     for label, rpm in (("distilforge, teacher.rpm set", args.rpm), ("distilforge, no rpm (learns from headers)", None)):
-        fake = FakeOpenAI(rpm_limit=args.rpm, default=Behaviour([ANSWER]))
+        fake = FakeOpenAI(rpm_limit=args.rpm, default=Behaviour([ANSWER]), log_requests=False)
         url = fake.start()
         try:
-            run = distilforge_run(url, args.rpm_requests, 64, rpm=rpm)
+            with tempfile.TemporaryDirectory() as tmp:
+                run, _ = distilforge(url, seeds_file(Path(tmp), args.rpm_requests), Path(tmp), 64, rpm=rpm)
         finally:
             fake.stop()
         achieved = args.rpm_requests / run["wall_seconds"] * 60
         limit.add_row(label, f"{achieved:,.0f}", f"{achieved / args.rpm:.3f}", str(fake.rejected_429),
-                      f"{fake.rejected_429 / len(fake.requests):.2%}")
+                      f"{fake.rejected_429 / fake.chat_requests:.2%}")
     console.print(limit)
 
 

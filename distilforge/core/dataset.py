@@ -68,26 +68,29 @@ class JsonlSink:
             self._fh.close()
 
 
-def _rows(paths: list[str]) -> Iterator[dict[str, Any]]:
-    for path in paths:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                yield json.loads(line)
-
-
 def load_jsonl(paths: list[Path], columns: list[str], cache: Path) -> Any:
     """A Dataset over the shards, streamed through Arrow into `cache` (not held in memory).
 
-    The cache must be fresh per build: datasets caches generators by their arguments, and the same
-    staging paths on a resumed run would otherwise hand back the previous run's rows.
+    pyarrow's JSON reader parses the shards in blocks with the dataset's schema, and the batches are
+    written to one Arrow file that the Dataset memory-maps: fast, and flat in memory. The cache must
+    be fresh per build, so a resumed run never sees an earlier build's rows.
     """
-    from datasets import Dataset
+    import pyarrow as pa
+    import pyarrow.json as pj
+    from datasets import Dataset, DatasetInfo
 
-    paths = [p for p in paths if p.exists() and p.stat().st_size]
-    if paths:
-        return Dataset.from_generator(_rows, gen_kwargs={"paths": [str(p) for p in paths]}, features=features(columns),
-                                      cache_dir=str(cache))
-    return Dataset.from_dict({c: [] for c in columns}, features=features(columns))
+    feats = features(columns)
+    schema = feats.arrow_schema
+    target = cache / "data.arrow"
+    options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    with pa.OSFile(str(target), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for path in paths:
+            if not path.exists() or not path.stat().st_size:
+                continue
+            for batch in pj.open_json(str(path), parse_options=options,
+                                      read_options=pj.ReadOptions(block_size=16 << 20)):
+                writer.write_batch(pa.RecordBatch.from_arrays([batch.column(n) for n in schema.names], schema=schema))
+    return Dataset.from_file(str(target), info=DatasetInfo(features=feats), in_memory=False)
 
 
 def _sorted(ds: Any) -> Any:

@@ -75,7 +75,7 @@ class BatchRun:
         self.rank, self.world_size, self.log = rank, world_size, log
         self.journal, self.budget = sampler.journal, sampler.budget
         self.discount = config.budget.batch_discount
-        self.client: Any = sampler.teacher.endpoints[0].client  # type: ignore[attr-defined]
+        self.client: Any = sampler.teacher.batch_client()  # type: ignore[attr-defined]
         self.report: dict[str, Any] = {"batches": [], "rows_ok": 0, "rows_failed": 0}
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:

@@ -91,11 +91,11 @@ Rejected rows by reason: {', '.join(f'{k} {v}' for k, v in sorted(run.get('rejec
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n" + body
 
 
-def write_card(config: JobConfig, run_dir: Path) -> Path:
-    import datasets
+def write_card(config: JobConfig, run_dir: Path, counts: dict[str, int] | None = None) -> Path:
+    if counts is None:
+        import datasets
 
-    splits = datasets.load_from_disk(str(run_dir / "dataset"))
-    counts = {name: len(split) for name, split in splits.items()}
+        counts = {name: len(split) for name, split in datasets.load_from_disk(str(run_dir / "dataset")).items()}
     path = run_dir / "dataset" / "README.md"
     write_atomic(path, card_text(config, read_run(run_dir), counts))
     return path

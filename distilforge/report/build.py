@@ -16,6 +16,13 @@ from distilforge.core.run_files import read_run, write_atomic
 
 
 def _plots(run: dict[str, Any], run_dir: Path) -> dict[str, Path]:
+    """Loss and accuracy plots (matplotlib, only once a student exists: a data-only run needs none)."""
+    loss_file = run_dir / "student" / "loss.json"
+    losses = json.loads(loss_file.read_text()) if loss_file.exists() else []
+    ev = run.get("eval") or {}
+    bars = [(k, ev[k]) for k in ("before", "after", "teacher") if ev.get(k)]
+    if not losses and not bars:
+        return {}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,40 +31,18 @@ def _plots(run: dict[str, Any], run_dir: Path) -> dict[str, Path]:
     folder = run_dir / "report_files"
     folder.mkdir(exist_ok=True)
     out: dict[str, Path] = {}
-
-    steps = [f for f in run.get("filters", []) if f["in"]]
-    if steps:
-        fig, ax = plt.subplots(figsize=(7, 0.45 * len(steps) + 1.2))
-        names = [f["name"] for f in steps]
-        ax.barh(names, [f["out"] for f in steps], color="#3b7dd8", label="passed")
-        ax.barh(names, [f["in"] - f["out"] for f in steps], left=[f["out"] for f in steps], color="#e0685a",
-                label="rejected")
-        ax.invert_yaxis()
-        ax.set_xlabel("samples")
-        ax.set_title("Funnel: samples through each filter")
-        ax.legend(loc="lower right")
+    if loss_file.exists() and losses:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        ax.plot([p["step"] for p in losses], [p["loss"] for p in losses], marker="o", color="#3b7dd8")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_title("Student training loss")
+        ax.grid(alpha=0.3)
         fig.tight_layout()
-        out["funnel"] = folder / "funnel.png"
-        fig.savefig(out["funnel"], dpi=110)
+        out["loss"] = folder / "loss.png"
+        fig.savefig(out["loss"], dpi=110)
         plt.close(fig)
 
-    loss_file = run_dir / "student" / "loss.json"
-    if loss_file.exists():
-        losses = json.loads(loss_file.read_text())
-        if losses:
-            fig, ax = plt.subplots(figsize=(7, 3.2))
-            ax.plot([p["step"] for p in losses], [p["loss"] for p in losses], marker="o", color="#3b7dd8")
-            ax.set_xlabel("step")
-            ax.set_ylabel("training loss")
-            ax.set_title("Student training loss")
-            ax.grid(alpha=0.3)
-            fig.tight_layout()
-            out["loss"] = folder / "loss.png"
-            fig.savefig(out["loss"], dpi=110)
-            plt.close(fig)
-
-    ev = run.get("eval") or {}
-    bars = [(k, ev[k]) for k in ("before", "after", "teacher") if ev.get(k)]
     if bars:
         fig, ax = plt.subplots(figsize=(5.5, 3.2))
         acc = [b["accuracy"] for _, b in bars]
@@ -133,9 +118,16 @@ def build_report(run_dir: Path) -> tuple[Path, Path]:
         return f'<img alt="{path.stem}" src="data:image/png;base64,{data}">'
 
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
+    widest = max([f["in"] for f in run.get("filters", [])] or [1]) or 1
+
+    def funnel_bar(f: dict[str, Any]) -> str:  # the funnel as plain HTML: no plotting library needed
+        passed, dropped = 100 * f["out"] / widest, 100 * (f["in"] - f["out"]) / widest
+        return (f'<div class="bar"><span class="ok" style="width:{passed:.1f}%"></span>'
+                f'<span class="no" style="width:{dropped:.1f}%"></span></div>')
+
     filter_rows = "".join(
         f"<tr><td>{html.escape(f['name'])}</td><td>{f['in']}</td><td>{f['out']}</td><td>{f['in'] - f['out']}</td>"
-        f"<td>{f['seconds']}</td></tr>" for f in run.get("filters", []))
+        f"<td>{f['seconds']}</td><td class='funnel'>{funnel_bar(f)}</td></tr>" for f in run.get("filters", []))
     figures = "".join(f"<figure>{img(p)}</figure>" for p in plots.values())
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -145,11 +137,13 @@ table {{ border-collapse: collapse; margin: 1rem 0; }}
 th, td {{ border-bottom: 1px solid #dde3ea; padding: .35rem .8rem; text-align: left; }}
 td + td {{ text-align: right; }}
 figure {{ margin: 1.5rem 0; }} img {{ max-width: 100%; }}
+td.funnel {{ width: 16rem; }} .bar {{ display: flex; height: .8rem; background: #f1f4f8; }}
+.bar .ok {{ background: #3b7dd8; }} .bar .no {{ background: #e0685a; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <table>{rows}</table>
 <h2>Filters</h2>
-<table><tr><th>step</th><th>in</th><th>out</th><th>rejected</th><th>seconds</th></tr>{filter_rows}</table>
+<table><tr><th>step</th><th>in</th><th>out</th><th>rejected</th><th>seconds</th><th>passed / rejected</th></tr>{filter_rows}</table>
 <h2>Plots</h2>{figures or "<p>No plots yet.</p>"}
 </body></html>
 """

@@ -69,6 +69,9 @@ def make_executor(config: JobConfig) -> Any:
 
 def _prefetch_imports() -> None:
     """Import the dataset writer's libraries on a thread while the first requests are in flight."""
+    import os
+    if os.environ.get("NOPREFETCH"):
+        return
 
     def load() -> None:
         with contextlib.suppress(Exception):
@@ -283,7 +286,7 @@ async def _generate(config: JobConfig, run_dir: Path, control: RunControl, conso
     run = update_run(run_dir, **summary)
     from distilforge.publish import write_card
 
-    await asyncio.to_thread(write_card, config, run_dir)
+    await asyncio.to_thread(write_card, config, run_dir, splits)
     if status == "completed":  # otherwise a rerun reuses the shards its ranks completed
         shutil.rmtree(run_dir / ".staging", ignore_errors=True)
     return run

@@ -1,14 +1,19 @@
 """Any OpenAI-compatible chat endpoint (OpenAI, vLLM, SGLang, llama.cpp server, ...).
 
-One attempt per call: the SDK's own retries are off (`max_retries=0`) and the `Sampler` retries,
-because after every attempt the budget must know whether the server may have billed it. This module
-classifies each failure: refused before sending (never billed), refused by the server with a readable
-error (429, 5xx: not billed), or sent with an unknown outcome (timeout, dropped connection, unreadable
-200 body: maybe billed).
+One attempt per call: the `Sampler` retries, because after every attempt the budget must know
+whether the server may have billed it. Chat requests go straight through aiohttp (one pooled
+session per endpoint, sized to the concurrency): the request is plain JSON we build ourselves, and
+the SDK's per-request machinery (typed options, URL building, response models) cost more CPU than the
+rest of the pipeline. The SDK is kept for the Batch API's files and batches (`batch_client`).
+
+Each failure is classified by what the transport saw: refused before sending (never billed), refused
+by the server with a readable error (429, 5xx: not billed), or sent with an unknown outcome (timeout,
+dropped connection, an unreadable 200 body: maybe billed).
 
 Structured output is negotiated per endpoint, not assumed: a request asking for a JSON schema tries
 `json_schema`, then `json_object` with the schema inline (llama.cpp, some vLLM versions), then plain
-text (the caller repairs and validates it); the first form an endpoint accepts is remembered.
+text (the caller repairs and validates it). One request finds the form; the others wait for it; the
+endpoint remembers it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import openai
+import aiohttp
 
 from distilforge.core.config import TeacherConfig
 from distilforge.core.records import Completion, TeacherResponse
@@ -30,8 +35,8 @@ from distilforge.core.tokens import estimate_prompt_tokens
 from distilforge.teachers.base import AttemptFailed, Teacher, TeacherError
 from distilforge.teachers.ratelimit import RateLimiter
 
+OPENAI_URL = "https://api.openai.com/v1"
 UNHEALTHY_SECONDS = 5.0  # a replica that just failed sits out this long
-HEADER_SAMPLE = 20  # read rate-limit headers from the 1st, 21st, 41st ... response of an endpoint
 STRUCTURED_FORMS = ("json_schema", "json_object", "text")
 # Words in an error body that say the server refused the structured-output request itself: such an
 # error does not change on retry, so the endpoint falls back to the next form at once.
@@ -67,74 +72,63 @@ def retry_after_seconds(headers: Any) -> float | None:
         return None
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    out, seen = [], set()
-    node: BaseException | None = exc
-    while node is not None and id(node) not in seen:
-        seen.add(id(node))
-        out.append(node)
-        node = node.__cause__ or node.__context__
-    return out
+class HttpError(Exception):
+    """A non-200 answer: its status, headers and body (as the server sent it)."""
 
+    def __init__(self, status: int, headers: Any, body: bytes):
+        self.status, self.headers, self.body = status, headers, body
+        try:
+            self.data: Any = json.loads(body) if body else None
+        except ValueError:
+            self.data = None
+        error = self.data.get("error") if isinstance(self.data, dict) else None
+        message = error.get("message") if isinstance(error, dict) else (error if isinstance(error, str) else None)
+        self.message = str(message or body[:200].decode("utf-8", "replace") or f"HTTP {status}")
+        super().__init__(f"HTTP {status}: {self.message}")
 
-def _never_sent(exc: BaseException) -> bool:
-    """The connection was never made (refused, unreachable, a connect timeout): nothing was sent.
-
-    Decided from the transport's own exception, deepest first: the aiohttp transport reports a server
-    that disconnected mid-request as httpx's ConnectTimeout, which must not count as "never sent".
-    """
-    chain = _chain(exc)
-    for node in reversed(chain):
-        if isinstance(node, ConnectionRefusedError):
-            return True
-        module, name = type(node).__module__, type(node).__name__
-        if module.startswith("aiohttp"):
-            return name in ("ClientConnectorError", "ClientConnectorDNSError", "ClientConnectorCertificateError",
-                            "ClientProxyConnectionError", "ConnectionTimeoutError")
-    return any(type(node).__name__ in ("ConnectError", "ConnectTimeout") for node in chain)
-
-
-def _readable_error(exc: openai.APIStatusError) -> bool:
-    body = exc.body
-    return isinstance(body, dict) or (isinstance(body, str) and body.strip().startswith("{"))
+    @property
+    def readable(self) -> bool:
+        return isinstance(self.data, dict)
 
 
 def classify(exc: BaseException) -> AttemptFailed:
     """What a failed attempt means for retries and for the bill."""
     message = redact(str(exc))[:300]
-    if isinstance(exc, openai.RateLimitError):
-        return AttemptFailed("429", message, retryable=True, retry_after=retry_after_seconds(exc.response.headers))
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
+    if isinstance(exc, HttpError):
+        status = exc.status
+        if status == 429:
+            return AttemptFailed("429", message, retryable=True, retry_after=retry_after_seconds(exc.headers))
         # Some servers (llama.cpp's) answer a request they cannot validate with a 500 that says so:
         # it will not change on retry.
-        validation = status >= 500 and "validation error" in f"{exc.message} {exc.body}".lower()
+        validation = status >= 500 and "validation error" in exc.message.lower()
         retryable = (status >= 500 and not validation) or status in (408, 409)
         # A 5xx with a readable error body was refused, not billed; without one (a proxy's HTML page,
         # a cut body) the upstream may have done the work.
-        maybe_billed = status >= 500 and not _readable_error(exc)
+        maybe_billed = status >= 500 and not exc.readable
         return AttemptFailed(str(status), message, retryable=retryable, maybe_billed=maybe_billed,
-                             retry_after=retry_after_seconds(exc.response.headers))
-    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
-        if _never_sent(exc):
-            return AttemptFailed("connection", f"connection refused or unreachable ({message})", retryable=True)
-        dropped = any(type(n).__name__ in ("ServerDisconnectedError", "RemoteProtocolError", "ClientPayloadError",
-                                           "ClientOSError") for n in _chain(exc))
-        if dropped or not isinstance(exc, openai.APITimeoutError):
-            return AttemptFailed("dropped", f"the connection dropped after the request was sent ({message})",
-                                 retryable=True, maybe_billed=True)
-        return AttemptFailed("timeout", message, retryable=True, maybe_billed=True)
-    if isinstance(exc, (openai.APIResponseValidationError, json.JSONDecodeError, ValueError, KeyError, TypeError)):
+                             retry_after=retry_after_seconds(exc.headers))
+    if isinstance(exc, (aiohttp.ClientConnectorError, getattr(aiohttp, "ConnectionTimeoutError", aiohttp.ClientConnectorError))):
+        # refused, unreachable, DNS, or no connection within the timeout: nothing was sent
+        return AttemptFailed("connection", f"connection refused or unreachable ({message})", retryable=True)
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return AttemptFailed("timeout", message or "no answer within teacher.timeout", retryable=True,
+                             maybe_billed=True)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return AttemptFailed("malformed", f"the answer's body was cut ({message})", retryable=True, maybe_billed=True)
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientConnectionError)):
+        return AttemptFailed("dropped", f"the connection dropped after the request was sent ({message})",
+                             retryable=True, maybe_billed=True)
+    if isinstance(exc, (ValueError, KeyError, TypeError)):
         return AttemptFailed("malformed", message, retryable=True, maybe_billed=True)
     return AttemptFailed(type(exc).__name__, message, retryable=False)
 
 
 @dataclass
 class Endpoint:
-    """One server (replica) of the teacher: its client, rate limiter, load and structured-output form."""
+    """One server (replica) of the teacher: its session, rate limiter, load and structured-output form."""
 
-    url: str | None
-    client: openai.AsyncOpenAI
+    url: str
+    session: aiohttp.ClientSession
     limiter: RateLimiter
     in_flight: int = 0
     sent: int = 0
@@ -142,6 +136,10 @@ class Endpoint:
     structured: str = "json_schema"  # the form this endpoint is asked in (see STRUCTURED_FORMS)
     settled: bool = False  # a structured request has succeeded in that form
     probe: asyncio.Event | None = None  # set while one request finds the form; the others wait for it
+
+    @property
+    def chat_url(self) -> str:
+        return self.url.rstrip("/") + "/chat/completions"
 
 
 class OpenAITeacher(Teacher):
@@ -154,10 +152,11 @@ class OpenAITeacher(Teacher):
         self.max_concurrency = config.max_concurrency
         self.endpoints: list[Endpoint] = []
         self._notes: list[str] = []
-        self._api_key()  # fail before the run writes anything when the key variable is not set
+        self._key = self._api_key()  # fails before the run writes anything when the variable is not set
         self._openai_host = all("api.openai.com" in u for u in config.base_urls) if config.base_urls else True
         fmt = config.params.response_format
         self._negotiates = fmt is not None and fmt.get("type") == "json_schema"
+        self._batch_client: Any = None
 
     def _api_key(self) -> str:
         name = self.config.api_key_env
@@ -169,32 +168,43 @@ class OpenAITeacher(Teacher):
         register_secret(key)
         return key
 
-    def _client(self, base_url: str | None) -> openai.AsyncOpenAI:
-        try:
-            # aiohttp is the SDK's fastest transport; its pool is sized to our concurrency so
-            # connections are reused rather than churned.
-            http_client = openai.DefaultAioHttpClient(
-                timeout=self.config.timeout, limits=httpx2_limits(self.config.max_concurrency)
-            )
-        except RuntimeError:  # the aiohttp extra is missing: the default transport still works
-            http_client = None
-        return openai.AsyncOpenAI(api_key=self._api_key(), base_url=base_url, max_retries=0,
-                                  timeout=self.config.timeout, http_client=http_client)
+    def _headers(self) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self._key}", "Content-Type": "application/json"}
+        for variable, header in (("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project")):
+            if os.environ.get(variable) and self._openai_host:
+                headers[header] = os.environ[variable]
+        return headers
 
     async def start(self) -> None:
         if self.endpoints:
             return
-        urls: list[str | None] = list(self.config.base_urls) or [None]
+        urls = list(self.config.base_urls) or [OPENAI_URL]
         if self.config.backend == "vllm":
-            await check_vllm_servers([u for u in urls if u], self.model, self._api_key())
+            await check_vllm_servers(urls, self.model, self._key)
         for url in urls:
+            # One pooled session per endpoint, sized to the concurrency, so connections are reused.
+            connector = aiohttp.TCPConnector(limit=self.config.max_concurrency, ttl_dns_cache=300)
+            session = aiohttp.ClientSession(connector=connector, headers=self._headers(),
+                                            timeout=aiohttp.ClientTimeout(total=self.config.timeout))
             limiter = RateLimiter(self.config.rpm, self.config.tpm, share=self.share)
-            self.endpoints.append(Endpoint(url, self._client(url), limiter))
+            self.endpoints.append(Endpoint(url, session, limiter))
 
     async def aclose(self) -> None:
         for endpoint in self.endpoints:
-            await endpoint.client.close()
+            await endpoint.session.close()
         self.endpoints = []
+        if self._batch_client is not None:
+            await self._batch_client.close()
+            self._batch_client = None
+
+    def batch_client(self) -> Any:
+        """The OpenAI SDK client, for the Batch API's files and batches (not on the request path)."""
+        if self._batch_client is None:
+            import openai
+
+            self._batch_client = openai.AsyncOpenAI(api_key=self._key, base_url=(self.config.base_urls or [None])[0],
+                                                    max_retries=2, timeout=self.config.timeout)
+        return self._batch_client
 
     def _pick(self) -> Endpoint:
         """The least-loaded healthy replica (a replica that just failed sits out a few seconds)."""
@@ -233,12 +243,11 @@ class OpenAITeacher(Teacher):
 
     def _format_refused(self, exc: BaseException, endpoint: Endpoint) -> bool:
         """The server refused our structured-output form (a fixed answer, not a passing fault)."""
-        if not isinstance(exc, openai.APIStatusError) or exc.status_code not in (400, 422, 500, 501):
+        if not isinstance(exc, HttpError) or exc.status not in (400, 422, 500, 501):
             return False
-        fmt = self.config.params.response_format
-        if fmt is None or fmt.get("type") != "json_schema" or endpoint.structured == "text":
+        if not self._negotiates or endpoint.structured == "text":
             return False
-        text = f"{exc.message} {exc.body}".lower()
+        text = f"{exc.message} {exc.body[:2000].decode('utf-8', 'replace')}".lower()
         return any(word in text for word in _FORMAT_WORDS)
 
     async def attempt(self, messages: list[dict[str, str]], n: int = 1) -> TeacherResponse:
@@ -262,6 +271,15 @@ class OpenAITeacher(Teacher):
             probe, endpoint.probe = endpoint.probe, None
             probe.set()
 
+    @staticmethod
+    async def _post(endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+        async with endpoint.session.post(endpoint.chat_url, data=json.dumps(body).encode()) as resp:
+            raw = await resp.read()
+            if resp.status != 200:
+                raise HttpError(resp.status, resp.headers, raw)
+            endpoint.limiter.observe_headers(resp.headers)
+        return json.loads(raw)
+
     async def _attempt(self, endpoint: Endpoint, messages: list[dict[str, str]], n: int) -> TeacherResponse:
         limiter = endpoint.limiter
         reserved = estimate_prompt_tokens(messages) + self.config.completion_budget() * n
@@ -270,22 +288,10 @@ class OpenAITeacher(Teacher):
         endpoint.sent += 1
         try:
             while True:
-                body = self.request_body(messages, n, endpoint.structured)
                 try:
-                    # The body is plain JSON we built ourselves, so it goes through the client's
-                    # documented `post` (same transport, auth and errors as `create`) without
-                    # `create`'s per-call walk of the TypedDict params, which costs more CPU than
-                    # the rest of our pipeline.
-                    if endpoint.sent % HEADER_SAMPLE == 1:
-                        raw = await endpoint.client.post("/chat/completions", body=body,
-                                                         cast_to=openai.types.chat.ChatCompletion,
-                                                         options={"headers": {"X-Stainless-Raw-Response": "true"}})
-                        limiter.observe_headers(raw.headers)
-                        resp = raw.parse()
-                    else:
-                        resp = await endpoint.client.post("/chat/completions", body=body,
-                                                          cast_to=openai.types.chat.ChatCompletion)
-                    completions = [Completion(c.message.content or "", c.finish_reason) for c in resp.choices]
+                    data = await self._post(endpoint, self.request_body(messages, n, endpoint.structured))
+                    completions = [Completion((c.get("message") or {}).get("content") or "", c.get("finish_reason"))
+                                   for c in sorted(data["choices"], key=lambda c: c.get("index", 0))]
                     if not completions:
                         raise ValueError("response has no choices")
                     break
@@ -293,14 +299,14 @@ class OpenAITeacher(Teacher):
                     if self._format_refused(exc, endpoint):
                         # Not billed (the server refused it): fall back to the next form and ask again.
                         following = STRUCTURED_FORMS[STRUCTURED_FORMS.index(endpoint.structured) + 1]
-                        self._notes.append(f"{strip_userinfo(endpoint.url or 'api')}: {endpoint.structured} "
-                                              f"refused ({getattr(exc, 'status_code', '?')}); using {following}")
+                        self._notes.append(f"{strip_userinfo(endpoint.url)}: {endpoint.structured} refused "
+                                           f"({getattr(exc, 'status', '?')}); using {following}")
                         endpoint.structured = following
                         continue
                     failure = classify(exc)
                     limiter.refund(reserved)
                     if failure.kind == "429":
-                        limiter.observe_headers(exc.response.headers)  # type: ignore[attr-defined]
+                        limiter.observe_headers(exc.headers)  # type: ignore[attr-defined]
                         limiter.on_rate_limited(failure.retry_after)
                     elif failure.retryable and len(self.endpoints) > 1 and (
                             failure.kind in ("connection", "dropped", "timeout") or failure.kind.startswith("5")):
@@ -308,22 +314,18 @@ class OpenAITeacher(Teacher):
                     raise failure from exc
         finally:
             endpoint.in_flight -= 1
-        usage = resp.usage
-        if usage is None:
+        usage = data.get("usage")
+        model = data.get("model") or self.model
+        if not isinstance(usage, dict) or "prompt_tokens" not in usage:
             limiter.reconcile(reserved, reserved)
-            return TeacherResponse(completions, 0, 0, resp.model or self.model, usage_reported=False)
-        limiter.reconcile(reserved, usage.prompt_tokens + usage.completion_tokens)
-        return TeacherResponse(completions, usage.prompt_tokens, usage.completion_tokens, resp.model or self.model)
+            return TeacherResponse(completions, 0, 0, model, usage_reported=False)
+        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        limiter.reconcile(reserved, prompt + completion)
+        return TeacherResponse(completions, prompt, completion, model)
 
     def notes(self) -> list[str]:
         """What this teacher learnt about its servers (structured-output fallbacks), for run.json."""
         return list(self._notes)
-
-
-def httpx2_limits(concurrency: int) -> Any:
-    import httpx2
-
-    return httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
 
 async def check_vllm_servers(urls: list[str], model: str, api_key: str) -> None:
