@@ -47,11 +47,11 @@ def run(n: int, base_url: str) -> dict:
         config.write_text(yaml.safe_dump({
             "seeds": {"path": str(seeds)},
             "teacher": {"backend": "openai", "model": "fake", "base_url": base_url, "api_key_env": None,
-                        "max_concurrency": 128, "params": {"max_tokens": 64}},
+                        "max_concurrency": 256, "params": {"max_tokens": 64}},
         }))
         out = Path(tmp) / "run"
         env = {**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "distilforge", "generate", str(config), "--output", str(out)],
+        proc = subprocess.Popen([sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         samples: list[tuple[float, float]] = []
         start = time.monotonic()
@@ -76,7 +76,7 @@ def run(n: int, base_url: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2_000, 20_000, 200_000])
     args = parser.parse_args()
     fake = FakeOpenAI(default=Behaviour(["3 + 2 = 5.\nThe answer is 5."]), log_requests=False)
     url = fake.start()

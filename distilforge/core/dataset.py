@@ -87,9 +87,12 @@ def load_jsonl(paths: list[Path], columns: list[str], cache: Path) -> Any:
         for path in paths:
             if not path.exists() or not path.stat().st_size:
                 continue
+            # Small blocks on one thread: Arrow's allocator keeps what it touched, so big parallel
+            # blocks would make the process's memory grow with the file.
             for batch in pj.open_json(str(path), parse_options=options,
-                                      read_options=pj.ReadOptions(block_size=16 << 20)):
+                                      read_options=pj.ReadOptions(block_size=1 << 20, use_threads=False)):
                 writer.write_batch(pa.RecordBatch.from_arrays([batch.column(n) for n in schema.names], schema=schema))
+    pa.default_memory_pool().release_unused()
     return Dataset.from_file(str(target), info=DatasetInfo(features=feats), in_memory=False)
 
 
@@ -108,19 +111,46 @@ def sorted_rows(paths: list[Path], scratch: Path) -> Iterator[dict[str, Any]]:
         shutil.rmtree(cache, ignore_errors=True)
 
 
+def _write_parquet(saved: Path, target: Path) -> None:
+    """Parquet from a split saved by `save_to_disk`, in record batches (never the whole table at once)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted(saved.glob("*.arrow"))
+    schema = None
+    writer = None
+    try:
+        for file in files:
+            with pa.OSFile(str(file)) as source:  # read in order, not mapped: memory stays flat
+                reader = pa.ipc.open_stream(source)
+                schema = schema or reader.schema
+                if writer is None:
+                    writer = pq.ParquetWriter(str(target), schema)
+                for batch in reader:
+                    writer.write_batch(batch, row_group_size=10_000)
+        if writer is None:  # an empty split still gets a (schema-only) file
+            import datasets
+
+            empty = datasets.load_from_disk(str(saved))
+            pq.write_table(empty.data.table, str(target))
+    finally:
+        if writer is not None:
+            writer.close()
+
+
 def jsonl_to_dataset(paths: list[Path], columns: list[str], target: Path, parquet: Path) -> int:
     """Build a sorted Dataset from the shards and save it (and its Parquet) atomically."""
     cache = Path(tempfile.mkdtemp(prefix="arrow-", dir=target.parent))
+    tmp = target.with_name(target.name + ".tmp")
+    parquet_tmp = parquet.with_name(parquet.name + ".tmp")
     try:
         ds = _sorted(load_jsonl(paths, columns, cache))
-        tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        ds.save_to_disk(str(tmp), num_shards=1 if len(ds) == 0 else None)  # 0 shards would not load back
-        parquet.parent.mkdir(parents=True, exist_ok=True)
-        parquet_tmp = parquet.with_name(parquet.name + ".tmp")
-        ds.to_parquet(str(parquet_tmp))
+        ds.save_to_disk(str(tmp), num_shards=1)
         count = len(ds)
         del ds
+        parquet.parent.mkdir(parents=True, exist_ok=True)
+        _write_parquet(tmp, parquet_tmp)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(target, ignore_errors=True)
@@ -130,36 +160,41 @@ def jsonl_to_dataset(paths: list[Path], columns: list[str], target: Path, parque
 
 
 def write_dataset(kept: list[Path], run_dir: Path, validation_fraction: float, seed: int) -> dict[str, int]:
-    """DIR/dataset as a DatasetDict (train + seeded validation), DIR/parquet/{train,validation}.parquet."""
+    """DIR/dataset as a DatasetDict (train + seeded validation), DIR/parquet/{train,validation}.parquet.
+
+    Rows are in (seed_id, sample_index) order in both splits; the validation rows are drawn with `seed`.
+    Everything goes through Arrow files on disk in batches, so memory does not grow with the rows.
+    """
+    import numpy as np
     from datasets import DatasetDict
 
     cache = Path(tempfile.mkdtemp(prefix="arrow-", dir=run_dir))
+    target = run_dir / "dataset"
+    tmp = target.with_name("dataset.tmp")
+    parquet = run_dir / "parquet"
     try:
         ds = _sorted(load_jsonl(kept, REJECTED_COLUMNS, cache)).remove_columns(["reject_reason", "reject_detail"])
-        n_val = round(len(ds) * validation_fraction) if len(ds) >= 20 else 0
+        n = len(ds)
+        n_val = round(n * validation_fraction) if n >= 20 else 0
+        held = np.zeros(n, dtype=bool)
         if n_val:
-            parts = ds.train_test_split(test_size=n_val, seed=seed, shuffle=True)
-            splits = DatasetDict({"train": _sorted(parts["train"]), "validation": _sorted(parts["test"])})
-        else:
-            splits = DatasetDict({"train": ds, "validation": ds.select([])})
-        target = run_dir / "dataset"
-        tmp = target.with_name("dataset.tmp")
+            held[np.random.default_rng(seed).choice(n, size=n_val, replace=False)] = True
+        splits = DatasetDict({"train": ds.select(np.flatnonzero(~held)), "validation": ds.select(np.flatnonzero(held))})
         shutil.rmtree(tmp, ignore_errors=True)
         splits.save_to_disk(str(tmp), num_shards={k: 1 for k in splits})
-        parquet = run_dir / "parquet"
-        parquet.mkdir(parents=True, exist_ok=True)
-        for name, split in splits.items():
-            split.to_parquet(str(parquet / f"{name}.parquet.tmp"))
         counts = {name: len(split) for name, split in splits.items()}
+        del ds, splits
+        parquet.mkdir(parents=True, exist_ok=True)
+        for name in counts:
+            _write_parquet(tmp / name, parquet / f"{name}.parquet.tmp")
         card = target / "README.md"
         old_card = card.read_text(encoding="utf-8") if card.exists() else None
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
-        for name in splits:
+        for name in counts:
             (parquet / f"{name}.parquet.tmp").replace(parquet / f"{name}.parquet")
         if old_card is not None:
             card.write_text(old_card, encoding="utf-8")  # rewritten right after, with this run's numbers
-        del ds, splits
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     return counts

@@ -70,9 +70,9 @@ class ExactDuplicate(Filter):
     """
 
     name = "duplicate"
-    # Samples of a seed arrive together (one task produces them while at most 2 x concurrency seeds
-    # are open), so remembering the most recent seeds is enough, and memory stays flat with N.
-    max_seeds = 65_536
+    # Generate emits each seed's samples as one group, and filters keep the order, so remembering the
+    # last few seeds is enough: memory stays flat with the number of seeds.
+    max_seeds = 64
 
     def __init__(self) -> None:
         self._seen: OrderedDict[str, set[bytes]] = OrderedDict()
