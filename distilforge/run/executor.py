@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import shutil
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ class RankResult:
     error: str | None = None  # the rank died (a killed Ray worker): what is known of it
     reused: bool = False  # a complete shard of an earlier run with the same pipeline: not run again
     fingerprint: str = ""
+    seconds: float = 0.0  # the rank's wall time
+    cpu_seconds: float = 0.0  # the CPU its process used meanwhile (for a Ray rank: its worker's)
 
     @property
     def complete(self) -> bool:
@@ -57,12 +60,14 @@ class RankResult:
         return {"rank": self.rank, "steps": {k: _stats_json(v) for k, v in self.steps.items()},
                 "stages": {k: _stats_json(v) for k, v in self.stages.items()}, "stop_reasons": self.stop_reasons,
                 "kept": self.kept, "failed": self.failed, "not_sent": self.not_sent, "notes": self.notes,
-                "sections": self.sections, "error": self.error, "fingerprint": self.fingerprint}
+                "sections": self.sections, "error": self.error, "fingerprint": self.fingerprint,
+                "seconds": self.seconds, "cpu_seconds": self.cpu_seconds}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RankResult:
         result = cls(data["rank"])
-        for key in ("stop_reasons", "kept", "failed", "not_sent", "notes", "sections", "error", "fingerprint"):
+        for key in ("stop_reasons", "kept", "failed", "not_sent", "notes", "sections", "error", "fingerprint", "seconds",
+                    "cpu_seconds"):
             setattr(result, key, data.get(key, getattr(result, key)))
         result.steps = {k: StepStats(**{**v, "rejected": Counter(v["rejected"]), "counters": Counter(v["counters"])})
                         for k, v in data.get("steps", {}).items()}
@@ -135,6 +140,7 @@ async def run_rank(pipeline: Pipeline, run_dir: Path, rank: int, world_size: int
     failed = JsonlSink(staging / "failed.jsonl")
     result = result or RankResult(rank)
     result.fingerprint = pipeline_fingerprint(pipeline, world_size)
+    started, cpu = time.monotonic(), time.process_time()
 
     def fail(seed_id: str, index: int, error: str) -> None:
         failed.write_row({"seed_id": seed_id, "sample_index": index, "error": error})
@@ -176,6 +182,8 @@ async def run_rank(pipeline: Pipeline, run_dir: Path, rank: int, world_size: int
             result.stop_reasons = list(ctx.stop_reasons)
             result.sections = dict(ctx.sections)
             result.kept = kept.count
+            result.seconds = round(time.monotonic() - started, 3)
+            result.cpu_seconds = round(time.process_time() - cpu, 3)
     # Written last: only a rank that got here left a shard a rerun may reuse.
     (staging / "result.json").write_text(json.dumps(result.to_json()), encoding="utf-8")
     return result

@@ -262,7 +262,9 @@ async def _generate(config: JobConfig, run_dir: Path, control: RunControl, conso
                     "params": config.teacher.params.model_dump(mode="json", exclude_none=True)},
         "seeds": {"path": Path(config.seeds.path).name, "count": facts.n_seeds},
         "executor": {"kind": executor.kind, "workers": getattr(executor, "workers", 1),
-                     "reused_ranks": [r.rank for r in results if r.reused]},
+                     "reused_ranks": [r.rank for r in results if r.reused],
+                     "ranks": [{"rank": r.rank, "seconds": r.seconds, "cpu_seconds": r.cpu_seconds, "kept": r.kept}
+                               for r in results]},
         "samples": {"expected": facts.expected, "from_journal": gen.samples_from_journal, "new": gen.samples_new,
                     "failed": n_failed - not_sent, "not_sent": not_sent},
         "requests_saved": steps.get("generate", StepStats("generate")).counters.get("requests_saved", 0),
