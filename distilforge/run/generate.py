@@ -1,0 +1,207 @@
+"""The generate stage: the executor runs the ranks, then the global filters and the dataset files.
+
+Ctrl-C, a cancelled job and a lost lease reach the ranks from here: a first Ctrl-C stops sending and
+lets what is in flight finish, a second abandons it; the embedding process's `RunControl` is polled a
+few times a second and its stop reasons are forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from distilforge.core.budget import Budget
+from distilforge.core.config import JobConfig
+from distilforge.core.dataset import (
+    FAILED_COLUMNS,
+    REJECTED_COLUMNS,
+    JsonlSink,
+    jsonl_to_dataset,
+    sorted_rows,
+    write_dataset,
+    write_sorted_jsonl,
+)
+from distilforge.core.journal import journal_totals, shard_path
+from distilforge.core.progress import ProgressView
+from distilforge.core.records import Record
+from distilforge.core.run_files import snapshot_config, update_run
+from distilforge.core.steps import Progress, RankContext, RunControl, StepStats, aiter_of, chain, use_context
+from distilforge.run.checks import Facts
+from distilforge.run.executor import LocalExecutor, RankResult, merge_results, staging_dir
+from distilforge.run.pipeline import Pipeline, build_pipeline
+from distilforge.run.summary import summarize
+from distilforge.teachers import display_model
+
+
+def make_executor(config: JobConfig) -> Any:
+    if config.executor.kind == "ray":
+        from distilforge.run.ray import RayExecutor
+
+        return RayExecutor(config.executor)
+    return LocalExecutor()
+
+
+def prefetch_imports() -> None:
+    """Import the dataset writer's libraries on a thread while the first requests are in flight."""
+    import os
+    if os.environ.get("NOPREFETCH"):
+        return
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            import datasets  # noqa: F401
+
+    threading.Thread(target=load, name="prefetch-imports", daemon=True).start()
+
+
+def _migrate_legacy_journal(run_dir: Path) -> None:
+    """Run folders of earlier versions kept one journal.sqlite: it becomes rank 0's shard."""
+    legacy = run_dir / "journal.sqlite"
+    target = shard_path(run_dir, 0)
+    if legacy.exists() and not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{legacy}{suffix}")
+            if src.exists():
+                src.replace(Path(f"{target}{suffix}"))
+
+
+class _Driver:
+    """Stops and signals for the generate stage: Ctrl-C, the embedding process's control, the lease."""
+
+    def __init__(self, executor: Any, control: RunControl, progress: Progress, console: Console):
+        self.executor, self.control, self.progress, self.console = executor, control, progress, console
+        self.interrupts = 0
+        self.task: asyncio.Task[Any] | None = None
+
+    def on_sigint(self) -> None:
+        self.interrupts += 1
+        self.executor.stop("interrupted")
+        if self.interrupts == 1:
+            self.console.print("[yellow]stopping[/yellow]: no new requests; waiting for those in flight "
+                               "(Ctrl-C again to abandon them; they will be re-sent on resume)")
+        elif self.task is not None:
+            self.task.cancel()
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            self.control.report(self.progress.snapshot())
+            if self.control.lost():
+                self.executor.stop("lease_lost")
+                if self.task is not None:
+                    self.task.cancel()
+                return
+            reason = self.control.stop_reason()
+            if reason:
+                self.executor.stop(reason)
+
+
+async def _global_stage(pipeline: Pipeline, run_dir: Path, kept: list[Path], budget: Budget,
+                        control: RunControl) -> tuple[Path, Path, dict[str, StepStats]]:
+    """Stage 2: the global filters over every rank's kept records in seed_id order."""
+    folder = run_dir / ".staging" / "global"
+    kept_sink = JsonlSink(folder / "kept.jsonl", REJECTED_COLUMNS)
+    rejected_sink = JsonlSink(folder / "rejected.jsonl", REJECTED_COLUMNS)
+    ctx = RankContext(pipeline.config, run_dir, 0, 1, None, budget, control, Progress(),
+                      reject=rejected_sink.write, fail=lambda *_: None)
+    try:
+        with use_context(ctx):
+            records = (Record.from_row(row) for row in sorted_rows(kept, folder))
+            async for record in chain(aiter_of(records), list(pipeline.global_filters)):
+                kept_sink.write(record)
+    finally:
+        await ctx.aclose()
+        kept_sink.close()
+        rejected_sink.close()
+    return kept_sink.path, rejected_sink.path, ctx.stats
+
+
+async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, console: Console, executor: Any,
+                    facts: Facts) -> dict[str, Any]:
+    started = time.monotonic()
+    pipeline = build_pipeline(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _migrate_legacy_journal(run_dir)
+    shutil.rmtree(run_dir / ".staging" / "global", ignore_errors=True)  # ranks clear (or reuse) their own
+    spent, orphans = journal_totals(run_dir)
+    budget = control.budget(config, spent)
+    snapshot_config(config, run_dir)
+    progress = Progress(total=facts.expected)
+    driver = _Driver(executor, control, progress, console)
+    driver.task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    # Only the main thread of a POSIX process takes signals (a service worker runs jobs in threads
+    # and stops them through its RunControl instead).
+    handles_sigint = sys.platform != "win32" and threading.current_thread() is threading.main_thread()
+    g = config.generation
+    console.print(f"[dim]{facts.n_seeds} seeds x {g.samples_per_seed} samples; teacher "
+                  f"{config.teacher.backend}:{display_model(config.teacher)}"
+                  + (f"; {executor.kind} executor, {executor.workers} ranks" if executor.kind != "local" else "")
+                  + (f"; budget ${budget.spent:.4f} of ${config.budget.max_usd} spent" if config.budget.max_usd else "")
+                  + "[/dim]")
+    results: list[RankResult] = []
+    try:
+        if handles_sigint:
+            loop.add_signal_handler(signal.SIGINT, driver.on_sigint)
+        with ProgressView(console, progress) as view:
+            watcher = asyncio.create_task(driver.watch())
+            painter = asyncio.create_task(view.keep_fresh())
+            try:
+                results = await executor.run(pipeline, run_dir, budget, control, progress)
+            except asyncio.CancelledError:
+                if not (driver.interrupts >= 2 or control.lost()):
+                    raise
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                results = list(getattr(executor, "results", []))
+                executor.stop("interrupted" if driver.interrupts >= 2 else "lease_lost")
+            finally:
+                watcher.cancel()
+                painter.cancel()
+    finally:
+        if handles_sigint:
+            loop.remove_signal_handler(signal.SIGINT)
+    if control.lost():
+        return {"status": "lease_lost", "stopped": "lease_lost"}
+
+    steps, stages = merge_results(results, [s.name for s in pipeline.steps])
+    stop_reasons = sorted({r for result in results for r in result.stop_reasons} | set(getattr(executor, "stop_reasons", [])))
+    if driver.interrupts and "interrupted" not in stop_reasons:
+        stop_reasons.append("interrupted")
+    ranks = list(range(getattr(executor, "workers", 1)))
+    kept = [staging_dir(run_dir, r) / "kept.jsonl" for r in ranks]
+    rejected = [staging_dir(run_dir, r) / "rejected.jsonl" for r in ranks]
+    failed = [staging_dir(run_dir, r) / "failed.jsonl" for r in ranks]
+    if pipeline.global_filters:
+        kept_path, rejected_path, global_stats = await _global_stage(pipeline, run_dir, kept, budget, control)
+        kept, rejected = [kept_path], [*rejected, rejected_path]
+        for name, stats in global_stats.items():
+            steps.setdefault(name, StepStats(name)).merge(stats)
+    control.check()  # a worker that lost its lease must not write the run's final files
+    splits = await asyncio.to_thread(write_dataset, kept, run_dir, config.output.validation_fraction, g.rng_seed)
+    await asyncio.to_thread(jsonl_to_dataset, rejected, REJECTED_COLUMNS, run_dir / "rejected",
+                                         run_dir / "parquet" / "rejected.parquet")
+    n_failed = await asyncio.to_thread(write_sorted_jsonl, failed, FAILED_COLUMNS, run_dir / "failed.jsonl")
+
+    summary = summarize(config, pipeline, results, steps, stages, stop_reasons, budget, executor=executor,
+                        n_seeds=facts.n_seeds, expected=facts.expected, orphans=orphans, splits=splits,
+                        n_failed=n_failed, started=started)
+    status = summary["status"]
+    run = update_run(run_dir, **summary)
+    from distilforge.publish import write_card
+
+    await asyncio.to_thread(write_card, config, run_dir, splits)
+    if status == "completed":  # otherwise a rerun reuses the shards its ranks completed
+        shutil.rmtree(run_dir / ".staging", ignore_errors=True)
+    return run
+
+

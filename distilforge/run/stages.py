@@ -1,0 +1,103 @@
+"""The stages after the data: train, evaluate (the teacher too, through the run's budget), report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from distilforge.core.config import JobConfig
+from distilforge.core.journal import journal_totals, shard_path
+from distilforge.core.run_files import read_run, update_run
+from distilforge.core.steps import Progress, RankContext, RunControl, use_context
+from distilforge.teachers.sampler import StageStats
+
+
+def report_stage(run_dir: Path, console: Console) -> None:
+    from distilforge.report import build_report
+
+    with contextlib.suppress(FileNotFoundError):
+        build_report(run_dir)
+
+
+def train_stage(config: JobConfig, run_dir: Path, control: RunControl, console: Console) -> dict[str, Any]:
+    from distilforge.trainers import train_student
+
+    console.print(f"[bold]training[/bold] {config.train.student} ({config.train.method}) on {run_dir / 'dataset'}")
+    summary = train_student(config, run_dir, should_stop=lambda: bool(control.stop_reason() or control.lost()))
+    return update_run(run_dir, train=summary)
+
+
+def eval_stage(config: JobConfig, run_dir: Path, control: RunControl, console: Console, *, trained: bool) -> dict[str, Any]:
+    """Score the student before/after (and the teacher if asked); records `eval` in run.json."""
+    from distilforge.evaluation import evaluate_model, load_eval_questions
+
+    questions = load_eval_questions(config, run_dir)
+    if not questions:
+        console.print("[yellow]eval skipped[/yellow]: no eval.files configured and no validation rows with gold")
+        return read_run(run_dir)
+    run = read_run(run_dir)
+    results = dict(run.get("eval") or {})
+    if "before" not in results or results["before"].get("n") != len(questions):
+        results["before"] = evaluate_model(config, questions, model=config.train.student, label="eval before",
+                                           console=console)
+        run = update_run(run_dir, eval=results)
+    student = run_dir / "student"
+    if (student / "adapter_config.json").exists():
+        results["after"] = evaluate_model(config, questions, model=config.train.student, adapter=str(student),
+                                          label="eval after", console=console)
+    elif (student / "config.json").exists():
+        results["after"] = evaluate_model(config, questions, model=str(student), label="eval after", console=console)
+    sections: dict[str, Any] = {}
+    if config.eval.teacher and results.get("teacher", {}).get("n") != len(questions):
+        results["teacher"], sections = asyncio.run(_eval_teacher(config, run_dir, control, questions, run))
+    if results.get("teacher") and results.get("after") and results["teacher"]["accuracy"]:
+        results["student_vs_teacher"] = round(results["after"]["accuracy"] / results["teacher"]["accuracy"], 4)
+    return update_run(run_dir, eval=results, **sections)
+
+
+async def _eval_teacher(config: JobConfig, run_dir: Path, control: RunControl, questions: list[Any],
+                        run: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The teacher's eval goes through the run's budget (cap included) and rank 0's journal."""
+    from distilforge.core.journal import Journal
+    from distilforge.evaluation.accuracy import eval_teacher_config, evaluate_teacher
+    from distilforge.teachers.sampler import open_sampler
+
+    spent, _ = journal_totals(run_dir)
+    budget = control.budget(config, spent)
+    journal = Journal(shard_path(run_dir, 0), fence=control.fence())
+    ctx = RankContext(config, run_dir, 0, 1, journal, budget, control, Progress(), reject=lambda r: None,
+                      fail=lambda *_: None)
+    try:
+        with use_context(ctx):
+            sampler = await open_sampler(ctx, "eval_teacher", eval_teacher_config(config), stage="eval_teacher")
+            summary = await evaluate_teacher(config, questions, sampler)
+    finally:
+        await ctx.aclose()
+        journal.close()
+    stage = sampler.stats.report()
+    stage["cost_usd"] = round(budget.by_stage.get("eval_teacher", 0.0), 6)
+    stages = {**(run.get("stages") or {}), "eval_teacher": stage}
+    by_stage = {**(run.get("cost_by_stage") or {}), "eval_teacher": stage["cost_usd"]}
+    totals = StageStats()
+    for block in stages.values():
+        totals.prompt_tokens += block["tokens"]["prompt"]
+        totals.completion_tokens += block["tokens"]["completion"]
+    requests = dict(run.get("requests") or {})
+    for key, value in stage["requests"].items():
+        if isinstance(value, int):
+            requests[key] = requests.get(key, 0) + value
+    sections = {
+        "stages": stages,
+        "cost_by_stage": by_stage,
+        "cost_usd": round(sum(by_stage.values()), 6) if run.get("cost_usd") is not None else None,
+        "requests": requests,
+        "tokens": {"prompt": totals.prompt_tokens, "completion": totals.completion_tokens},
+        "budget": {**(run.get("budget") or {}), **budget.report(),
+                   "unknown_outcome_usd": round((run.get("budget") or {}).get("unknown_outcome_usd", 0.0)
+                                                + budget.unknown_outcome_usd, 6)},
+    }
+    return summary, sections
