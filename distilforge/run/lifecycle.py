@@ -62,8 +62,14 @@ def run_job(config: JobConfig, run_dir: Path, control: RunControl | None = None,
             console.print("[yellow]training skipped[/yellow]: nothing was kept to train on")
             run = update_run(run_dir, train={"skipped": "no kept records to train on"})
         else:
+            from distilforge.trainers.sft import TrainingStopped
+
             control.check()
-            run = train_stage(config, run_dir, control, console)
+            try:
+                run = train_stage(config, run_dir, control, console)
+            except TrainingStopped:  # cancelled (or the lease was lost) during training: nothing saved
+                status = "lease_lost" if control.lost() else "cancelled"
+                return JobResult(update_run(run_dir, status=status, stopped=status), status)
             trained = True
     if "eval" in stages and (explicit or config.train.enabled):
         control.check()
