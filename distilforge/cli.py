@@ -134,6 +134,16 @@ def generate(config: ConfigArg, output: OutputOpt = None, set_: SetOpt = None, e
 
 
 @app.command()
+def improve(
+    run_dir: RunDirArg,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Targeted rounds to add.")] = 1,
+    set_: SetOpt = None,
+) -> None:
+    """Targeted rounds on a finished run: the student's probe mistakes get new teacher data, then it trains on."""
+    _job(run_dir, [*(set_ or []), f"loop.rounds={rounds}"], None, ("rounds", "report"))
+
+
+@app.command()
 def estimate(
     config: ConfigArg,
     set_: SetOpt = None,

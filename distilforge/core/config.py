@@ -265,6 +265,18 @@ FilterSpec = Annotated[
 ]
 
 
+class LoopConfig(Strict):
+    """Targeted rounds: the student's mistakes on a held-out probe split steer new teacher data."""
+
+    rounds: int = Field(default=0, ge=0, description="rounds after the first pass (0: one pass)")
+    probe_fraction: float = Field(default=0.1, gt=0, lt=1, description="seeds held apart to find mistakes")
+    per_round_usd: float | None = Field(default=None, gt=0, description="teacher spend allowed per round")
+    neighbours: int = Field(default=4, ge=0, description="nearest seeds (MiniLM) of each failed probe question")
+    samples: int = Field(default=2, ge=1, description="new samples per targeted seed")
+    strategy: Literal["resample", "evolve"] = "resample"
+    min_gain: float = Field(default=0.0, ge=0, description="stop when probe accuracy gains no more than this")
+
+
 class ExecutorConfig(Strict):
     kind: Literal["local", "ray"] = "local"
     workers: int = Field(default=1, ge=1, description="ranks: seeds are sharded by a hash of their id")
@@ -282,6 +294,7 @@ class JobConfig(Strict):
     output: OutputConfig = OutputConfig()
     filters: list[FilterSpec] = Field(default_factory=list)
     executor: ExecutorConfig = ExecutorConfig()
+    loop: LoopConfig = LoopConfig()
 
     @model_validator(mode="after")
     def _openai_needs_url_or_key(self) -> JobConfig:
@@ -296,6 +309,11 @@ class JobConfig(Strict):
             raise ValueError("teacher.batch: the Batch API runs in one process; use executor.kind local")
         if t.batch and self.generation.mode in ("self-instruct", "evol-instruct"):
             raise ValueError("teacher.batch: self-instruct and evol-instruct decide each round from the last one")
+        if self.loop.rounds:
+            if not self.train.enabled:
+                raise ValueError("loop.rounds: targeted rounds train the student each round; set train.enabled")
+            if self.generation.mode not in ("cot", "icl") or self.seeds.fields.answer is None:
+                raise ValueError("loop.rounds: the probe split needs questions with gold answers (mode cot or icl)")
         if self.generation.mode == "icl" and self.generation.icl.k >= 1 and self.generation.adaptive:
             raise ValueError("generation.adaptive: works with cot only")
         return self

@@ -22,7 +22,7 @@ KEPT_COLUMNS = [
     "messages", "seed_id", "sample_index", "question", "rationale", "answer", "gold", "answer_type",
     "teacher_model", "text", "finish_reason", "prompt_tokens", "completion_tokens",
     "mode", "template", "template_sha", "demo_ids", "vote_share",
-    "instruction", "input", "output", "parent_id", "rouge_l_max", "judge_score", "judge_scores",
+    "instruction", "input", "output", "parent_id", "rouge_l_max", "judge_score", "judge_scores", "round",
 ]
 REJECTED_COLUMNS = [*KEPT_COLUMNS, "reject_reason", "reject_detail"]
 
@@ -37,6 +37,7 @@ def features(columns: list[str]) -> Any:
         "vote_share": Value("float64"),
         "rouge_l_max": Value("float64"),
         "judge_score": Value("float64"),
+        "round": Value("int64"),
         "prompt_tokens": Value("int64"),
         "completion_tokens": Value("int64"),
     }

@@ -73,6 +73,7 @@ class Record:
     rouge_l_max: float | None = None
     judge_score: float | None = None
     judge_scores: str | None = None  # the judge's JSON verdict
+    round: int = 0  # which targeted round produced it (0: the first pass)
     student_prompt: list[dict[str, str]] | None = None  # what the student sees; default: the prompt
     meta: dict[str, Any] = field(default_factory=dict)
 

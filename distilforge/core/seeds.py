@@ -10,6 +10,7 @@ import csv
 import hashlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,25 @@ def seed_rank(seed_id: str, world_size: int) -> int:
         return 0
     digest = hashlib.blake2b(seed_id.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % world_size
+
+
+def in_probe(seed_id: str, fraction: float, rng_seed: int) -> bool:
+    """Whether a seed belongs to the probe split (held apart from training): a stable hash of its id."""
+    digest = hashlib.blake2b(f"probe:{rng_seed}:{seed_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < fraction * 2**64
+
+
+@dataclass(frozen=True)
+class SeedSelection:
+    """Which seeds a pipeline works on: all, all but the probe split, or a targeted round's few."""
+
+    only: frozenset[str] | None = None  # a targeted round's seeds
+    probe: tuple[float, int] | None = None  # (fraction, rng seed): leave the probe split out
+
+    def __call__(self, seed_id: str) -> bool:
+        if self.only is not None and seed_id not in self.only:
+            return False
+        return self.probe is None or not in_probe(seed_id, *self.probe)
 
 
 def shard_seeds(seeds: Iterator[Seed], rank: int, world_size: int) -> Iterator[Seed]:

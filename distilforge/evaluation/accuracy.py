@@ -98,8 +98,12 @@ def evaluate_model(
     adapter: str | None = None,
     label: str = "eval",
     console: Console | None = None,
+    details: bool = False,
 ) -> dict[str, Any]:
-    """Greedy answers from a local `model` (+ LoRA `adapter`), batched, scored per eval set and overall."""
+    """Greedy answers from a local `model` (+ LoRA `adapter`), batched, scored per eval set and overall.
+
+    `details`: also return each question's result (`results`: seed_id, correct), for the targeted rounds.
+    """
     from distilforge.teachers.local import LocalTeacher
 
     console = console or Console(stderr=True)
@@ -119,7 +123,10 @@ def evaluate_model(
             for (name, q), resp in zip(chunk, responses, strict=True):
                 results.append(score(name, q, resp.completions[0].text))
             progress.update(task, advance=len(chunk))
-    return summarize(results, seconds=time.monotonic() - started, model=model, adapter=adapter)
+    summary = summarize(results, seconds=time.monotonic() - started, model=model, adapter=adapter)
+    if details:
+        summary["results"] = [{"seed_id": r["seed_id"], "correct": r["correct"]} for r in results]
+    return summary
 
 
 def eval_teacher_config(config: JobConfig) -> TeacherConfig:

@@ -18,7 +18,7 @@ from typing import Any
 
 from distilforge.core.config import JobConfig
 from distilforge.core.records import Record, Seed
-from distilforge.core.seeds import read_seeds, seed_rank
+from distilforge.core.seeds import SeedSelection, read_seeds, seed_rank
 from distilforge.core.steps import PipelineStep, current_context
 from distilforge.modes import Prompter
 from distilforge.modes.generate import build_record
@@ -66,8 +66,10 @@ class EvolInstruct(PipelineStep):
     name = "evol_instruct"
     rejects = True
 
-    def __init__(self, config: JobConfig):
+    def __init__(self, config: JobConfig, selection: SeedSelection | None = None, round: int = 0):
         self.config = config
+        self.selection = selection or SeedSelection()
+        self.round = round
         self.template = config.generation.template_name
         self.template_sha = template_hash(self.template)
         self.answering = config.generation.model_copy(update={"mode": "instruct", "template": None,
@@ -75,7 +77,9 @@ class EvolInstruct(PipelineStep):
         self.teacher_model = display_model(config.teacher)
 
     def _operation(self, seed_id: str, round_no: int) -> str:
-        digest = hashlib.sha256(f"{self.config.generation.rng_seed}:{seed_id}:{round_no}".encode()).hexdigest()
+        # A targeted round evolves its seeds anew: its number is part of the draw (and of the ids below).
+        salt = f":r{self.round}" if self.round else ""
+        digest = hashlib.sha256(f"{self.config.generation.rng_seed}:{seed_id}:{round_no}{salt}".encode()).hexdigest()
         return random.Random(int(digest[:12], 16)).choice(OPERATIONS)
 
     async def _ask(self, sampler: Sampler, seeds: list[Seed], messages: list[list[dict[str, str]]],
@@ -98,7 +102,8 @@ class EvolInstruct(PipelineStep):
         stats = self.stats
         s = self.config.seeds
         parents = [seed for seed in read_seeds(s.path, s.fields, limit=s.limit, answer_type="text", split=s.split,
-                                               subset=s.subset) if seed_rank(seed.seed_id, world_size) == rank]
+                                               subset=s.subset)
+                   if seed_rank(seed.seed_id, world_size) == rank and self.selection(seed.seed_id)]
         for round_no in range(1, self.config.generation.rounds + 1):
             if not parents or sampler.stopped:
                 break
@@ -107,7 +112,8 @@ class EvolInstruct(PipelineStep):
                 op = self._operation(parent.seed_id, round_no)
                 content = render(self.template, kind="breadth" if op == "breadth" else "depth",
                                  method=DEPTH_METHODS.get(op, ""), instruction=parent.question)
-                asks.append(Seed(seed_id=f"{parent.seed_id}~{round_no}", question=parent.question, gold=None,
+                suffix = f"r{self.round}.{round_no}" if self.round else str(round_no)
+                asks.append(Seed(seed_id=f"{parent.seed_id}~{suffix}", question=parent.question, gold=None,
                                  answer_type="text", source=parent.source, input=parent.input,
                                  messages=[{"role": "user", "content": content}],
                                  meta={"parent_id": parent.seed_id, "operation": op}))
@@ -133,6 +139,7 @@ class EvolInstruct(PipelineStep):
             answers = await self._ask(sampler, evolved, [m for m, _ in built], [f for _, f in built])
             for record in answers:
                 record.mode, record.template, record.template_sha = "evol-instruct", self.template, self.template_sha
+                record.round = self.round
                 problem = answer_problem(record.text)
                 if problem:
                     self.reject(record, "evolution_failed", problem)

@@ -64,17 +64,23 @@ async def open_prompter(ctx: RankContext, generation: GenerationConfig) -> Promp
 class Generate(PipelineStep):
     name = "generate"
 
-    def __init__(self, config: JobConfig, generation: GenerationConfig | None = None, *, name: str = "generate"):
+    def __init__(self, config: JobConfig, generation: GenerationConfig | None = None, *, name: str = "generate",
+                 round: int = 0, first_sample: int = 0):
         self.config = config
         self.generation = generation or config.generation
         self.name = name
         self.teacher_model = display_model(config.teacher)
+        self.round = round  # a targeted round's records say so; its samples are new indices, so new requests
+        self.first_sample = first_sample
 
     # -- one seed ---------------------------------------------------------------------------------
     def _records(self, seed: Seed, outcome: Outcome, messages: list[dict[str, str]],
                  fields: dict[str, Any]) -> list[Record]:
         model = self.teacher_model
-        return [build_record(seed, s, messages, fields, model) for s in sorted(outcome.samples, key=lambda s: s.index)]
+        records = [build_record(seed, s, messages, fields, model) for s in sorted(outcome.samples, key=lambda s: s.index)]
+        for record in records:
+            record.round = self.round
+        return records
 
     def _enough(self, seed: Seed, records: list[Record]) -> bool:
         """Adaptive sampling: gold hit often enough, or (no gold) enough answers agree."""
@@ -92,16 +98,16 @@ class Generate(PipelineStep):
             messages, fields = await asyncio.to_thread(prompter.build, seed)
         else:
             messages, fields = prompter.build(seed)
-        k = self.generation.samples_per_seed
+        k, first = self.generation.samples_per_seed, self.first_sample
         adaptive = self.generation.adaptive
         if adaptive is None:
-            return seed, messages, fields, await sampler.sample(seed.seed_id, messages, range(k)), 0
+            return seed, messages, fields, await sampler.sample(seed.seed_id, messages, range(first, first + k)), 0
         # Rounds of `batch` samples until the answers settle; sample indices stay 0..k-1 so a resumed
         # run asks the same requests and replays them from the journal.
         step = adaptive.batch or adaptive.agree
         total, done = Outcome(), 0
         while done < k and not sampler.stopped:
-            part = await sampler.sample(seed.seed_id, messages, range(done, min(k, done + step)))
+            part = await sampler.sample(seed.seed_id, messages, range(first + done, first + min(k, done + step)))
             total.samples += part.samples
             total.failed += part.failed
             total.not_sent += part.not_sent

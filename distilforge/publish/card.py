@@ -51,7 +51,8 @@ Distilled from a teacher model by black-box knowledge distillation with
 {chr(10).join(f"- `{name}`: {n} rows" for name, n in splits.items())}
 
 Each row has `messages` (chat format, ready for TRL's `SFTTrainer`) and its provenance: `seed_id`,
-`question`, `rationale`, `answer`, `gold`, `teacher_model`, `mode`, `template`, `template_sha`, token counts.
+`question`, `rationale`, `answer`, `gold`, `teacher_model`, `mode`, `template`, `template_sha`, token counts,
+and `round` (0: the first pass; N: the targeted round that asked for it).
 
 ## Teacher
 

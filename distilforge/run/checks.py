@@ -56,6 +56,13 @@ def check_inputs(config: JobConfig, stages: tuple[str, ...]) -> Facts:
             s = config.seeds
             n_seeds = count_and_validate(s.path, s.fields, limit=s.limit, answer_type=g.answer_type, split=s.split,
                                          subset=s.subset)
+            if config.loop.rounds:  # the probe split is held apart from the first pass
+                from distilforge.core.seeds import read_seeds
+                from distilforge.run.pipeline import main_selection
+
+                chosen = main_selection(config)
+                n_seeds = sum(1 for seed in read_seeds(s.path, s.fields, limit=s.limit, answer_type=g.answer_type,
+                                                       split=s.split, subset=s.subset) if chosen(seed.seed_id))
         try:
             template_hash(g.template_name)
         except FileNotFoundError as exc:
@@ -82,7 +89,15 @@ def check_inputs(config: JobConfig, stages: tuple[str, ...]) -> Facts:
     else:
         n_seeds = 0
     facts = Facts(n_seeds, expected_samples(config, n_seeds))
-    if config.train.enabled and ("train" in stages or "generate" in stages):
+    if config.loop.rounds and ("generate" in stages or "rounds" in stages):
+        from distilforge.models.embeddings import minilm_path
+
+        minilm_path()  # the rounds find nearest seeds with it
+        if config.loop.per_round_usd is not None and resolve_prices(config) is None:
+            from distilforge.core.budget import BudgetError
+
+            raise BudgetError("loop.per_round_usd needs budget.prices: this model is not in the built-in price table")
+    if config.train.enabled and ("train" in stages or "generate" in stages or "rounds" in stages):
         check_model(config.train.student)
     if "eval" in stages or (config.train.enabled and "generate" in stages):
         from distilforge.evaluation import load_eval_questions

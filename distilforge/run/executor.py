@@ -159,7 +159,8 @@ async def run_rank(pipeline: Pipeline, run_dir: Path, rank: int, world_size: int
                 s = config.seeds
                 seeds = read_seeds(s.path, s.fields, limit=s.limit, answer_type=config.generation.answer_type,
                                    split=s.split, subset=s.subset)
-                source: AsyncIterator[Any] = _threaded(shard_seeds(seeds, rank, world_size))
+                chosen = (seed for seed in seeds if pipeline.selection(seed.seed_id))
+                source: AsyncIterator[Any] = _threaded(shard_seeds(chosen, rank, world_size))
             else:
                 source = _threaded(iter(()))
             records: AsyncIterator[Record] = chain(source, pipeline.steps, rank, world_size)

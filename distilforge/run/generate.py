@@ -126,10 +126,45 @@ async def _global_stage(pipeline: Pipeline, run_dir: Path, kept: list[Path], bud
     return kept_sink.path, rejected_sink.path, ctx.stats
 
 
+def _lines(paths: list[Path]) -> int:
+    total = 0
+    for path in paths:
+        if path.exists():
+            with path.open("rb") as fh:
+                total += sum(1 for _ in fh)
+    return total
+
+
+def round_dir(run_dir: Path, round: int) -> Path:
+    return run_dir / "rounds" / f"round-{round:02d}"
+
+
+def _keep_round(run_dir: Path, round: int, parts: dict[str, list[Path]]) -> dict[str, list[Path]]:
+    """Targeted rounds: this round's final kept / rejected / failed rows stay in rounds/round-NN/, and
+    the run's files are built from every round's (the dataset grows round by round)."""
+    folder = round_dir(run_dir, round)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, paths in parts.items():
+        tmp = folder / f"{name}.jsonl.tmp"
+        with tmp.open("wb") as out:
+            for path in paths:
+                if path.exists():
+                    with path.open("rb") as src:
+                        shutil.copyfileobj(src, out)
+        tmp.replace(folder / f"{name}.jsonl")
+    rounds = sorted((run_dir / "rounds").glob("round-*"))
+    return {name: [r / f"{name}.jsonl" for r in rounds if (r / f"{name}.jsonl").exists()] for name in parts}
+
+
 async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, console: Console, executor: Any,
-                    facts: Facts) -> dict[str, Any]:
+                         facts: Facts, *, pipeline: Pipeline | None = None, round: int = 0) -> dict[str, Any]:
+    """Run the ranks, then write the dataset, rejected and failed files, run.json and the card.
+
+    With targeted rounds (`loop.rounds`), `round` says which one this is; its rows are kept per round
+    and the files cover every round. A round's account goes back to the caller, not into run.json.
+    """
     started = time.monotonic()
-    pipeline = build_pipeline(config)
+    pipeline = pipeline or build_pipeline(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     _migrate_legacy_journal(run_dir)
     shutil.rmtree(run_dir / ".staging" / "global", ignore_errors=True)  # ranks clear (or reuse) their own
@@ -187,15 +222,28 @@ async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, 
         for name, stats in global_stats.items():
             steps.setdefault(name, StepStats(name)).merge(stats)
     control.check()  # a worker that lost its lease must not write the run's final files
+    n_failed = _lines(failed)
+    n_kept = _lines(kept)  # this round's (after the global filters)
+    if config.loop.rounds:
+        every = _keep_round(run_dir, round, {"kept": kept, "rejected": rejected, "failed": failed})
+        kept, rejected, failed = every["kept"], every["rejected"], every["failed"]
     splits = await asyncio.to_thread(write_dataset, kept, run_dir, config.output.validation_fraction, g.rng_seed)
     await asyncio.to_thread(jsonl_to_dataset, rejected, REJECTED_COLUMNS, run_dir / "rejected",
-                                         run_dir / "parquet" / "rejected.parquet")
-    n_failed = await asyncio.to_thread(write_sorted_jsonl, failed, FAILED_COLUMNS, run_dir / "failed.jsonl")
+                            run_dir / "parquet" / "rejected.parquet")
+    await asyncio.to_thread(write_sorted_jsonl, failed, FAILED_COLUMNS, run_dir / "failed.jsonl")
 
     summary = summarize(config, pipeline, results, steps, stages, stop_reasons, budget, executor=executor,
                         n_seeds=facts.n_seeds, expected=facts.expected, orphans=orphans, splits=splits,
                         n_failed=n_failed, started=started)
     status = summary["status"]
+    if round:  # a targeted round: the caller keeps its account; the run's totals change below
+        summary["round_kept"] = n_kept
+        run = update_run(run_dir, kept=summary["kept"])
+        shutil.rmtree(run_dir / ".staging", ignore_errors=True)
+        from distilforge.publish import write_card
+
+        await asyncio.to_thread(write_card, config, run_dir, splits)
+        return summary
     run = update_run(run_dir, **summary)
     from distilforge.publish import write_card
 

@@ -47,7 +47,13 @@ def run_job(config: JobConfig, run_dir: Path, control: RunControl | None = None,
     facts = check_inputs(config, stages)
     if "generate" in stages:
         prefetch_imports()
-        run = asyncio.run(generate_stage(config, run_dir, control, console, executor or make_executor(config), facts))
+        first = config
+        if config.loop.rounds:  # the probe split is held apart, and every row is checked against it
+            from distilforge.run.rounds import with_probe_guard, write_probe
+
+            write_probe(config, run_dir)
+            first = with_probe_guard(config, run_dir)
+        run = asyncio.run(generate_stage(first, run_dir, control, console, executor or make_executor(config), facts))
         status = run["status"]
         if status in ("interrupted", "lease_lost", "failed", "cancelled"):
             if status not in ("lease_lost",) and "report" in stages:
@@ -74,6 +80,11 @@ def run_job(config: JobConfig, run_dir: Path, control: RunControl | None = None,
     if "eval" in stages and (explicit or config.train.enabled):
         control.check()
         run = eval_stage(config, run_dir, control, console, trained=trained)
+    if config.loop.rounds and status in ("completed", "stopped") and (
+            "rounds" in stages or ("generate" in stages and run.get("kept"))):
+        from distilforge.run.rounds import run_rounds
+
+        run = run_rounds(config, run_dir, control, console, config.loop.rounds)
     if "publish" in stages and config.output.hub_repo and status == "completed":
         from distilforge.publish import PublishError, publish_dataset
 

@@ -8,9 +8,10 @@ file, a connection or a model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from distilforge.core.config import JobConfig
+from distilforge.core.seeds import SeedSelection
 from distilforge.core.steps import Filter, PipelineStep
 from distilforge.modes import ParseAnswer, filters_for
 from distilforge.quality import build_filters
@@ -24,9 +25,20 @@ class Pipeline:
     steps: list[PipelineStep]  # stage 1, per rank; what comes out of the last step is kept
     global_filters: list[Filter]  # stage 2, over every rank's kept records in seed_id order
     reads_seeds: bool = True  # False: the first step is a source (self-instruct, evol-instruct)
+    selection: SeedSelection = field(default_factory=SeedSelection)
 
 
-def build_pipeline(config: JobConfig) -> Pipeline:
+def main_selection(config: JobConfig) -> SeedSelection:
+    """The first pass works on every seed but the probe split (held apart when targeted rounds are on)."""
+    if config.loop.rounds:
+        return SeedSelection(probe=(config.loop.probe_fraction, config.generation.rng_seed))
+    return SeedSelection()
+
+
+def build_pipeline(config: JobConfig, selection: SeedSelection | None = None, *, round: int = 0,
+                   first_sample: int = 0) -> Pipeline:
+    """`round`, `first_sample`, `selection`: a targeted round's pipeline (new sample indices, its seeds)."""
+    selection = selection if selection is not None else main_selection(config)
     g = config.generation
     quality, final = build_filters(config)
     # `duplicate` runs after every other per-record filter: what it remembers was kept.
@@ -38,17 +50,19 @@ def build_pipeline(config: JobConfig) -> Pipeline:
     if g.mode == "evol-instruct":
         from distilforge.modes.evol_instruct import EvolInstruct
 
-        steps: list[PipelineStep] = [EvolInstruct(config), ParseAnswer(), *filters_for("instruct"), *tail]
-        return Pipeline(config, steps, final, reads_seeds=False)
+        steps: list[PipelineStep] = [EvolInstruct(config, selection=selection, round=round), ParseAnswer(),
+                                     *filters_for("instruct"), *tail]
+        return Pipeline(config, steps, final, reads_seeds=False, selection=selection)
     from distilforge.modes.generate import Generate
 
-    steps = [Generate(config), ParseAnswer(), *filters_for(g.mode), *tail]
+    steps = [Generate(config, round=round, first_sample=first_sample), ParseAnswer(), *filters_for(g.mode), *tail]
     if g.self_consistency or g.keep != "all" or g.max_per_seed:
         steps.append(SeedPolicy(g))
-    return Pipeline(config, steps, final)
+    return Pipeline(config, steps, final, selection=selection)
 
 
 def expected_samples(config: JobConfig, n_seeds: int) -> int:
+    """Samples the first pass asks for (`n_seeds`: the seeds it works on, the probe split left out)."""
     g = config.generation
     if g.mode == "self-instruct":
         return g.target_count

@@ -23,11 +23,13 @@ def report_stage(run_dir: Path, console: Console) -> None:
         build_report(run_dir)
 
 
-def train_stage(config: JobConfig, run_dir: Path, control: RunControl, console: Console) -> dict[str, Any]:
+def train_stage(config: JobConfig, run_dir: Path, control: RunControl, console: Console, *,
+                resume: bool = False) -> dict[str, Any]:
     from distilforge.trainers import train_student
 
     console.print(f"[bold]training[/bold] {config.train.student} ({config.train.method}) on {run_dir / 'dataset'}")
-    summary = train_student(config, run_dir, should_stop=lambda: bool(control.stop_reason() or control.lost()))
+    summary = train_student(config, run_dir, should_stop=lambda: bool(control.stop_reason() or control.lost()),
+                            resume=resume)
     return update_run(run_dir, train=summary)
 
 

@@ -37,8 +37,11 @@ class TrainError(RuntimeError):
     """Training cannot start (no dataset, nothing kept); the message says what to do."""
 
 
-def build_trainer(config: JobConfig, run_dir: Path) -> tuple[Any, dict[str, Any]]:
-    """The configured SFTTrainer over RUN_DIR/dataset, ready to train, and facts for run.json."""
+def build_trainer(config: JobConfig, run_dir: Path, resume: bool = False) -> tuple[Any, dict[str, Any]]:
+    """The configured SFTTrainer over RUN_DIR/dataset, ready to train, and facts for run.json.
+
+    `resume`: continue from RUN_DIR/student (its LoRA adapter, or the full model) instead of the base.
+    """
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -64,7 +67,10 @@ def build_trainer(config: JobConfig, run_dir: Path) -> tuple[Any, dict[str, Any]
         ds = ds.map(chat_example, remove_columns=ds.column_names)
 
     started = time.monotonic()
-    model_path = resolve_model(t.student)
+    previous = run_dir / "student"
+    adapter = previous if resume and (previous / "adapter_config.json").exists() else None
+    model_path = str(previous) if resume and adapter is None and (previous / "config.json").exists() \
+        else resolve_model(t.student)
     on_gpu = torch.cuda.is_available()
     bf16 = on_gpu and torch.cuda.is_bf16_supported()
     if t.method == "qlora" and (not on_gpu or importlib.util.find_spec("bitsandbytes") is None):
@@ -121,7 +127,12 @@ def build_trainer(config: JobConfig, run_dir: Path) -> tuple[Any, dict[str, Any]
         dataset_num_proc=None,
     )
     peft_config = None
-    if t.method in ("lora", "qlora"):
+    if adapter is not None:  # a targeted round continues from the last adapter
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+        notes.append("continued from the previous round's adapter")
+    elif t.method in ("lora", "qlora"):
         from peft import LoraConfig
 
         peft_config = LoraConfig(
@@ -155,10 +166,11 @@ class TrainingStopped(RuntimeError):
     """Training was stopped (a cancelled job or a lost lease); nothing was saved."""
 
 
-def train_student(config: JobConfig, run_dir: Path, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+def train_student(config: JobConfig, run_dir: Path, should_stop: Callable[[], bool] | None = None,
+                  resume: bool = False) -> dict[str, Any]:
     import shutil
 
-    trainer, facts = build_trainer(config, run_dir)
+    trainer, facts = build_trainer(config, run_dir, resume)
     if should_stop is not None:
         trainer.add_callback(_stop_callback(should_stop))
     started = facts.pop("started")

@@ -1,0 +1,101 @@
+"""Targeted rounds: the student's probe mistakes and their nearest seeds get new teacher data."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+from conftest import api_config, load_kept, write_config, write_jsonl
+from fake_openai import Behaviour
+
+from distilforge.core.seeds import in_probe
+
+TOPICS = ["apples", "trains", "coins", "pages", "eggs", "boxes", "birds", "chairs", "pencils", "marbles"]
+
+
+def _seeds(tmp_path, n=40):
+    rows = [{"id": f"S{i:02d}", "question": f"S{i:02d}: Ann has {i} {TOPICS[i % 10]} and gets one more. How many "
+                                            f"{TOPICS[i % 10]} does she have?", "answer": f"#### {i + 1}"}
+            for i in range(n)]
+    probe = [r for r in rows if in_probe(r["id"], 0.2, 0)]
+    # The same question as a probe question under another id must not reach the dataset either.
+    copy = next(f"COPY{i}" for i in range(100) if not in_probe(f"COPY{i}", 0.2, 0))
+    rows.append({"id": copy, "question": probe[0]["question"], "answer": probe[0]["answer"]})
+    return write_jsonl(tmp_path / "seeds.jsonl", rows), rows, probe
+
+
+def _job(tmp_path, fake, tiny_model, **loop):
+    seeds, rows, probe = _seeds(tmp_path)
+    for row in rows:
+        i = int(row["answer"].split()[-1])
+        fake.script[row["question"][:4]] = Behaviour([f"One more than {i - 1} is {i}.\nThe answer is {i}."])
+    data = api_config(seeds, fake.base_url)
+    data["seeds"]["fields"]["id"] = "id"
+    data["generation"]["samples_per_seed"] = 1
+    data["budget"] = {"prices": {"input_per_million": 1.0, "output_per_million": 1.0}}
+    data["train"] = {"enabled": True, "student": str(tiny_model), "max_steps": 1, "batch_size": 4, "max_length": 256,
+                     "lora": {"r": 2, "alpha": 4}}
+    data["eval"] = {"max_tokens": 4, "include_validation": False}
+    data["loop"] = {"rounds": 2, "probe_fraction": 0.2, "neighbours": 2, "samples": 1, "per_round_usd": 1.0, **loop}
+    return data, rows, probe
+
+
+def test_rounds_target_the_failed_probe_questions_and_their_neighbours(fake, cli, tmp_path, tiny_model):
+    data, rows, probe = _job(tmp_path, fake, tiny_model)
+    out = tmp_path / "run"
+    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out)
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "run.json").read_text())
+    rounds = run["rounds"]
+    probe_ids = {r["id"] for r in probe}
+    # A random-init student gets every probe question wrong: round 1 targets exactly those, and each
+    # one's 2 nearest training seeds by MiniLM.
+    assert set(rounds[0]["probe"]["failed_ids"]) == probe_ids
+    first = rounds[1]
+    assert set(first["targets"]["failed_probe"]) == probe_ids
+    from distilforge.models.embeddings import Embedder
+
+    train = [r for r in rows if r["id"] not in probe_ids]  # the copy is a training seed (and a neighbour)
+    embedder = Embedder()
+    vectors = embedder.encode([r["question"] for r in train])
+    expected = []
+    for row in probe:
+        scores = vectors @ embedder.encode([row["question"]])[0]
+        for index in scores.argsort()[::-1][:2]:
+            if train[index]["id"] not in expected:
+                expected.append(train[index]["id"])
+    assert sorted(first["targets"]["seeds"]) == sorted(expected)
+    grown = [e for e in expected if not e.startswith("COPY")]  # the copy of a probe question is caught again
+    assert first["new_records"] == len(grown) and first["probe"]["n"] == len(probe_ids)
+    assert "ci95" in first["probe"] and first["cost_usd"] > 0
+    # Nothing 0 ... the stopping rule: probe accuracy did not rise, so round 2 never ran.
+    assert len(rounds) == 2 and "gained no more" in run["rounds_stopped"]
+
+    kept = load_kept(out)
+    rejected = datasets.load_from_disk(str(out / "rejected"))
+    assert not probe_ids & set(kept["seed_id"])  # the probe split never reaches the training data
+    assert not any(s.startswith("COPY") for s in kept["seed_id"])
+    assert "decontaminate" in set(rejected["reject_reason"])  # the copy of a probe question was caught
+    by_round = {r: sorted(s for s, rr in zip(kept["seed_id"], kept["round"], strict=True) if rr == r) for r in (0, 1)}
+    assert by_round[1] == sorted(grown) and len(by_round[0]) == len(train) - 1  # the copy is rejected
+    assert json.loads((out / "run.json").read_text())["train"]["notes"] == ["continued from the previous round's adapter"]
+    card = (out / "dataset" / "README.md").read_text()
+    assert "`round`" in card
+
+
+def test_improve_adds_rounds_and_refuses_a_run_without_a_probe_split(fake, cli, tmp_path, tiny_model):
+    data, _, _ = _job(tmp_path, fake, tiny_model, rounds=1, min_gain=0.0)
+    out = tmp_path / "run"
+    assert cli("run", write_config(tmp_path / "job.yaml", data), "--output", out).exit_code == 0
+    before = json.loads((out / "run.json").read_text())["rounds"]
+    assert len(before) == 2
+    result = cli("improve", out, "--rounds", "1")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads((out / "run.json").read_text())["rounds"]) == 2  # stopped: no gain
+
+    plain = dict(data)
+    plain.pop("loop")
+    other = tmp_path / "plain"
+    assert cli("run", write_config(tmp_path / "plain.yaml", plain), "--output", other).exit_code == 0
+    refused = cli("improve", other, "--rounds", "1")
+    assert refused.exit_code == 2 and "probe split" in refused.output
