@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from rich.console import Console
 
 from distilforge.core.config import JobConfig
 from distilforge.core.journal import journal_totals, shard_path
-from distilforge.core.run_files import read_run, update_run
+from distilforge.core.run_files import read_run, update_run, write_atomic
 from distilforge.core.steps import Progress, RankContext, RunControl, use_context
 from distilforge.teachers.sampler import StageStats
 
@@ -43,16 +44,23 @@ def eval_stage(config: JobConfig, run_dir: Path, control: RunControl, console: C
         return read_run(run_dir)
     run = read_run(run_dir)
     results = dict(run.get("eval") or {})
+
+    def scored(label: str, **model: Any) -> dict[str, Any]:
+        """One model's accuracy; each question's result goes to RUN_DIR/eval/LABEL.jsonl (for paired comparisons)."""
+        summary = evaluate_model(config, questions, label=f"eval {label}", console=console, details=True, **model)
+        folder = run_dir / "eval"
+        folder.mkdir(exist_ok=True)
+        write_atomic(folder / f"{label}.jsonl", "".join(json.dumps(r) + "\n" for r in summary.pop("results")))
+        return summary
+
     if "before" not in results or results["before"].get("n") != len(questions):
-        results["before"] = evaluate_model(config, questions, model=config.train.student, label="eval before",
-                                           console=console)
+        results["before"] = scored("before", model=config.train.student)
         run = update_run(run_dir, eval=results)
     student = run_dir / "student"
     if (student / "adapter_config.json").exists():
-        results["after"] = evaluate_model(config, questions, model=config.train.student, adapter=str(student),
-                                          label="eval after", console=console)
+        results["after"] = scored("after", model=config.train.student, adapter=str(student))
     elif (student / "config.json").exists():
-        results["after"] = evaluate_model(config, questions, model=str(student), label="eval after", console=console)
+        results["after"] = scored("after", model=str(student))
     sections: dict[str, Any] = {}
     if config.eval.teacher and results.get("teacher", {}).get("n") != len(questions):
         results["teacher"], sections = asyncio.run(_eval_teacher(config, run_dir, control, questions, run))
