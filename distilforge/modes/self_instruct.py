@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from distilforge.core.config import JobConfig, TeacherConfig
+from distilforge.core.config import JobConfig
 from distilforge.core.records import Record, Seed
 from distilforge.core.seeds import SeedError, iter_rows
 from distilforge.core.steps import PipelineStep, current_context
@@ -26,7 +26,7 @@ from distilforge.modes.rouge import NoveltyPool, tokenize
 from distilforge.prompts import render, template_hash
 from distilforge.teachers import display_model
 from distilforge.teachers.sampler import Sampler, open_sampler, sample_many
-from distilforge.teachers.structured import parse_model, response_format
+from distilforge.teachers.structured import parse_model, with_schema
 
 # The paper's filter: tasks about images, graphs, files, maps, drawings, plots or going to places
 # cannot be done by a language model.
@@ -74,15 +74,6 @@ def load_seed_tasks(path: str) -> list[dict[str, str]]:
                       "input": instance.get("input", row.get("input", "")) or "",
                       "output": instance.get("output", row.get("output", "")) or ""})
     return tasks
-
-
-def self_instruct_teacher(config: JobConfig) -> TeacherConfig:
-    """Servers that can enforce a schema get one (negotiated per endpoint); others' JSON is repaired."""
-    teacher = config.teacher
-    if teacher.backend in ("openai", "vllm") and teacher.params.response_format is None:
-        teacher = teacher.model_copy(deep=True)
-        teacher.params.response_format = response_format(Task, "task")
-    return teacher
 
 
 class SelfInstruct(PipelineStep):
@@ -165,7 +156,7 @@ class SelfInstruct(PipelineStep):
         if rank != 0:
             return
         ctx = current_context()
-        teacher = self_instruct_teacher(self.config)
+        teacher = with_schema(self.config.teacher, Task, "task")
         sampler = await open_sampler(ctx, "generate", teacher, stage="generate", counts_samples=False)
         g = self.config.generation
         human = load_seed_tasks(self.config.seeds.path)

@@ -20,7 +20,7 @@ from distilforge.core.records import Record
 from distilforge.core.steps import Filter, current_context
 from distilforge.prompts import render
 from distilforge.teachers.sampler import Outcome, open_sampler, sample_many
-from distilforge.teachers.structured import parse_model, response_format
+from distilforge.teachers.structured import parse_model, with_schema
 
 
 class Verdict(BaseModel):
@@ -36,11 +36,7 @@ class Verdict(BaseModel):
 
 def judge_teacher(spec: JudgeFilterSpec) -> TeacherConfig:
     """The judge's teacher config, asking servers that speak the OpenAI API for a JSON verdict."""
-    config = spec.teacher
-    if config.backend in ("openai", "vllm") and config.params.response_format is None:
-        config = config.model_copy(deep=True)
-        config.params.response_format = response_format(Verdict, "verdict")
-    return config
+    return with_schema(spec.teacher, Verdict, "verdict")
 
 
 class JudgeFilter(Filter):

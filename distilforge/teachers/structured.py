@@ -14,11 +14,22 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from distilforge.core.config import TeacherConfig
+
 M = TypeVar("M", bound=BaseModel)
 
 
 def response_format(model: type[BaseModel], name: str) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": name, "schema": model.model_json_schema(), "strict": True}}
+
+
+def with_schema(teacher: TeacherConfig, model: type[BaseModel], name: str) -> TeacherConfig:
+    """A teacher config that asks servers speaking the OpenAI API for `model`'s JSON schema (negotiated
+    per endpoint); in-process teachers' replies are repaired and validated instead."""
+    if teacher.backend in ("openai", "vllm") and teacher.params.response_format is None:
+        teacher = teacher.model_copy(deep=True)
+        teacher.params.response_format = response_format(model, name)
+    return teacher
 
 
 def parse_model(text: str, model: type[M]) -> tuple[M | None, str | None]:
