@@ -3,13 +3,17 @@ round trip seeds -> fake teacher -> dataset -> export -> seeds again."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
-from conftest import write_jsonl
+from conftest import api_config, load_kept, write_config, write_jsonl
 from fake_openai import Behaviour
 
 from distilforge.core.config import GenerationConfig, SeedFields
 from distilforge.core.seeds import SeedError, read_seeds
 from distilforge.modes import make_prompter
+from distilforge.publish.export import check_messages
 
 SYSTEM = {"role": "system", "content": "You are a careful maths tutor."}
 
@@ -107,3 +111,125 @@ def test_prompts_keep_system_turns_first_and_wrap_the_question(tmp_path):
     teacher, fields = prompter.build(seeds[3])  # no system turn: the configured one, for the teacher only
     assert teacher[0] == {"role": "system", "content": "Default system prompt."}
     assert "student_prompt" not in fields and len(teacher) == 2
+
+
+# -- out, and the round trip ----------------------------------------------------------------------------
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.parametrize("template", ["cot", "bare"])
+def test_round_trip_seeds_run_export_seeds(fake, cli, tmp_path, template):
+    fake.script = script()
+    originals = chat_seeds()
+    seeds_path = write_jsonl(tmp_path / "chat.jsonl", originals)
+    config = api_config(seeds_path, fake.base_url, seeds__format="openai-chat", seeds__fields={},
+                        output__validation_fraction=0.25)
+    if template == "bare":  # the student is asked the bare question: the round trip gives back the originals
+        (tmp_path / "bare.jinja").write_text("{{ question }}\n")
+        config["generation"]["template"] = str(tmp_path / "bare.jinja")
+    run_dir = tmp_path / "run"
+    result = cli("run", write_config(tmp_path / "job.yaml", config), "--output", run_dir)
+    assert result.exit_code == 0, result.output
+    kept = load_kept(run_dir)
+    assert len(kept) == 24
+
+    result = cli("export", run_dir, "--format", "openai-chat")
+    assert result.exit_code == 0, result.output
+    out = run_dir / "export" / "openai-chat"
+    assert "wrote train.jsonl 18, validation.jsonl 6 lines" in result.output
+    import datasets
+
+    splits = datasets.load_from_disk(str(run_dir / "dataset"))
+    exported = {}
+    for split in ("train", "validation"):
+        lines = _read_jsonl(out / f"{split}.jsonl")
+        # exactly the conversations the student is trained on, in order, and valid fine-tuning lines
+        assert lines == [{"messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]}
+                         for row in splits[split]]
+        assert all(check_messages(line["messages"]) is None for line in lines)
+        exported[split] = lines
+
+    by_id = {row["metadata"]["id"]: row["messages"] for row in originals}
+    for split in ("train", "validation"):
+        for line, row in zip(exported[split], splits[split], strict=True):
+            original = by_id[row["seed_id"]]
+            # system turns and earlier turns of the seed come through unchanged, before the question
+            context = [m for m in original[:-2]]
+            assert line["messages"][:-2] == context
+            assert line["messages"][-1] == {"role": "assistant", "content": row["text"].strip()}
+
+    # re-importing the export as seeds gives the questions asked and the kept answers as references
+    for split in ("train", "validation"):
+        again = list(read_seeds(str(out / f"{split}.jsonl"), SeedFields(), format="openai-chat"))
+        rows = list(splits[split])
+        assert [s.question for s in again] == [r["messages"][-2]["content"] for r in rows]
+        assert [s.gold for s in again] == [r["answer"] for r in rows]
+        assert [s.context or [] for s in again] == [r["messages"][:-2] for r in rows]
+        if template == "bare":
+            assert [s.question for s in again] == [r["question"] for r in rows]
+
+
+def _dataset(run_dir: Path, train: list[list[dict]], validation: list[list[dict]]) -> None:
+    import datasets
+
+    def split(rows: list[list[dict]]) -> datasets.Dataset:
+        return datasets.Dataset.from_list([{"seed_id": f"{i:03d}", "messages": m} for i, m in enumerate(rows)])
+
+    datasets.DatasetDict({"train": split(train), "validation": split(validation)}).save_to_disk(
+        str(run_dir / "dataset"))
+
+
+def ok(i: int) -> list[dict]:
+    return [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
+
+
+def test_export_skips_and_names_invalid_rows(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    bad = [
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}],
+        [{"role": "user", "content": "q"}, {"role": "tool", "content": "x"}],
+        [{"role": "assistant", "content": "x"}, {"role": "user", "content": "q"}],
+        [{"role": "user", "content": "q" * 400}, {"role": "assistant", "content": "a"}],
+    ]
+    _dataset(run_dir, [ok(0), *bad, ok(1)], [ok(2)])
+    result = cli("export", run_dir, "--max-tokens", "50", "--output", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "skipped train row 1 (seed 001): messages[1]: empty assistant content" in result.output
+    assert "skipped train row 2 (seed 002): messages[1]: role 'tool' is not one of system, user, assistant" in result.output
+    assert "skipped train row 3 (seed 003): messages[1]: the last turn is user, not assistant" in result.output
+    assert "skipped train row 4 (seed 004): about 107 tokens, over the limit of 50 (--max-tokens)" in result.output
+    assert "4 invalid rows skipped" in result.output
+    assert _read_jsonl(tmp_path / "out" / "train.jsonl") == [{"messages": ok(0)}, {"messages": ok(1)}]
+    assert _read_jsonl(tmp_path / "out" / "validation.jsonl") == [{"messages": ok(2)}]
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temporary file left
+
+    # an export where no validation row is valid removes the old validation file rather than mixing exports
+    _dataset(tmp_path / "run2", [ok(3)], [bad[0]])
+    result = cli("export", tmp_path / "run2", "--output", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["train.jsonl"]
+
+
+def test_export_exit_codes(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    result = cli("export", run_dir)
+    assert result.exit_code == 2 and "no dataset to export" in result.output
+    _dataset(run_dir, [[{"role": "user", "content": "q"}]], [[{"role": "system", "content": "s"}]])
+    result = cli("export", run_dir, "--format", "alpaca")
+    assert result.exit_code == 2 and "unknown export format" in result.output
+    result = cli("export", run_dir)
+    assert result.exit_code == 1
+    assert "no row to export (2 invalid); nothing written" in result.output
+    assert not (run_dir / "export" / "openai-chat" / "train.jsonl").exists()
+
+
+def test_check_messages_rules():
+    assert check_messages(ok(0)) is None
+    assert check_messages([SYSTEM, *ok(0)]) is None
+    assert check_messages([{"role": "user", "content": "q", "name": "bob"}, ok(0)[1]]) == "messages[0]: unknown key 'name'"
+    assert check_messages([{"role": "user", "content": "q", "name": None}, ok(0)[1]]) is None  # Arrow's absent key
+    assert check_messages([SYSTEM, {"role": "assistant", "content": "a"}]) == "messages: no user turn"
+    assert check_messages([]) == "messages: expected a non-empty list"
