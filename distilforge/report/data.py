@@ -70,6 +70,7 @@ def sample_rows(run_dir: Path, kept: int = KEPT, per_reason: int = PER_REASON,
         rows = _rows_at(path, [i - start for i in chosen if start <= i < start + n])
         out["kept"] += [{**row, "split": name} for row in rows]
         start += n
+    out["kept"].sort(key=lambda r: (str(r.get("seed_id")), r.get("sample_index") or 0))
     out["kept_total"] = total
     rejected = parquet / "rejected.parquet"
     if rejected.exists():
