@@ -214,6 +214,38 @@ def publish(
 
 
 @app.command()
+def export(
+    run_dir: RunDirArg,
+    format_: Annotated[str, typer.Option("--format", help="Export format: openai-chat (fine-tuning JSONL).")] = "openai-chat",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder (default: RUN_DIR/export/FORMAT).")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Approximate token limit per example "
+                                                                       "(4 characters a token).")] = 65_536,
+) -> None:
+    """The kept data as fine-tuning JSONL (train.jsonl, validation.jsonl), each line checked; bad rows are skipped."""
+    from rich.markup import escape
+
+    from distilforge.publish.export import ExportError, export_run
+
+    def go() -> None:
+        try:
+            result = export_run(run_dir, format_, output, max_tokens)
+        except ExportError as exc:
+            _fail(str(exc))
+        for problem in result.problems:
+            console.print(f"[yellow]skipped[/yellow] {escape(problem)}", highlight=False, soft_wrap=True)
+        if result.invalid > len(result.problems):
+            console.print(f"[yellow]skipped[/yellow] ... and {result.invalid - len(result.problems)} more")
+        if not result.total:
+            _fail(f"{run_dir}: no row to export ({result.invalid} invalid); nothing written", code=1)
+        counts = ", ".join(f"{p.name} {result.written[p.stem]}" for p in result.files)
+        console.print(f"wrote {counts} lines to {escape(str(result.output))}"
+                      + (f"; {result.invalid} invalid rows skipped" if result.invalid else ""),
+                      highlight=False, soft_wrap=True)
+
+    _guard(go)
+
+
+@app.command()
 def train(run_dir: RunDirArg, set_: SetOpt = None) -> None:
     """Fine-tune the student (TRL SFT, LoRA by default) on RUN_DIR/dataset; writes RUN_DIR/student."""
     _job(run_dir, set_, None, ("train",), summary=False)

@@ -32,6 +32,10 @@ class SeedFields(Strict):
 
 class SeedsConfig(Strict):
     path: str = Field(description="JSONL/JSON/CSV/Parquet file, a save_to_disk folder, or a Hub dataset id")
+    format: Literal["auto", "fields", "openai-chat"] = Field(
+        default="auto", description="fields: rows with the fields below; openai-chat: OpenAI chat JSONL "
+                                    "(`messages`, optional `metadata`); auto: openai-chat when the first row has "
+                                    "a `messages` list and no question field, else fields")
     fields: SeedFields = SeedFields()
     limit: int | None = Field(default=None, ge=1)
     split: str = "train"

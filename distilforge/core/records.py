@@ -40,6 +40,9 @@ class Seed:
     input: str | None = None  # instruction modes: the task's input
     messages: list[dict[str, str]] | None = None  # prebuilt teacher prompt (generated seeds)
     meta: dict[str, Any] = field(default_factory=dict)  # parent_id, demo ids, ...
+    # openai-chat seeds: the conversation before the question (system turns, earlier user/assistant
+    # turns), kept in front of the question in the teacher's and the student's prompt
+    context: list[dict[str, str]] | None = None
 
 
 @dataclass(slots=True)

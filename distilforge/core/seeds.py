@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -105,6 +106,104 @@ def iter_rows(path: str, *, split: str = "train", subset: str | None = None) -> 
     raise SeedError(f"{path}: seed file not found")
 
 
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
+def looks_openai_chat(row: Any, fields: SeedFields) -> bool:
+    """A row in OpenAI chat form (`messages`, no question field): what `seeds.format: auto` reads as openai-chat."""
+    return isinstance(row, dict) and fields.question not in row and isinstance(row.get("messages"), list)
+
+
+def _turn_text(where: str, i: int, content: Any) -> str:
+    """A turn's text: a string, or the text parts of a content list joined by newlines."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise SeedError(f"{where}: messages[{i}].content[{j}]: a {kind!r} part; only text parts are read")
+            parts.append(part["text"])
+        return "\n".join(parts)
+    raise SeedError(f"{where}: messages[{i}].content: expected a string or a list of text parts, "
+                    f"got {type(content).__name__}")
+
+
+def openai_chat_row(where: str, row: Any) -> tuple[list[dict[str, str]], str, str | None, dict[str, Any]]:
+    """One OpenAI chat line -> (context, question, reference answer or None, metadata).
+
+    The question is the last user turn; the reference is the last assistant turn after it; the context
+    is every turn before it (system turns, earlier user/assistant turns) in order, plus any system turn
+    after it. Tool turns, and assistant turns that only call tools, carry no text and are skipped.
+    """
+    if not isinstance(row, dict):
+        raise SeedError(f"{where}: expected an object with a 'messages' list (seeds.format: openai-chat)")
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise SeedError(f"{where}: 'messages' must be a non-empty list (seeds.format: openai-chat)")
+    metadata = row.get("metadata")
+    if metadata is None:
+        metadata = {}
+    elif not isinstance(metadata, dict):
+        raise SeedError(f"{where}: 'metadata' must be an object, got {type(metadata).__name__}")
+    turns: list[tuple[str, str]] = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise SeedError(f"{where}: messages[{i}]: expected an object with 'role' and 'content'")
+        role = message.get("role")
+        if role not in CHAT_ROLES:
+            raise SeedError(f"{where}: messages[{i}]: role {role!r} is not one of {', '.join(CHAT_ROLES)}")
+        content = message.get("content")
+        if role == "tool" or (role == "assistant" and content is None and message.get("tool_calls")):
+            continue
+        if content is None:
+            raise SeedError(f"{where}: messages[{i}]: no content")
+        text = _turn_text(where, i, content)
+        if not text.strip():
+            raise SeedError(f"{where}: messages[{i}]: empty {role} content")
+        turns.append((role, text))
+    last_user = max((k for k, (role, _) in enumerate(turns) if role == "user"), default=None)
+    if last_user is None:
+        raise SeedError(f"{where}: no user turn in 'messages' (the last user turn is the question)")
+    after = turns[last_user + 1 :]
+    context = [{"role": r, "content": t} for r, t in turns[:last_user]]
+    context += [{"role": r, "content": t} for r, t in after if r == "system"]
+    answers = [t for r, t in after if r == "assistant"]
+    return context, turns[last_user][1], (answers[-1] if answers else None), metadata
+
+
+def _openai_seeds(rows: Iterator[tuple[str, Any]], fields: SeedFields, limit: int | None,
+                  answer_type: str) -> Iterator[Seed]:
+    seen_ids: set[str] = set()
+    id_key = fields.id or "id"
+    for index, (where, row) in enumerate(rows):
+        if limit is not None and index >= limit:
+            return
+        context, question, reference, metadata = openai_chat_row(where, row)
+        raw_gold = reference if fields.answer is not None else None
+        kind = infer_answer_type(raw_gold) if answer_type == "auto" else answer_type
+        gold = canonical_gold(raw_gold, kind)
+        if raw_gold is not None and gold is None:
+            raise SeedError(f"{where}: the assistant turn has no readable {kind} answer: {raw_gold[:80]!r}")
+        if id_key in metadata:
+            seed_id = str(metadata[id_key])
+        elif fields.id is not None:
+            raise SeedError(f"{where}: missing 'metadata.{fields.id}' (seeds.fields.id)")
+        else:
+            seed_id = f"{index:06d}"
+        if seed_id in seen_ids:
+            raise SeedError(f"{where}: duplicate seed id {seed_id!r}")
+        seen_ids.add(seed_id)
+        meta: dict[str, Any] = {"raw_answer": raw_gold} if raw_gold is not None else {}
+        if reference is not None and raw_gold is None:
+            meta["reference"] = reference
+        if metadata:
+            meta["metadata"] = metadata
+        yield Seed(seed_id=seed_id, question=question, gold=gold, answer_type=kind, source=where,
+                   meta=meta, context=context or None)
+
+
 def read_seeds(
     path: str,
     fields: SeedFields,
@@ -113,10 +212,26 @@ def read_seeds(
     answer_type: str = "auto",
     split: str = "train",
     subset: str | None = None,
+    format: str = "auto",
 ) -> Iterator[Seed]:
-    """Yield validated seeds in file order; `seed_id` is the id field or the row's position."""
+    """Yield validated seeds in file order; `seed_id` is the id field or the row's position.
+
+    `format`: "fields" (rows with the configured fields), "openai-chat" (OpenAI chat lines: the last user
+    turn is the question, the assistant turn after it the reference answer, earlier turns the context),
+    or "auto" (openai-chat when the first row looks like one, see `looks_openai_chat`).
+    """
+    rows = iter_rows(path, split=split, subset=subset)
+    if format == "auto":
+        first = next(rows, None)
+        if first is None:
+            return
+        format = "openai-chat" if looks_openai_chat(first[1], fields) else "fields"
+        rows = itertools.chain([first], rows)
+    if format == "openai-chat":
+        yield from _openai_seeds(rows, fields, limit, answer_type)
+        return
     seen_ids: set[str] = set()
-    for index, (where, row) in enumerate(iter_rows(path, split=split, subset=subset)):
+    for index, (where, row) in enumerate(rows):
         if limit is not None and index >= limit:
             return
         if not isinstance(row, dict):

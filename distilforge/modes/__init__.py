@@ -43,8 +43,16 @@ class Prompter:
             fields["input"] = seed.input
             fields["parent_id"] = seed.meta.get("parent_id")
             user = seed.question + (f"\n\n{seed.input}" if seed.input else "")
-            fields["student_prompt"] = [{"role": "user", "content": user}]
+            fields["student_prompt"] = student_prompt(seed, user)
+        elif seed.context:
+            fields["student_prompt"] = student_prompt(seed, messages[-1]["content"])
         return messages, fields
+
+
+def student_prompt(seed: Seed, question: str) -> list[dict[str, str]]:
+    """What the student sees: the seed's own context (openai-chat seeds: system turns and earlier
+    turns, kept; `generation.system_prompt` is the teacher's alone), then the question as asked."""
+    return [*(seed.context or []), {"role": "user", "content": question}]
 
 
 def make_prompter(generation: GenerationConfig) -> Prompter:

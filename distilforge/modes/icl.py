@@ -15,7 +15,7 @@ from distilforge.core.config import ConfigError, GenerationConfig
 from distilforge.core.grading import split_answer
 from distilforge.core.records import Seed
 from distilforge.core.seeds import read_seeds
-from distilforge.modes import Prompter
+from distilforge.modes import Prompter, student_prompt
 from distilforge.prompts import ANSWER_HINTS, build_messages, render
 
 
@@ -91,5 +91,7 @@ class IclPrompter(Prompter):
             # The student learns to answer the bare question, in the same format as chain-of-thought.
             content = render("cot.jinja", question=seed.question,
                              answer_hint=ANSWER_HINTS.get(seed.answer_type, "the final answer"))
-            fields["student_prompt"] = [{"role": "user", "content": content}]
+            fields["student_prompt"] = student_prompt(seed, content)
+        elif seed.context:
+            fields["student_prompt"] = student_prompt(seed, messages[-1]["content"])
         return messages, fields

@@ -43,7 +43,9 @@ def template_hash(name: str) -> str:
 
 
 def build_messages(seed: Seed, generation: GenerationConfig, **extra: object) -> list[dict[str, str]]:
-    """The teacher's chat messages for one seed: optional system prompt, then the mode's template."""
+    """The teacher's chat messages for one seed: optional system prompt, the seed's context (openai-chat
+    seeds: their system turns and earlier turns, in order), then the mode's template on the question.
+    `generation.system_prompt` applies when the seed brings no system turn of its own."""
     if seed.messages is not None:
         return seed.messages
     content = render(
@@ -55,8 +57,10 @@ def build_messages(seed: Seed, generation: GenerationConfig, **extra: object) ->
         answer_hint=ANSWER_HINTS.get(seed.answer_type, "the final answer"),
         **extra,
     )
+    context = seed.context or []
     messages = []
-    if generation.system_prompt:
+    if generation.system_prompt and not any(m["role"] == "system" for m in context):
         messages.append({"role": "system", "content": generation.system_prompt})
+    messages += context
     messages.append({"role": "user", "content": content})
     return messages

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from distilforge.core.run_files import read_run, write_atomic
+from distilforge.report.data import STYLE as DATA_STYLE
+from distilforge.report.data import data_html, data_markdown, sample_rows
 
 
 def _plots(run: dict[str, Any], run_dir: Path) -> dict[str, Path]:
@@ -102,6 +104,12 @@ def build_report(run_dir: Path) -> tuple[Path, Path]:
         raise FileNotFoundError(f"{run_dir}: no run.json; run `distilforge run` first")
     plots = _plots(run, run_dir)
     facts = _facts(run)
+    try:
+        samples = sample_rows(run_dir)
+        data_section = data_html(samples)
+    except Exception as exc:  # an unreadable Parquet file costs the Data section, not the report
+        samples = None
+        data_section = f'<section id="data"><h2>Data</h2><p>Could not read the rows: {html.escape(str(exc))}</p></section>'
     title = f"distilforge report: {run.get('name') or run_dir.name}"
 
     md = [f"# {title}", "", "| | |", "| --- | --- |"]
@@ -110,6 +118,8 @@ def build_report(run_dir: Path) -> tuple[Path, Path]:
     md += [f"| {f['name']} | {f['in']} | {f['out']} | {f['in'] - f['out']} | {f['seconds']} |" for f in run.get("filters", [])]
     for name, path in plots.items():
         md += ["", f"![{name}]({path.relative_to(run_dir)})"]
+    if samples and (samples["kept"] or samples["rejected"]):
+        md += data_markdown(samples)
     md_path = run_dir / "report.md"
     write_atomic(md_path, "\n".join(md) + "\n")
 
@@ -139,12 +149,13 @@ td + td {{ text-align: right; }}
 figure {{ margin: 1.5rem 0; }} img {{ max-width: 100%; }}
 td.funnel {{ width: 16rem; }} .bar {{ display: flex; height: .8rem; background: #f1f4f8; }}
 .bar .ok {{ background: #3b7dd8; }} .bar .no {{ background: #e0685a; }}
-</style></head><body>
+{DATA_STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <table>{rows}</table>
 <h2>Filters</h2>
 <table><tr><th>step</th><th>in</th><th>out</th><th>rejected</th><th>seconds</th><th>passed / rejected</th></tr>{filter_rows}</table>
 <h2>Plots</h2>{figures or "<p>No plots yet.</p>"}
+{data_section}
 </body></html>
 """
     html_path = run_dir / "report.html"

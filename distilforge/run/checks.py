@@ -55,14 +55,15 @@ def check_inputs(config: JobConfig, stages: tuple[str, ...]) -> Facts:
         else:
             s = config.seeds
             n_seeds = count_and_validate(s.path, s.fields, limit=s.limit, answer_type=g.answer_type, split=s.split,
-                                         subset=s.subset)
+                                         subset=s.subset, format=s.format)
             if config.loop.rounds:  # the probe split is held apart from the first pass
                 from distilforge.core.seeds import read_seeds
                 from distilforge.run.pipeline import main_selection
 
                 chosen = main_selection(config)
                 n_seeds = sum(1 for seed in read_seeds(s.path, s.fields, limit=s.limit, answer_type=g.answer_type,
-                                                       split=s.split, subset=s.subset) if chosen(seed.seed_id))
+                                                       split=s.split, subset=s.subset, format=s.format)
+                              if chosen(seed.seed_id))
         try:
             template_hash(g.template_name)
         except FileNotFoundError as exc:

@@ -27,7 +27,8 @@ def estimate_cost(config: JobConfig, expected_completion_tokens: int | None = No
     prompter = make_prompter(g)
     prompter.prepare(config.seeds.path)
     for seed in read_seeds(config.seeds.path, config.seeds.fields, limit=config.seeds.limit,
-                           answer_type=g.answer_type, split=config.seeds.split, subset=config.seeds.subset):
+                           answer_type=g.answer_type, split=config.seeds.split, subset=config.seeds.subset,
+                           format=config.seeds.format):
         messages, _ = prompter.build(seed)
         seeds += 1
         prompt_est += estimate_prompt_tokens(messages) * prompts_per_seed

@@ -52,7 +52,7 @@ def write_probe(config: JobConfig, run_dir: Path) -> int:
     rows = [{"id": seed.seed_id, "question": seed.question, "answer": seed.meta.get("raw_answer", seed.gold),
              "gold": seed.gold}
             for seed in read_seeds(s.path, s.fields, limit=s.limit, answer_type=g.answer_type, split=s.split,
-                                   subset=s.subset)
+                                   subset=s.subset, format=s.format)
             if in_probe(seed.seed_id, loop.probe_fraction, g.rng_seed)]
     if not rows:
         raise ConfigError(f"loop.probe_fraction: {loop.probe_fraction} of these seeds leaves no probe question")
@@ -93,7 +93,7 @@ class _Neighbours:
 
         s, g, loop = config.seeds, config.generation, config.loop
         train = [(seed.seed_id, seed.question) for seed in read_seeds(
-            s.path, s.fields, limit=s.limit, answer_type=g.answer_type, split=s.split, subset=s.subset)
+            s.path, s.fields, limit=s.limit, answer_type=g.answer_type, split=s.split, subset=s.subset, format=s.format)
             if not in_probe(seed.seed_id, loop.probe_fraction, g.rng_seed)]
         self.ids = [i for i, _ in train]
         self.embedder = Embedder()
