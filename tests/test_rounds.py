@@ -81,6 +81,8 @@ def test_rounds_target_the_failed_probe_questions_and_their_neighbours(fake, cli
     assert json.loads((out / "run.json").read_text())["train"]["notes"] == ["continued from the previous round's adapter"]
     card = (out / "dataset" / "README.md").read_text()
     assert "`round`" in card
+    page = (out / "report.html").read_text()
+    assert "<h2>Targeted rounds</h2>" in page and "gained no more" in page
 
 
 def test_improve_adds_rounds_and_refuses_a_run_without_a_probe_split(fake, cli, tmp_path, tiny_model):

@@ -98,6 +98,13 @@ def _facts(run: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _rounds(run: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """Targeted rounds, one row each: round, new records, cost, probe and eval accuracy with intervals."""
+    return [(str(r["round"]), str(r.get("new_records", 0)),
+             f"${r['cost_usd']:.4f}" if r.get("cost_usd") is not None else "-",
+             _acc(r.get("probe")), _acc(r.get("eval"))) for r in run.get("rounds") or []]
+
+
 def build_report(run_dir: Path) -> tuple[Path, Path]:
     run = read_run(run_dir)
     if not run:
@@ -116,6 +123,13 @@ def build_report(run_dir: Path) -> tuple[Path, Path]:
     md += [f"| {k} | {v} |" for k, v in facts]
     md += ["", "## Filters", "", "| step | in | out | rejected | seconds |", "| --- | ---: | ---: | ---: | ---: |"]
     md += [f"| {f['name']} | {f['in']} | {f['out']} | {f['in'] - f['out']} | {f['seconds']} |" for f in run.get("filters", [])]
+    rounds = _rounds(run)
+    if rounds:
+        md += ["", "## Targeted rounds", "", "| round | new records | cost | probe accuracy | eval accuracy |",
+               "| ---: | ---: | ---: | --- | --- |"]
+        md += [f"| {' | '.join(r)} |" for r in rounds]
+        if run.get("rounds_stopped"):
+            md += ["", f"Stopped: {run['rounds_stopped']}."]
     for name, path in plots.items():
         md += ["", f"![{name}]({path.relative_to(run_dir)})"]
     if samples and (samples["kept"] or samples["rejected"]):
@@ -139,6 +153,12 @@ def build_report(run_dir: Path) -> tuple[Path, Path]:
         f"<tr><td>{html.escape(f['name'])}</td><td>{f['in']}</td><td>{f['out']}</td><td>{f['in'] - f['out']}</td>"
         f"<td>{f['seconds']}</td><td class='funnel'>{funnel_bar(f)}</td></tr>" for f in run.get("filters", []))
     figures = "".join(f"<figure>{img(p)}</figure>" for p in plots.values())
+    rounds_section = ""
+    if rounds:
+        cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rounds)
+        stopped = f"<p>Stopped: {html.escape(run['rounds_stopped'])}.</p>" if run.get("rounds_stopped") else ""
+        rounds_section = ("<h2>Targeted rounds</h2><table><tr><th>round</th><th>new records</th><th>cost</th>"
+                          f"<th>probe accuracy</th><th>eval accuracy</th></tr>{cells}</table>{stopped}")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -154,6 +174,7 @@ td.funnel {{ width: 16rem; }} .bar {{ display: flex; height: .8rem; background: 
 <table>{rows}</table>
 <h2>Filters</h2>
 <table><tr><th>step</th><th>in</th><th>out</th><th>rejected</th><th>seconds</th><th>passed / rejected</th></tr>{filter_rows}</table>
+{rounds_section}
 <h2>Plots</h2>{figures or "<p>No plots yet.</p>"}
 {data_section}
 </body></html>
