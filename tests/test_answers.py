@@ -7,7 +7,7 @@ import re
 from fractions import Fraction
 
 import pytest
-from conftest import SHARED_DATA
+from conftest import DATA
 
 from distilforge.core.grading import canonical, canonical_gold, parse_number, split_answer
 
@@ -56,10 +56,9 @@ def test_no_answer():
     assert parse_number("no digits here") is None
 
 
-@pytest.mark.skipif(not SHARED_DATA.exists(), reason="shared/data not present")
 def test_every_gsm8k_gold_answer_parses():
     for name in ("train.jsonl", "test.jsonl"):
-        with open(SHARED_DATA / "gsm8k" / name) as fh:
+        with open(DATA / "gsm8k" / name) as fh:
             for line in fh:
                 row = json.loads(line)
                 expected = Fraction(row["answer"].split("####")[-1].strip().replace(",", ""))
@@ -67,10 +66,9 @@ def test_every_gsm8k_gold_answer_parses():
                 assert gold is not None and Fraction(gold) == expected, row["answer"][-40:]
 
 
-@pytest.mark.skipif(not SHARED_DATA.exists(), reason="shared/data not present")
 def test_gsm8k_solutions_restated_by_a_teacher_match_gold():
     """Turn real GSM8K solutions into the other answer styles and check they still match."""
-    with open(SHARED_DATA / "gsm8k" / "test.jsonl") as fh:
+    with open(DATA / "gsm8k" / "test.jsonl") as fh:
         rows = [json.loads(line) for _, line in zip(range(300), fh, strict=False)]
     for row in rows:
         gold = canonical_gold(row["answer"], "number")
@@ -84,9 +82,8 @@ def test_gsm8k_solutions_restated_by_a_teacher_match_gold():
             assert canonical(raw, "number") == gold, styled[-60:]
 
 
-@pytest.mark.skipif(not SHARED_DATA.exists(), reason="shared/data not present")
 def test_strategyqa_gold():
-    with open(SHARED_DATA / "strategyqa" / "dev.jsonl") as fh:
+    with open(DATA / "strategyqa" / "dev.jsonl") as fh:
         for line in fh:
             row = json.loads(line)
             assert canonical_gold(row["answer"], "yes_no") == ("yes" if row["answer"] else "no")
