@@ -19,7 +19,7 @@ from typing import Any
 
 from distilforge.core.budget import Budget
 from distilforge.core.config import GenerationConfig
-from distilforge.core.grading import split_answer
+from distilforge.core.grading import grade, split_answer
 from distilforge.core.journal import Journal, request_key
 from distilforge.core.records import Record, Seed
 from distilforge.core.steps import PipelineStep
@@ -201,7 +201,8 @@ class Generate(PipelineStep):
         parsed = [parse_record(r) for r in records]
         if seed.gold is not None:
             wanted = 1 if g.keep == "one" else (g.max_per_seed or 1)
-            return sum(1 for r in parsed if r.answer == seed.gold and r.finish_reason != "length") >= wanted
+            return sum(1 for r in parsed if grade(r.meta.get("answer_raw"), seed.gold, seed.answer_type,
+                                                  r.meta.get("gold_raw")) and r.finish_reason != "length") >= wanted
         answer, share = majority(parsed)
         agree = g.adaptive.agree if g.adaptive else 0
         return answer is not None and round(share * sum(1 for r in parsed if r.answer is not None)) >= agree
