@@ -16,7 +16,7 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 from fake_openai import FakeOpenAI
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+DATA = REPO / "tests" / "data"  # small slices of public datasets: see its README.md
 
 
 def load_kept(run_dir: Path):

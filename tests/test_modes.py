@@ -1,4 +1,4 @@
-"""Each generation mode through the CLI against the fake server, on the real seed data in shared/."""
+"""Each generation mode through the CLI against the fake server, on real seed data (tests/data/)."""
 
 from __future__ import annotations
 
@@ -7,24 +7,21 @@ from itertools import combinations
 
 import datasets
 import pytest
-from conftest import SHARED_DATA, api_config, run_job, write_jsonl
+from conftest import DATA, api_config, run_job, write_jsonl
 from fake_openai import Behaviour
 
 from distilforge.modes.rouge import rouge_l, tokenize
 from distilforge.teachers.structured import parse_model
 
-needs_data = pytest.mark.skipif(not SHARED_DATA.exists(), reason="shared/data not present")
-
 
 def _rows(name, n):
-    with open(SHARED_DATA / name) as fh:
+    with open(DATA / name) as fh:
         return [json.loads(line) for _, line in zip(range(n), fh, strict=False)]
 
 
 _run = run_job
 
 
-@needs_data
 def test_self_consistency_keeps_the_majority(fake, cli, tmp_path):
     rows = _rows("strategyqa/dev.jsonl", 4)
     seeds = write_jsonl(tmp_path / "seeds.jsonl", [{"question": r["question"]} for r in rows])
@@ -38,7 +35,6 @@ def test_self_consistency_keeps_the_majority(fake, cli, tmp_path):
     assert set(kept["mode"]) == {"cot"} and kept[0]["template"] == "cot.jinja" and len(kept[0]["template_sha"]) == 16
 
 
-@needs_data
 def test_adaptive_sampling_saves_requests_at_the_same_kept_count(fake, cli, tmp_path):
     rows = _rows("gsm8k/test.jsonl", 5)
     seeds = write_jsonl(tmp_path / "seeds.jsonl", rows)
@@ -81,7 +77,6 @@ def test_keep_distinct_caps_per_seed(fake, cli, tmp_path):
     assert run["kept"] == 2 and run["rejected"] == {"keep_policy": 3}
 
 
-@needs_data
 @pytest.mark.parametrize("selection", ["random", "nearest"])
 def test_icl_never_shows_a_query_its_own_answer(fake, cli, tmp_path, selection):
     rows = [dict(r, id=f"g{i}") for i, r in enumerate(_rows("gsm8k/train.jsonl", 30))]
@@ -106,9 +101,8 @@ def test_icl_never_shows_a_query_its_own_answer(fake, cli, tmp_path, selection):
         assert row["messages"][0]["content"].startswith(by_id[row["seed_id"]]["question"])  # zero-shot student
 
 
-@needs_data
 def test_instruct_on_alpaca(fake, cli, tmp_path):
-    seeds = write_jsonl(tmp_path / "seeds.jsonl", _rows("alpaca/alpaca_data_first2000.jsonl", 6))
+    seeds = write_jsonl(tmp_path / "seeds.jsonl", _rows("alpaca/alpaca_first6.jsonl", 6))
     fake.default = Behaviour(["Here is a careful, complete answer to the task."])
     data = api_config(seeds, fake.base_url)
     data["seeds"]["fields"] = {"question": "instruction", "input": "input", "answer": None}
@@ -133,12 +127,11 @@ PROPOSALS = [
 ]
 
 
-@needs_data
 def test_self_instruct_grows_a_novel_pool(fake, cli, tmp_path):
     fake.default = Behaviour(PROPOSALS)
     fake.script = {"That is not a valid task": Behaviour([  # the repair request for the broken reply
         '{"instruction": "Plan a three-course vegetarian dinner menu.", "input": "", "output": "Soup, risotto, tart."}'])}
-    data = api_config(SHARED_DATA / "self_instruct" / "seed_tasks.jsonl", fake.base_url)
+    data = api_config(DATA / "self_instruct" / "seed_tasks.jsonl", fake.base_url)
     data["seeds"]["fields"] = {"question": "instruction", "answer": None}
     data["generation"].update(mode="self-instruct", target_count=4, proposals_per_round=8)
     run, kept, _out = _run(cli, tmp_path, data)
@@ -153,7 +146,7 @@ def test_self_instruct_grows_a_novel_pool(fake, cli, tmp_path):
     assert run["rejected"]["heuristics"] == 1 and run["rejected"]["invalid_json"] == 1
     assert run["rejected"]["rouge_l"] >= 1 and sum(run["rejected"].values()) == 5  # 8 proposals + 1 repair
     seeds = [json.loads(line)["instruction"]
-             for line in (SHARED_DATA / "self_instruct" / "seed_tasks.jsonl").read_text().splitlines()]
+             for line in (DATA / "self_instruct" / "seed_tasks.jsonl").read_text().splitlines()]
     for a, b in combinations(list(kept["instruction"]), 2):
         assert rouge_l(tokenize(a), tokenize(b)) < 0.7
     for a in kept["instruction"]:
@@ -162,10 +155,9 @@ def test_self_instruct_grows_a_novel_pool(fake, cli, tmp_path):
     assert fake.requests[0]["body"]["response_format"]["type"] == "json_schema"
 
 
-@needs_data
 def test_evol_instruct_rounds_and_eliminations(fake, cli, tmp_path):
     seeds = write_jsonl(tmp_path / "seeds.jsonl", [dict(r, id=f"a{i}") for i, r in
-                                                    enumerate(_rows("alpaca/alpaca_data_first2000.jsonl", 4))])
+                                                    enumerate(_rows("alpaca/alpaca_first6.jsonl", 4))])
     night = "Give three tips for staying healthy while working night shifts, citing one study per tip."
     fake.script = {  # first matching key wins: evolution prompts quote the parent after "#Given Prompt#:"
         "#Given Prompt#:\nGive three tips for staying healthy while": Behaviour([night]),  # round 2: unchanged

@@ -6,14 +6,12 @@ import json
 
 import datasets
 import pytest
-from conftest import SHARED_DATA, api_config, run_job, write_config, write_jsonl
+from conftest import DATA, api_config, run_job, write_config, write_jsonl
 from fake_openai import Behaviour
-
-needs_data = pytest.mark.skipif(not SHARED_DATA.exists(), reason="shared/data not present")
 
 
 def _rows(name, n, start=0):
-    lines = (SHARED_DATA / name).read_text().splitlines()[start : start + n]
+    lines = (DATA / name).read_text().splitlines()[start : start + n]
     return [json.loads(line) for line in lines]
 
 
@@ -32,7 +30,6 @@ def _config(seeds, base_url):
 _run = run_job
 
 
-@needs_data
 def test_minhash_removes_planted_near_duplicates_and_keeps_distinct(fake, cli, tmp_path):
     rows = _rows("gsm8k/train.jsonl", 12)
     # Seeds 8..11 get the rationale of seeds 0..3 with one word changed: near-duplicates across seeds.
@@ -53,14 +50,13 @@ def test_minhash_removes_planted_near_duplicates_and_keeps_distinct(fake, cli, t
     assert all("near-duplicate" in d for d in rejected["reject_detail"])
 
 
-@needs_data
 def test_decontamination_removes_planted_eval_questions(fake, cli, tmp_path):
     train, test = _rows("gsm8k/train.jsonl", 6), _rows("gsm8k/test.jsonl", 3)
     seeds = write_jsonl(tmp_path / "seeds.jsonl", train + test)
     for row in train + test:
         fake.script[row["question"][:50]] = Behaviour([_solution(row)])
     data = _config(seeds, fake.base_url)
-    evals = [str(SHARED_DATA / "gsm8k" / "test.jsonl"), str(SHARED_DATA / "strategyqa" / "dev.jsonl")]
+    evals = [str(DATA / "gsm8k" / "test.jsonl"), str(DATA / "strategyqa" / "dev.jsonl")]
     data["filters"] = [{"name": "decontaminate", "eval_sets": evals, "ngram": 13}]
     run, kept, _ = _run(cli, tmp_path, data)
     assert run["rejected"] == {"decontaminate": 3} and run["kept"] == 6
@@ -69,7 +65,6 @@ def test_decontamination_removes_planted_eval_questions(fake, cli, tmp_path):
     assert not set(kept["question"]) & {r["question"] for r in test}
 
 
-@needs_data
 def test_judge_keeps_and_drops_by_score(fake, cli, tmp_path):
     rows = _rows("gsm8k/train.jsonl", 4)
     for i, row in enumerate(rows):
@@ -98,7 +93,6 @@ def test_judge_keeps_and_drops_by_score(fake, cli, tmp_path):
     assert len([r for r in fake.requests if r["body"]["model"] == "fake-judge"]) == 4
 
 
-@needs_data
 def test_card_lists_every_filter_and_no_secret(fake, cli, tmp_path):
     rows = _rows("gsm8k/train.jsonl", 25)
     for row in rows:
@@ -106,7 +100,7 @@ def test_card_lists_every_filter_and_no_secret(fake, cli, tmp_path):
     seeds = write_jsonl(tmp_path / "seeds.jsonl", rows)
     data = _config(seeds, fake.base_url)
     data["filters"] = [{"name": "length", "min_words": 5}, {"name": "consistency"},
-                       {"name": "decontaminate", "eval_sets": [str(SHARED_DATA / "gsm8k" / "test.jsonl")]},
+                       {"name": "decontaminate", "eval_sets": [str(DATA / "gsm8k" / "test.jsonl")]},
                        {"name": "minhash"}]
     data["seeds"]["license"] = "MIT (GSM8K, OpenAI)"
     run, _, out = _run(cli, tmp_path, data)

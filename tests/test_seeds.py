@@ -7,7 +7,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SHARED_DATA, api_config, write_config, write_jsonl
+from conftest import DATA, api_config, write_config, write_jsonl
 
 from distilforge.core.config import SeedFields
 from distilforge.core.seeds import SeedError, read_seeds
@@ -67,9 +67,8 @@ def test_bad_seed_fails_before_any_request_and_writes_nothing(fake, cli, tmp_pat
     assert not (tmp_path / "run" / "dataset").exists()
 
 
-@pytest.mark.skipif(not SHARED_DATA.exists(), reason="shared/data not present")
 def test_real_files_read_with_their_gold():
-    gsm = list(read_seeds(str(SHARED_DATA / "gsm8k" / "test.jsonl"), SeedFields(), limit=50))
+    gsm = list(read_seeds(str(DATA / "gsm8k" / "test.jsonl"), SeedFields(), limit=50))
     assert all(s.answer_type == "number" and s.gold is not None for s in gsm)
-    sqa = list(read_seeds(str(SHARED_DATA / "strategyqa" / "dev.jsonl"), SeedFields(id="qid")))
+    sqa = list(read_seeds(str(DATA / "strategyqa" / "dev.jsonl"), SeedFields(id="qid")))
     assert len(sqa) == 229 and {s.gold for s in sqa} == {"yes", "no"}

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
-from conftest import SHARED_DATA, api_config, write_config, write_jsonl
+from conftest import DATA, api_config, write_config, write_jsonl
 from fake_openai import Behaviour
 
 from distilforge.core.config import load_config
@@ -70,9 +69,8 @@ def test_qlora_and_packing_on_cpu(fake, cli, tmp_path, tiny_model):
     assert train["packing"] is False and any("FlashAttention" in n for n in train["notes"])
 
 
-@pytest.mark.skipif(not SHARED_DATA.exists(), reason="shared/data not present")
 def test_eval_reproduces_a_planted_accuracy(fake, cli, tmp_path, tiny_model):
-    rows = [json.loads(line) for line in (SHARED_DATA / "gsm8k" / "test.jsonl").read_text().splitlines()[:10]]
+    rows = [json.loads(line) for line in (DATA / "gsm8k" / "test.jsonl").read_text().splitlines()[:10]]
     eval_file = write_jsonl(tmp_path / "eval.jsonl", rows)
     for i, row in enumerate(rows):  # the teacher answers exactly 7 of 10 right
         gold = row["answer"].split("####")[-1].strip().replace(",", "")

@@ -11,13 +11,7 @@ from rich.console import Console
 
 from distilforge.core.config import JobConfig, TeacherConfig
 from distilforge.core.formats import LABEL_PREFIX
-from distilforge.core.grading import (
-    answers_match,
-    canonical,
-    looks_symbolic,
-    split_answer,
-    symbolic_equal,
-)
+from distilforge.core.grading import canonical, grade, split_answer
 from distilforge.core.progress import progress_bar
 from distilforge.core.records import Seed
 from distilforge.core.seeds import SeedError, read_seeds
@@ -84,9 +78,7 @@ def score(name: str, question: Seed, text: str) -> dict[str, Any]:
     """One answer, judged with the filters' parser and equivalence rules."""
     _, raw = split_answer(text)
     answer = canonical(raw, question.answer_type) if raw is not None else None
-    correct = answers_match(answer, question.gold)
-    if not correct and raw and looks_symbolic(raw, question.gold):
-        correct = symbolic_equal(question.gold or "", raw)
+    correct = grade(raw, question.gold, question.answer_type)
     return {"set": name, "seed_id": question.seed_id, "gold": question.gold, "answer": answer, "correct": correct}
 
 

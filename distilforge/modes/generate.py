@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from distilforge.core.config import GenerationConfig, JobConfig
-from distilforge.core.grading import split_answer
+from distilforge.core.grading import grade, split_answer
 from distilforge.core.records import Record, Seed
 from distilforge.core.steps import PipelineStep, RankContext, current_context
 from distilforge.modes import Prompter, make_prompter, parse_record
@@ -88,7 +88,8 @@ class Generate(PipelineStep):
         parsed = [parse_record(r) for r in records]
         if seed.gold is not None:
             wanted = 1 if g.keep == "one" else (g.max_per_seed or 1)
-            return sum(1 for r in parsed if r.answer == seed.gold and r.finish_reason != "length") >= wanted
+            return sum(1 for r in parsed if grade(r.meta.get("answer_raw"), seed.gold, seed.answer_type,
+                                                  r.meta.get("gold_raw")) and r.finish_reason != "length") >= wanted
         answer, share = majority(parsed)
         agree = g.adaptive.agree if g.adaptive else 0
         return answer is not None and round(share * sum(1 for r in parsed if r.answer is not None)) >= agree

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 
-from distilforge.core.grading import answers_match, is_refusal, looks_symbolic, symbolic_equal
+from distilforge.core.grading import grade, is_refusal
 from distilforge.core.records import Record
 from distilforge.core.steps import Filter
 
@@ -53,12 +53,9 @@ class WrongAnswer(Filter):
     def check(self, record: Record) -> str | None:
         if record.gold is None:
             return None
-        if answers_match(record.answer, record.gold):
+        raw = record.meta.get("answer_raw", record.answer)
+        if grade(raw, record.gold, record.answer_type, record.meta.get("gold_raw")):
             return None
-        raw = record.meta.get("answer_raw")
-        gold_raw = record.meta.get("gold_raw") or record.gold
-        if raw and looks_symbolic(raw, gold_raw) and symbolic_equal(gold_raw, raw):
-            return None  # equal as mathematics, not as strings
         return f"answered {record.answer or raw}, gold {record.gold}"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 
 from distilforge.core.config import GenerationConfig
+from distilforge.core.grading import grade
 from distilforge.core.records import Record
 from distilforge.core.steps import GroupFilter
 
@@ -39,7 +40,7 @@ class SeedPolicy(GroupFilter):
             survivors = []
             for r in group:
                 r.vote_share = round(share, 4)
-                if r.answer == answer:
+                if grade(r.meta.get("answer_raw", r.answer), answer, r.answer_type):
                     survivors.append(r)
                 else:
                     out.append((r, ("minority", f"answered {r.answer}; the majority said {answer} ({share:.0%})")))
