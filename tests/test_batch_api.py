@@ -84,3 +84,46 @@ def test_restart_polls_the_submitted_batch_instead_of_paying_again(fake, tmp_pat
     assert len(fake.batches) == 2
     second = fake.batches["batch_2"]
     assert len(fake.files[second["input_file_id"]].splitlines()) == 2  # B0 and B4 failed once
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_while_a_batch_runs_exits_130_within_seconds(fake, tmp_path, presses):
+    """The batch stays on the server; the next run polls it instead of paying again."""
+    fake.batch_seconds = 600  # it will not finish while we wait
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "distilforge", "generate", str(_job(tmp_path, fake)), "--output", str(out)]
+    proc = subprocess.Popen(cmd, env={**os.environ, "DISTILFORGE_TEST_KEY": "sk-test"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not fake.batches and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    started = time.monotonic()
+    for _ in range(presses):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.1)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert time.monotonic() - started < 5
+    assert len(fake.batches) == 1
+
+
+def test_a_cancelled_job_stops_polling_its_batch_within_seconds(fake, tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from distilforge.core.config import load_config
+    from distilforge.core.steps import RunControl
+    from distilforge.run.lifecycle import run_job
+
+    monkeypatch.setenv("DISTILFORGE_TEST_KEY", "sk-test")
+    fake.batch_seconds = 600
+
+    class Cancel(RunControl):
+        def stop_reason(self):
+            return "cancelled" if fake.batches else None
+
+    started = time.monotonic()
+    result = run_job(load_config(_job(tmp_path, fake)), tmp_path / "run", Cancel(), console=Console(quiet=True),
+                     stages=("generate",))
+    assert result.status == "cancelled" and time.monotonic() - started < 10
+    assert len(fake.batches) == 1
