@@ -127,3 +127,61 @@ def test_the_service_keeps_the_gkd_teacher_inside_the_data_roots(tmp_path, teach
                                        "train": {"method": "gkd", "gkd": {"teacher": str(teacher_model)}}})
     errors = check_job(config, Settings(home=tmp_path / "home", data_roots=[root.resolve()]))
     assert [where for where, _ in errors] == ["train.gkd.teacher"]
+
+
+def test_compare_prints_an_sft_and_a_gkd_student_side_by_side(fake, cli, tmp_path, tiny_model, teacher_model,
+                                                                monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    runs = {}
+    for name, train in (("sft", {"method": "lora"}), ("gkd", _gkd(teacher_model))):
+        folder = tmp_path / name
+        folder.mkdir()
+        data = _job(fake, folder, tiny_model, **train)
+        data["eval"]["files"][0]["path"] = str(write_jsonl(tmp_path / "eval.jsonl", EVALS))  # one eval file
+        result = cli("run", write_config(folder / "job.yaml", data), "--output", folder / "run")
+        assert result.exit_code == 0, result.output
+        runs[name] = folder / "run"
+
+    result = cli("compare", runs["sft"], runs["gkd"])
+    assert result.exit_code == 0, result.output
+    assert str(runs["sft"]) in result.output and str(runs["gkd"]) in result.output
+    assert " lora " in result.output and " gkd " in result.output and "mixed" in result.output
+    assert "paired bootstrap" in result.output
+
+    data = json.loads(cli("compare", runs["sft"], runs["gkd"], "--json").output)
+    sft, gkd = data["rows"]  # one eval set: one row per run, no separate overall row
+    evals = {name: json.loads((folder / "run.json").read_text())["eval"] for name, folder in runs.items()}
+    assert sft["after"]["accuracy"] == evals["sft"]["after"]["accuracy"] and sft["vs_first"] is None
+    assert gkd["method"] == "gkd" and gkd["before"]["n"] == 3
+    diff = gkd["vs_first"]
+    assert diff["difference"] == round(evals["gkd"]["after"]["accuracy"] - evals["sft"]["after"]["accuracy"], 4)
+    assert diff["ci95"][0] <= diff["difference"] <= diff["ci95"][1]
+
+
+def test_compare_refuses_runs_it_cannot_compare(fake, cli, tmp_path, tiny_model):
+    """A run without eval, and runs scored on different question sets: exit 2 with one line."""
+    data = _job(fake, tmp_path, tiny_model)
+    data["train"]["enabled"] = False
+    assert cli("generate", write_config(tmp_path / "job.yaml", data), "--output", tmp_path / "plain").exit_code == 0
+    data["train"]["enabled"] = True
+    data["train"]["max_steps"] = 1
+    assert cli("run", write_config(tmp_path / "job.yaml", data), "--output", tmp_path / "done").exit_code == 0
+
+    result = cli("compare", tmp_path / "done", tmp_path / "plain")
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "no eval yet" in result.output and f"distilforge eval {tmp_path / 'plain'}" in result.output
+
+    two = write_jsonl(tmp_path / "two.jsonl", EVALS[:2])
+    assert cli("eval", tmp_path / "plain", "--set", f"eval.files=[{{path: {two}, name: mixed}}]").exit_code == 0
+    result = cli("compare", tmp_path / "done", tmp_path / "plain")
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "different question sets: mixed (3) vs mixed (2)" in result.output
+
+
+def test_difference_intervals():
+    from distilforge.evaluation.compare import newcombe, paired_bootstrap
+
+    d, low, high = paired_bootstrap([True, False] * 50, [True, True] * 50)
+    assert d == 0.5 and 0.35 < low < 0.5 < high < 0.65
+    d, low, high = newcombe((48, 80), (56, 70))  # Newcombe (1998), table II example (a), method 10
+    assert round(d, 4) == 0.2 and round(low, 4) == 0.0524 and round(high, 4) == 0.3339
