@@ -94,6 +94,20 @@ def test_gkd_teacher_defaults_to_the_jobs_local_teacher(fake, cli, tmp_path, tin
     assert (out / "student" / "config.json").exists() and (out / "student" / "loss.json").exists()
 
 
+def test_a_stopped_gkd_training_saves_nothing(fake, cli, tmp_path, tiny_model, teacher_model):
+    from distilforge.core.config import load_config
+    from distilforge.trainers import train_student
+    from distilforge.trainers.sft import TrainingStopped
+
+    data = _job(fake, tmp_path, tiny_model, **_gkd(teacher_model, lmbda=0))
+    data["train"]["enabled"] = False
+    out = tmp_path / "run"
+    assert cli("generate", write_config(tmp_path / "job.yaml", data), "--output", out).exit_code == 0
+    with pytest.raises(TrainingStopped):
+        train_student(load_config(out / "config.yaml"), out, should_stop=lambda: True)
+    assert not (out / "student").exists() and not (out / ".checkpoints").exists()
+
+
 def test_gkd_refuses_mismatched_tokenizers_before_writing(fake, cli, tmp_path, tiny_model, other_model):
     data = _job(fake, tmp_path, tiny_model, **_gkd(other_model))
     out = tmp_path / "run"
