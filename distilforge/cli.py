@@ -270,6 +270,53 @@ def report(run_dir: RunDirArg) -> None:
 
 
 @app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more evaluated run folders; the first is the reference.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Students side by side: accuracy before/after per eval set, and each after minus the first run's (95% CI)."""
+    import json
+
+    from rich.table import Table
+
+    from distilforge.evaluation.compare import CompareError, compare_runs
+
+    def pct(block: dict[str, Any] | None, sign: str = "") -> str:
+        if not block:
+            return "-"
+        value, (low, high) = block.get("accuracy", block.get("difference")), block["ci95"]
+        return f"{value * 100:{sign}.1f} [{low * 100:{sign}.1f}, {high * 100:{sign}.1f}]"
+
+    def go() -> None:
+        try:
+            result = compare_runs(run_dirs)
+        except CompareError as exc:
+            _fail(str(exc))
+        if as_json:
+            print(json.dumps(result, indent=2))
+            return
+        out = Console()
+        runs = Table(title="runs")
+        for col in ("", "run", "method", "student", "GKD teacher"):
+            runs.add_column(col, overflow="fold")  # paths in full, folded
+        for run in result["runs"]:
+            runs.add_row(run["label"], run["run"], run["method"] or "-", run["student"] or "-", run["teacher"] or "")
+        out.print(runs)
+        table = Table(title=f"accuracy % on {', '.join(f'{k} ({n})' for k, n in result['sets'].items())}, 95% CI")
+        for col in ("", "method", "set", "before", "after", "after - A"):
+            table.add_column(col, justify="right" if col in ("before", "after", "after - A") else "left")
+        for row in result["rows"]:
+            table.add_row(row["label"], row["method"] or "-", row["set"], pct(row["before"]), pct(row["after"]),
+                          pct(row["vs_first"], "+"))
+        out.print(table)
+        kinds = sorted({r["vs_first"]["interval"] for r in result["rows"] if r["vs_first"]})
+        if kinds:
+            print(f"after - A: {' and '.join(kinds)} intervals")
+
+    _guard(go)
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,

@@ -169,12 +169,25 @@ class LoraConfig(Strict):
     target_modules: str | list[str] = "all-linear"
 
 
+class GKDSettings(Strict):
+    """White-box distillation (TRL's generalized KD) from a local teacher that shares the student's tokenizer."""
+
+    lmbda: float = Field(default=0.5, ge=0, le=1, description="share of steps on the student's own samples (on-policy)")
+    beta: float = Field(default=0.5, ge=0, le=1, description="generalized JSD: 0 forward KL, 1 reverse KL")
+    temperature: float = Field(default=0.9, gt=0, description="sampling temperature of on-policy generations")
+    max_new_tokens: int = Field(default=128, ge=1, description="tokens per on-policy generation")
+    seq_kd: bool = Field(default=False, description="off-policy steps train on the teacher's own samples")
+    teacher: str | None = Field(default=None, description="local model folder, .gguf or alias; default: "
+                                                          "teacher.model when teacher.backend is local/vllm-offline")
+    lora: bool = Field(default=True, description="train a LoRA adapter (train.lora) on the student; false: all weights")
+
+
 class TrainConfig(Strict):
     enabled: bool = False
     format: Literal["chat", "step-by-step"] = "chat"
     alpha: float = Field(default=0.5, gt=0, lt=1, description="step-by-step: share of label-task examples")
     student: str = EMBEDDED_STUDENT
-    method: Literal["lora", "full", "qlora"] = "lora"
+    method: Literal["lora", "full", "qlora", "gkd"] = "lora"
     max_steps: int = Field(default=-1, description="-1: run `epochs` instead")
     epochs: float = Field(default=1.0, gt=0)
     learning_rate: float = Field(default=2e-4, gt=0)
@@ -187,6 +200,7 @@ class TrainConfig(Strict):
     warmup_steps: int = Field(default=0, ge=0)
     seed: int = 0
     lora: LoraConfig = LoraConfig()
+    gkd: GKDSettings = GKDSettings()
 
 
 class EvalFile(Strict):

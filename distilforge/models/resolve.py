@@ -47,11 +47,16 @@ def embedded_gguf(alias: str) -> Path:
     return path
 
 
-def dequantize_gguf(gguf_path: Path) -> Path:
-    """Dequantize a GGUF file once into a cached, trainable HF folder; return the folder."""
+def gguf_cache_folder(gguf_path: Path) -> Path:
+    """Where `dequantize_gguf` keeps this file's HF folder (complete once `.complete` exists)."""
     stat = gguf_path.stat()
     key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    target = cache_dir() / "models" / f"{gguf_path.stem}-{key}"
+    return cache_dir() / "models" / f"{gguf_path.stem}-{key}"
+
+
+def dequantize_gguf(gguf_path: Path) -> Path:
+    """Dequantize a GGUF file once into a cached, trainable HF folder; return the folder."""
+    target = gguf_cache_folder(gguf_path)
     if (target / "config.json").is_file() and (target / ".complete").exists():
         return target
 

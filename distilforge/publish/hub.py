@@ -59,13 +59,16 @@ def publish_dataset(run_dir: Path, repo_id: str, *, private: bool = True) -> dic
 def model_card(run: dict[str, Any], repo_id: str) -> str:
     train, ev = run.get("train") or {}, run.get("eval") or {}
     dataset = (run.get("published") or {}).get("repo")
-    lines = ["---", "library_name: " + ("peft" if train.get("method") in ("lora", "qlora") else "transformers"),
-             "tags: [distillation, distilforge, trl, sft]"]
+    gkd = train.get("method") == "gkd"  # white-box: TRL's GKDTrainer on the teacher's logits
+    adapter = train.get("method") in ("lora", "qlora") or bool(gkd and train.get("lora"))
+    lines = ["---", "library_name: " + ("peft" if adapter else "transformers"),
+             f"tags: [distillation, distilforge, trl, {'gkd' if gkd else 'sft'}]"]
     if dataset:
         lines.append(f"datasets: [{dataset}]")
     lines += ["---", "", f"# {repo_id}", "",
               f"A student distilled with distilforge from teacher `{run.get('teacher', {}).get('model', '?')}`: "
-              f"{train.get('method', '?')} fine-tuning of `{train.get('student', '?')}` with TRL's SFTTrainer "
+              f"{train.get('method', '?')} fine-tuning of `{train.get('student', '?')}` with TRL's "
+              f"{'GKDTrainer' if gkd else 'SFTTrainer'} "
               f"({train.get('format', 'chat')} format, {train.get('steps', '?')} steps on {train.get('examples', '?')} "
               "examples).", ""]
     lines.append(f"Training data: [{dataset}](https://huggingface.co/datasets/{dataset}) (its card lists the teacher, "

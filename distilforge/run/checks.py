@@ -1,7 +1,7 @@
 """Everything that can be wrong with a job's input, checked before a file is written or a request sent.
 
 Seeds, the ICL pool, templates, eval sets, decontamination sets, every teacher's key variable (the
-generator's, each judge's), vLLM servers' health, the price behind a cap, the student model: a
+generator's, each judge's), vLLM servers' health, the price behind a cap, the student model, GKD's teacher and tokenizers: a
 problem raises one of the known input errors, which the CLI prints as one line and exits 2 for.
 """
 
@@ -100,6 +100,12 @@ def check_inputs(config: JobConfig, stages: tuple[str, ...]) -> Facts:
             raise BudgetError("loop.per_round_usd needs budget.prices: this model is not in the built-in price table")
     if config.train.enabled and ("train" in stages or "generate" in stages or "rounds" in stages):
         check_model(config.train.student)
+    trains = "rounds" in stages or ("train" in stages and (len(stages) == 1 or config.train.enabled)) \
+        or (config.train.enabled and "generate" in stages)
+    if config.train.method == "gkd" and trains:
+        from distilforge.trainers.gkd import check_gkd
+
+        check_gkd(config)  # a local teacher sharing the student's tokenizer (only the tokenizers are loaded)
     if "eval" in stages or (config.train.enabled and "generate" in stages):
         from distilforge.evaluation import load_eval_questions
 

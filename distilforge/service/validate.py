@@ -60,6 +60,8 @@ def check_job(config: JobConfig, settings: Settings) -> list[tuple[str, str]]:
         path(f"eval.files.{i}.path", f.path)
     if Path(config.train.student).expanduser().exists():
         path("train.student", config.train.student)
+    if config.train.gkd.teacher and Path(config.train.gkd.teacher).expanduser().exists():
+        path("train.gkd.teacher", config.train.gkd.teacher)
     _teacher("teacher", config.teacher, settings, errors)
     for i, spec in enumerate(config.filters):
         if spec.name == "judge":

@@ -37,17 +37,9 @@ class TrainError(RuntimeError):
     """Training cannot start (no dataset, nothing kept); the message says what to do."""
 
 
-def build_trainer(config: JobConfig, run_dir: Path, resume: bool = False) -> tuple[Any, dict[str, Any]]:
-    """The configured SFTTrainer over RUN_DIR/dataset, ready to train, and facts for run.json.
-
-    `resume`: continue from RUN_DIR/student (its LoRA adapter, or the full model) instead of the base.
-    """
+def training_examples(config: JobConfig, run_dir: Path) -> Any:
+    """RUN_DIR/dataset's train split as conversational prompt/completion examples (`train.format`)."""
     import datasets
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
-
-    from distilforge.models import resolve_model
 
     dataset_dir = run_dir / "dataset"
     if not dataset_dir.exists():
@@ -62,15 +54,34 @@ def build_trainer(config: JobConfig, run_dir: Path, resume: bool = False) -> tup
         examples = step_by_step_examples(ds.select_columns(["messages", "answer", "rationale"]).to_list(), t.alpha, t.seed)
         if not examples:
             raise TrainError(f"{dataset_dir}: train.format step-by-step needs rows with answers and rationales")
-        ds = datasets.Dataset.from_list(examples)
-    else:
-        ds = ds.map(chat_example, remove_columns=ds.column_names)
+        return datasets.Dataset.from_list(examples)
+    return ds.map(chat_example, remove_columns=ds.column_names)
 
-    started = time.monotonic()
+
+def start_point(config: JobConfig, run_dir: Path, resume: bool) -> tuple[str, Path | None]:
+    """(model to load, LoRA adapter to continue): the base student, or with `resume` RUN_DIR/student."""
+    from distilforge.models import resolve_model
+
     previous = run_dir / "student"
     adapter = previous if resume and (previous / "adapter_config.json").exists() else None
-    model_path = str(previous) if resume and adapter is None and (previous / "config.json").exists() \
-        else resolve_model(t.student)
+    if resume and adapter is None and (previous / "config.json").exists():
+        return str(previous), None
+    return resolve_model(config.train.student), adapter
+
+
+def build_trainer(config: JobConfig, run_dir: Path, resume: bool = False) -> tuple[Any, dict[str, Any]]:
+    """The configured SFTTrainer over RUN_DIR/dataset, ready to train, and facts for run.json.
+
+    `resume`: continue from RUN_DIR/student (its LoRA adapter, or the full model) instead of the base.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    ds = training_examples(config, run_dir)
+    t = config.train
+    started = time.monotonic()
+    model_path, adapter = start_point(config, run_dir, resume)
     on_gpu = torch.cuda.is_available()
     bf16 = on_gpu and torch.cuda.is_bf16_supported()
     if t.method == "qlora" and (not on_gpu or importlib.util.find_spec("bitsandbytes") is None):
@@ -168,9 +179,15 @@ class TrainingStopped(RuntimeError):
 
 def train_student(config: JobConfig, run_dir: Path, should_stop: Callable[[], bool] | None = None,
                   resume: bool = False) -> dict[str, Any]:
+    trainer, facts = build_trainer(config, run_dir, resume)
+    return fit_and_save(trainer, facts, run_dir, should_stop)
+
+
+def fit_and_save(trainer: Any, facts: dict[str, Any], run_dir: Path,
+                 should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Train (stopping within a step when `should_stop`), then write RUN_DIR/student and its loss.json."""
     import shutil
 
-    trainer, facts = build_trainer(config, run_dir, resume)
     if should_stop is not None:
         trainer.add_callback(_stop_callback(should_stop))
     started = facts.pop("started")
