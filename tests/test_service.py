@@ -141,7 +141,7 @@ def test_untrusted_configs_get_422(service, fake, tmp_path):
         symlinked = json.loads(json.dumps(data))
         symlinked["seeds"]["path"] = str(link)
         r = post(symlinked)
-        assert r.status_code == 422 and "outside the data roots" in r.text
+        assert r.status_code == 422 and "inside the data roots" in r.text
 
         teacher = json.loads(json.dumps(data))
         teacher["teacher"]["base_url"] = "http://169.254.169.254/v1"
@@ -236,7 +236,8 @@ def test_killed_worker_is_requeued_and_repays_at_most_in_flight(service, fake, t
     job = store.submit(JobConfig.model_validate(data).model_dump(mode="json"), str(service.runs_dir / "killed"))
     env = {**os.environ, "DATABASE_URL": service.database_url, "DISTILFORGE_LEASE_SECONDS": "2",
            "DISTILFORGE_HOME": str(service.home), "DISTILFORGE_DATA_ROOTS": str(service.data_roots[0]),
-           "DISTILFORGE_TEST_KEY": "sk-test"}
+           "DISTILFORGE_TEST_KEY": "sk-test", "DISTILFORGE_ALLOWED_TEACHERS": fake.base_url,
+           "DISTILFORGE_TEACHER_KEY_ENVS": "DISTILFORGE_TEST_KEY"}
     proc = subprocess.Popen([sys.executable, "-m", "distilforge", "worker", "--poll", "0.2"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -249,7 +250,7 @@ def test_killed_worker_is_requeued_and_repays_at_most_in_flight(service, fake, t
     assert store.get(job.id).state == "running" and store.get(job.id).epoch == 1
     import sqlite3
 
-    with sqlite3.connect(service.runs_dir / "killed" / "journal" / "rank-00000.sqlite") as db:
+    with sqlite3.connect(service.runs_dir / job.id / "journal" / "rank-00000.sqlite") as db:
         committed = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
     in_flight = first - committed  # sent, but no answer committed when the worker died
 
@@ -286,7 +287,7 @@ def test_a_schedule_fires_once_per_tick_under_two_schedulers(service, fake):
 
     def run():
         barrier.wait()
-        results.append(tick(store, service.runs_dir))
+        results.append(tick(store, service))
 
     threads = [threading.Thread(target=run) for _ in range(2)]
     for t in threads:
@@ -296,7 +297,7 @@ def test_a_schedule_fires_once_per_tick_under_two_schedulers(service, fake):
     with store.sessions() as s:
         jobs = list(s.query(Job).filter(Job.schedule_id == schedule_id))
     assert len(jobs) == 1 and sorted(len(r) for r in results) == [0, 1]  # coalesced, and created once
-    assert tick(store, service.runs_dir) == []  # nothing new is due
+    assert tick(store, service) == []  # nothing new is due
     with _client(service, workers=0) as client:
         assert [x["id"] for x in client.get("/v1/schedules", headers=AUTH).json()] == [schedule_id]
         assert client.delete(f"/v1/schedules/{schedule_id}", headers=AUTH).status_code == 204
@@ -305,11 +306,13 @@ def test_a_schedule_fires_once_per_tick_under_two_schedulers(service, fake):
 
 
 def test_a_budget_shared_by_concurrent_jobs_is_never_passed(service, fake):
+    from distilforge.core.config import Prices
+
     fake.default = Behaviour([" ".join(["word"] * 300) + "\nThe answer is 3."])
     service.monthly_cap_usd = 3.0
     data = _job_config(service, fake, n=20)
     data["teacher"]["params"]["max_tokens"] = 200
-    data["budget"] = {"prices": {"input_per_million": 1000.0, "output_per_million": 1000.0}}
+    service.prices = {fake.base_url: Prices(input_per_million=1000.0, output_per_million=1000.0)}
     with _client(service, workers=2) as client:
         ids = [client.post("/v1/jobs", json=data, headers=AUTH).json()["id"] for _ in range(2)]
         jobs = [_wait(client, i, {"succeeded", "stopped_budget", "failed"}) for i in ids]

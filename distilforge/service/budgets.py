@@ -3,11 +3,21 @@
 A reservation is one conditional UPDATE per scope (`spent + reserved + x <= cap`), all scopes in one
 transaction: PostgreSQL's row locks and SQLite's single writer make concurrent workers take turns,
 so the sum of what all of them hold never passes a cap.
+
+Scopes: `global:<YYYY-MM>` (DISTILFORGE_MONTHLY_CAP_USD), `owner:<name>:<YYYY-MM>`
+(DISTILFORGE_OWNER_CAPS), `schedule:<id>:<YYYY-MM>` (the schedule's own cap).
+
+Every reservation is also recorded against the job's lease epoch (`ledger_holds`), in the same
+transaction, and only while that epoch still holds the job. When a job is claimed after its lease
+expired, what earlier epochs still hold is converted to spend at worst case (those requests may
+have been billed) and the holds are closed: a dead worker's reservations do not stay reserved
+forever, and a late settle from a worker that lost its lease changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -16,10 +26,14 @@ from sqlalchemy.orm import sessionmaker
 
 from distilforge.core.budget import Budget
 
+Hold = tuple[str, int]  # (job id, lease epoch)
 
-def month_scopes(schedule_id: str | None) -> list[str]:
+
+def month_scopes(schedule_id: str | None, owner: str | None = None) -> list[str]:
     month = datetime.now(UTC).strftime("%Y-%m")
     scopes = [f"global:{month}"]
+    if owner:
+        scopes.append(f"owner:{owner}:{month}")
     if schedule_id:
         scopes.append(f"schedule:{schedule_id}:{month}")
     return scopes
@@ -28,15 +42,39 @@ def month_scopes(schedule_id: str | None) -> list[str]:
 class Ledger:
     def __init__(self, sessions: sessionmaker):
         self.sessions = sessions
+        self.dialect = sessions.kw["bind"].dialect.name
+        self._known: set[str] = set()
 
-    def _ensure(self, s: object, scopes: list[str]) -> None:
-        for scope in scopes:
-            s.execute(text("INSERT INTO budget_ledger (scope, spent_usd, reserved_usd) VALUES (:s, 0, 0) "  # type: ignore[attr-defined]
-                           "ON CONFLICT (scope) DO NOTHING"), {"s": scope})
-
-    def reserve(self, caps: dict[str, float | None], usd: float) -> bool:
+    def _ensure(self, scopes: list[str]) -> None:
+        """The scopes' rows exist (created in a transaction of their own, once per process)."""
+        missing = [scope for scope in scopes if scope not in self._known]
+        if not missing:
+            return
         with self.sessions.begin() as s:
-            self._ensure(s, list(caps))
+            for scope in missing:
+                s.execute(text("INSERT INTO budget_ledger (scope, spent_usd, reserved_usd) VALUES (:s, 0, 0) "
+                               "ON CONFLICT (scope) DO NOTHING"), {"s": scope})
+        self._known.update(missing)
+
+    def _holds_lease(self, s: object, hold: Hold) -> bool:
+        lock = " FOR SHARE" if self.dialect == "postgresql" else ""
+        epoch = s.execute(text(f"SELECT epoch FROM jobs WHERE id = :j AND state = 'running'{lock}"),  # type: ignore[attr-defined]
+                          {"j": hold[0]}).scalar()
+        return epoch == hold[1]
+
+    def reserve(self, caps: dict[str, float | None], usd: float, hold: Hold | None = None) -> bool:
+        # Lock order, in every transaction here: the job's row, its hold, then the scopes in `caps` order;
+        # a reservation and a settle of the same job, in two threads, never wait on each other in a cycle.
+        self._ensure(list(caps))
+        with self.sessions.begin() as s:
+            if hold is not None:
+                if not self._holds_lease(s, hold):
+                    s.rollback()
+                    return False
+                s.execute(text(
+                    "INSERT INTO ledger_holds (job_id, epoch, scopes, reserved_usd, open) VALUES (:j, :e, :sc, :x, 1) "
+                    "ON CONFLICT (job_id, epoch) DO UPDATE SET reserved_usd = ledger_holds.reserved_usd + excluded.reserved_usd"),
+                    {"j": hold[0], "e": hold[1], "sc": json.dumps(list(caps)), "x": usd})
             for scope, cap in caps.items():
                 result = s.execute(text(
                     "UPDATE budget_ledger SET reserved_usd = reserved_usd + :x WHERE scope = :s "
@@ -47,18 +85,51 @@ class Ledger:
                     return False
         return True
 
-    def settle(self, scopes: list[str], reserved: float, actual: float) -> None:
-        with self.sessions.begin() as s:
-            for scope in scopes:
-                s.execute(text(
-                    "UPDATE budget_ledger SET spent_usd = spent_usd + :a, "
-                    "reserved_usd = CASE WHEN reserved_usd > :r THEN reserved_usd - :r ELSE 0 END WHERE scope = :s"),
-                    {"r": reserved, "a": actual, "s": scope})
+    def _move(self, s: object, scopes: list[str], reserved: float, actual: float) -> None:
+        for scope in scopes:
+            s.execute(text(  # type: ignore[attr-defined]
+                "UPDATE budget_ledger SET spent_usd = spent_usd + :a, "
+                "reserved_usd = CASE WHEN reserved_usd > :r THEN reserved_usd - :r ELSE 0 END WHERE scope = :s"),
+                {"r": reserved, "a": actual, "s": scope})
 
-    def usage(self) -> dict[str, dict[str, float]]:
+    def settle(self, scopes: list[str], reserved: float, actual: float, hold: Hold | None = None) -> None:
+        with self.sessions.begin() as s:
+            if hold is not None:
+                result = s.execute(text(
+                    "UPDATE ledger_holds SET reserved_usd = CASE WHEN reserved_usd > :r THEN reserved_usd - :r ELSE 0 END "
+                    "WHERE job_id = :j AND epoch = :e AND open = 1"), {"r": reserved, "j": hold[0], "e": hold[1]})
+                if result.rowcount != 1:
+                    return  # the hold was closed: already counted as spent at worst case
+            self._move(s, scopes, reserved, actual)
+
+    def _close(self, job_id: str, condition: str, epoch: int) -> float:
+        lock = " FOR UPDATE" if self.dialect == "postgresql" else ""
+        converted = 0.0
+        with self.sessions.begin() as s:
+            rows = s.execute(text(
+                f"SELECT epoch, scopes, reserved_usd FROM ledger_holds WHERE job_id = :j AND open = 1 AND epoch {condition} :e"
+                f"{lock}"), {"j": job_id, "e": epoch}).all()
+            for held_epoch, scopes, reserved in rows:
+                if reserved > 0:
+                    self._move(s, json.loads(scopes), reserved, reserved)
+                    converted += reserved
+                s.execute(text("UPDATE ledger_holds SET open = 0, reserved_usd = 0 WHERE job_id = :j AND epoch = :e"),
+                          {"j": job_id, "e": held_epoch})
+        return converted
+
+    def expire_holds(self, job_id: str, epoch: int) -> float:
+        """A new epoch claimed the job: what older epochs hold becomes spend at worst case. Returns it."""
+        return self._close(job_id, "<", epoch)
+
+    def close_holds(self, job_id: str, epoch: int) -> float:
+        """The job finished: anything still held (in flight when it failed) becomes spend at worst case."""
+        return self._close(job_id, "<=", epoch)
+
+    def usage(self, scopes: list[str] | None = None) -> dict[str, dict[str, float]]:
         with self.sessions() as s:
             rows = s.execute(text("SELECT scope, spent_usd, reserved_usd FROM budget_ledger ORDER BY scope")).all()
-        return {r[0]: {"spent_usd": round(r[1], 6), "reserved_usd": round(r[2], 6)} for r in rows}
+        return {r[0]: {"spent_usd": round(r[1], 6), "reserved_usd": round(r[2], 6)} for r in rows
+                if scopes is None or any(r[0].startswith(p) for p in scopes)}
 
 
 @dataclass
@@ -70,13 +141,14 @@ class LedgerBudget(Budget):
 
     ledger: Ledger | None = None
     caps: dict[str, float | None] = field(default_factory=dict)
+    hold: Hold | None = None
     blocked_by: str | None = None
 
     async def reserve(self, usd: float) -> bool:
         if not await super().reserve(usd):
             return False
         if self.ledger is not None and self.caps and usd > 0 and \
-                not await asyncio.to_thread(self.ledger.reserve, self.caps, usd):
+                not await asyncio.to_thread(self.ledger.reserve, self.caps, usd, self.hold):
             await super().release(usd)
             self.blocked_by = "monthly cap"
             return False
@@ -85,14 +157,14 @@ class LedgerBudget(Budget):
     async def settle(self, reserved_usd: float, actual_usd: float, stage: str) -> None:
         await super().settle(reserved_usd, actual_usd, stage)
         if self.ledger is not None and self.caps and (reserved_usd or actual_usd):
-            await asyncio.to_thread(self.ledger.settle, list(self.caps), reserved_usd, actual_usd)
+            await asyncio.to_thread(self.ledger.settle, list(self.caps), reserved_usd, actual_usd, self.hold)
 
     async def charge_unknown(self, reserved_usd: float, stage: str) -> None:
         await super().charge_unknown(reserved_usd, stage)
         if self.ledger is not None and self.caps and reserved_usd:
-            await asyncio.to_thread(self.ledger.settle, list(self.caps), reserved_usd, reserved_usd)
+            await asyncio.to_thread(self.ledger.settle, list(self.caps), reserved_usd, reserved_usd, self.hold)
 
     async def release(self, reserved_usd: float) -> None:
         await super().release(reserved_usd)
         if self.ledger is not None and self.caps and reserved_usd:
-            await asyncio.to_thread(self.ledger.settle, list(self.caps), reserved_usd, 0.0)
+            await asyncio.to_thread(self.ledger.settle, list(self.caps), reserved_usd, 0.0, self.hold)

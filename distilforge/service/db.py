@@ -59,6 +59,7 @@ class Job(Base):
     progress: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     schedule_id: Mapped[str | None] = mapped_column(ForeignKey("schedules.id"), nullable=True)
     fire_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    owner: Mapped[str] = mapped_column(String(64), default="default", server_default="default", index=True)
 
 
 class Schedule(Base):
@@ -71,6 +72,9 @@ class Schedule(Base):
     monthly_cap_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
     created: Mapped[datetime] = mapped_column(UTCDateTime())
     last_checked: Mapped[datetime] = mapped_column(UTCDateTime())
+    owner: Mapped[str] = mapped_column(String(64), default="default", server_default="default", index=True)
+    paused: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    paused_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class BudgetLedger(Base):
@@ -81,6 +85,31 @@ class BudgetLedger(Base):
     scope: Mapped[str] = mapped_column(String(128), primary_key=True)
     spent_usd: Mapped[float] = mapped_column(Float, default=0.0)
     reserved_usd: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class LedgerHold(Base):
+    """What one lease epoch of a job holds reserved in the monthly ledger (its scopes, how much).
+
+    When a job is claimed after its lease expired, the holds of earlier epochs are converted to spend at
+    worst case (those requests may have been billed) and closed; a late settle of a closed hold is a no-op.
+    """
+
+    __tablename__ = "ledger_holds"
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scopes: Mapped[str] = mapped_column(Text)  # JSON list of ledger scopes
+    reserved_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    open: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class Counter(Base):
+    """Totals over finished jobs, added when a job finishes, so /metrics reads a few rows."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 def make_engine(url: str) -> Engine:

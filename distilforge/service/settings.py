@@ -1,14 +1,118 @@
-"""Service settings, from the environment only (secrets never come from a file or a request)."""
+"""Service settings, from the environment only (secrets never come from a file or a request).
+
+Tokens are `name:token` entries (split at the first `:`; a bare token belongs to owner `default`).
+Limits are `DISTILFORGE_LIMITS_*` variables; prices are `DISTILFORGE_PRICES`; per-owner monthly caps
+are `DISTILFORGE_OWNER_CAPS`. Every secret value read here (tokens, the allowed teacher keys, the
+database password) is registered with `core.redact`, so no log line or answer can carry it.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from distilforge.core.config import Prices
+from distilforge.core.redact import register_secret
+
+OWNER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the service refuses to start rather than guess."""
 
 
 def _list(name: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def _float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+@dataclass
+class Limits:
+    """Server-set maxima, checked when a job or schedule is submitted (422 naming the field)."""
+
+    seeds: int = field(default_factory=lambda: _int("DISTILFORGE_LIMITS_SEEDS", 1_000_000))
+    samples_per_seed: int = field(default_factory=lambda: _int("DISTILFORGE_LIMITS_SAMPLES_PER_SEED", 64))
+    concurrency: int = field(default_factory=lambda: _int("DISTILFORGE_LIMITS_CONCURRENCY", 1024))
+    schedule_seconds: float = field(default_factory=lambda: _float("DISTILFORGE_LIMITS_SCHEDULE_SECONDS", 60.0))
+    body_bytes: int = field(default_factory=lambda: _int("DISTILFORGE_LIMITS_BODY_BYTES", 1 << 20))
+    config_nodes: int = field(default_factory=lambda: _int("DISTILFORGE_LIMITS_CONFIG_NODES", 10_000))
+    ranks: int = field(default_factory=lambda: _int("DISTILFORGE_LIMITS_RANKS", 8))
+    input_bytes: int = field(default_factory=lambda: _int("DISTILFORGE_LIMITS_INPUT_BYTES", 50 << 30))
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who sent a request: an owner name, and whether the token sees every owner's jobs."""
+
+    owner: str
+    admin: bool = False
+
+
+def parse_tokens(entries: list[str], bare_owner: str = "default") -> dict[str, str]:
+    """token -> owner from `name:token` entries (split at the first ':'; a bare token is `bare_owner`)."""
+    out: dict[str, str] = {}
+    for entry in entries:
+        name, sep, token = entry.partition(":")
+        if not sep:
+            name, token = bare_owner, entry
+        name, token = name.strip(), token.strip()
+        if not OWNER_NAME.match(name):
+            raise SettingsError("an API token entry has an invalid owner name (letters, digits, _ . - only)")
+        if not token:
+            raise SettingsError(f"the API token entry of owner {name} has no token")
+        out[token] = name
+    return out
+
+
+def parse_prices(text: str) -> dict[str, Prices]:
+    """DISTILFORGE_PRICES: `KEY=IN/OUT` entries, comma-separated, or a JSON object {KEY: [IN, OUT]}.
+
+    KEY is a model name, a teacher endpoint URL, or `*` (the default for anything else); IN and OUT are
+    USD per million input and output tokens.
+    """
+    text = text.strip()
+    if not text:
+        return {}
+    out: dict[str, Prices] = {}
+    if text.startswith("{"):
+        for key, value in json.loads(text).items():
+            if isinstance(value, dict):
+                out[key] = Prices.model_validate(value)
+            else:
+                inp, outp = value
+                out[key] = Prices(input_per_million=float(inp), output_per_million=float(outp))
+        return out
+    for entry in text.split(","):
+        if not entry.strip():
+            continue
+        key, sep, value = entry.strip().rpartition("=")
+        inp, slash, outp = value.partition("/")
+        if not sep or not slash or not key:
+            raise SettingsError(f"DISTILFORGE_PRICES: {entry.strip()!r} is not KEY=INPUT/OUTPUT")
+        out[key.strip()] = Prices(input_per_million=float(inp), output_per_million=float(outp))
+    return out
+
+
+def parse_caps(entries: list[str]) -> dict[str, float]:
+    out = {}
+    for entry in entries:
+        name, sep, value = entry.rpartition(":")
+        if not sep or not OWNER_NAME.match(name.strip()):
+            raise SettingsError(f"DISTILFORGE_OWNER_CAPS: {entry!r} is not OWNER:USD")
+        out[name.strip()] = float(value)
+    return out
 
 
 @dataclass
@@ -16,25 +120,82 @@ class Settings:
     home: Path = field(default_factory=lambda: Path(os.environ.get("DISTILFORGE_HOME", "~/.distilforge")).expanduser())
     database_url: str = ""
     api_tokens: list[str] = field(default_factory=lambda: _list("DISTILFORGE_API_TOKENS"))
+    admin_tokens: list[str] = field(default_factory=lambda: _list("DISTILFORGE_ADMIN_TOKENS"))
     data_roots: list[Path] = field(default_factory=list)
     allowed_teachers: list[str] = field(default_factory=lambda: _list("DISTILFORGE_ALLOWED_TEACHERS"))
     teacher_key_envs: list[str] = field(default_factory=lambda: _list("DISTILFORGE_TEACHER_KEY_ENVS"))
     hub_repos: list[str] = field(default_factory=lambda: _list("DISTILFORGE_HUB_REPOS"))
+    allowed_models: list[str] = field(default_factory=lambda: _list("DISTILFORGE_ALLOWED_MODELS"))
+    prices: dict[str, Prices] = field(default_factory=lambda: parse_prices(os.environ.get("DISTILFORGE_PRICES", "")))
+    owner_caps: dict[str, float] = field(default_factory=lambda: parse_caps(_list("DISTILFORGE_OWNER_CAPS")))
+    limits: Limits = field(default_factory=Limits)
     lease_seconds: float = field(default_factory=lambda: float(os.environ.get("DISTILFORGE_LEASE_SECONDS", "30")))
     monthly_cap_usd: float | None = field(
         default_factory=lambda: float(os.environ["DISTILFORGE_MONTHLY_CAP_USD"])
         if os.environ.get("DISTILFORGE_MONTHLY_CAP_USD") else None)
 
     def __post_init__(self) -> None:
+        self.home = self.home.expanduser().resolve()
         self.home.mkdir(parents=True, exist_ok=True)
         if not self.database_url:
             self.database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{self.home / 'distilforge.db'}"
         if not self.data_roots:
             roots = _list("DISTILFORGE_DATA_ROOTS") or [str(self.home / "data")]
             self.data_roots = [Path(r).expanduser().resolve() for r in roots]
+        self.data_roots = [Path(r).resolve() for r in self.data_roots]
         for root in self.data_roots:
             root.mkdir(parents=True, exist_ok=True)
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.prices = {k: v if isinstance(v, Prices) else Prices(input_per_million=v[0], output_per_million=v[1])
+                       for k, v in self.prices.items()}
+        self._tokens = parse_tokens(self.api_tokens)
+        admins = parse_tokens(self.admin_tokens, bare_owner="admin")
+        self._admin = set(admins)
+        for token, name in admins.items():
+            self._tokens.setdefault(token, name)
+        self.register_secrets()
+
+    def register_secrets(self) -> None:
+        """Every secret this process can see is masked by `redact` from now on."""
+        for token in self._tokens:
+            register_secret(token)
+        for name in self.teacher_key_envs:
+            register_secret(os.environ.get(name))
+        try:
+            from sqlalchemy.engine import make_url
+
+            register_secret(make_url(self.database_url).password)  # type: ignore[arg-type]
+        except Exception:
+            pass
 
     @property
     def runs_dir(self) -> Path:
-        return self.data_roots[0] / "runs"
+        """Run folders of service jobs: `DISTILFORGE_HOME/runs/<job id>`, never chosen by a job."""
+        return self.home / "runs"
+
+    @property
+    def excluded_paths(self) -> list[Path]:
+        """Inside the data roots, still out of a job's reach: run folders and the SQLite store."""
+        paths = [self.runs_dir]
+        if self.database_url.startswith("sqlite:///"):
+            db = Path(self.database_url[len("sqlite:///"):]).expanduser().resolve()
+            paths += [db, Path(f"{db}-wal"), Path(f"{db}-shm"), Path(f"{db}-journal")]
+        return paths
+
+    def principal(self, token: str) -> Principal | None:
+        """The owner of a bearer token (constant-time comparison against every configured token).
+
+        Header values arrive decoded as latin-1: encoding them back gives the bytes that were sent, so a
+        non-ASCII token is compared as bytes (and simply does not match) instead of raising.
+        """
+        import secrets
+
+        try:
+            given = token.encode("latin-1")
+        except UnicodeEncodeError:
+            return None
+        found = None
+        for candidate, owner in self._tokens.items():
+            if secrets.compare_digest(given, candidate.encode("utf-8")) and given and found is None:
+                found = Principal(owner, candidate in self._admin)
+        return found

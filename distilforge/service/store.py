@@ -14,7 +14,18 @@ from typing import Any
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import sessionmaker
 
-from distilforge.service.db import FINAL_STATES, Job
+from distilforge.service.db import FINAL_STATES, Counter, Job
+
+COUNTERS = ("teacher_requests", "rate_limited", "prompt_tokens", "completion_tokens", "kept", "rejected", "spend_usd")
+
+
+def summary_counts(summary: dict[str, Any]) -> dict[str, float]:
+    """What a finished job adds to the /metrics totals (counts and money only)."""
+    req, tok = summary.get("requests") or {}, summary.get("tokens") or {}
+    return {"teacher_requests": req.get("sent", 0) or 0, "rate_limited": req.get("rate_limited", 0) or 0,
+            "prompt_tokens": tok.get("prompt", 0) or 0, "completion_tokens": tok.get("completion", 0) or 0,
+            "kept": summary.get("kept") or 0, "rejected": sum((summary.get("rejected") or {}).values()),
+            "spend_usd": summary.get("cost_usd") or 0.0}
 
 
 class LeaseLost(RuntimeError):
@@ -33,21 +44,29 @@ class Store:
 
     # -- API side --------------------------------------------------------------------------------
     def submit(self, config: dict[str, Any], run_dir: str, *, job_id: str | None = None,
-               schedule_id: str | None = None, fire_time: datetime | None = None) -> Job:
+               schedule_id: str | None = None, fire_time: datetime | None = None, owner: str = "default") -> Job:
         stamp = now()
         job = Job(id=job_id or uuid.uuid4().hex, state="queued", config=config, run_dir=run_dir, created=stamp,
-                  updated=stamp, epoch=0, attempts=0, cancel_requested=0, schedule_id=schedule_id, fire_time=fire_time)
+                  updated=stamp, epoch=0, attempts=0, cancel_requested=0, schedule_id=schedule_id, fire_time=fire_time,
+                  owner=owner)
         with self.sessions.begin() as s:
             s.add(job)
         return job
 
-    def get(self, job_id: str) -> Job | None:
+    def get(self, job_id: str, owner: str | None = None) -> Job | None:
+        """The job, or None when it does not exist or belongs to another owner (None: any owner)."""
         with self.sessions() as s:
-            return s.get(Job, job_id)
+            job = s.get(Job, job_id)
+        if job is None or (owner is not None and job.owner != owner):
+            return None
+        return job
 
-    def list(self, limit: int = 100) -> list[Job]:
+    def list(self, limit: int = 100, owner: str | None = None) -> list[Job]:
         with self.sessions() as s:
-            return list(s.scalars(select(Job).order_by(Job.created.desc()).limit(limit)))
+            query = select(Job).order_by(Job.created.desc()).limit(limit)
+            if owner is not None:
+                query = query.where(Job.owner == owner)
+            return list(s.scalars(query))
 
     def cancel(self, job_id: str) -> Job | None:
         """Queued jobs cancel at once; running ones when their worker next looks (within seconds)."""
@@ -106,7 +125,27 @@ class Store:
         if current != epoch:
             raise LeaseLost(f"job {job_id}: lease epoch {epoch} is no longer current")
 
+    def set_run_dir(self, job_id: str, epoch: int, run_dir: str) -> None:
+        self._guarded(job_id, epoch, run_dir=run_dir)
+
     def finish(self, job_id: str, epoch: int, state: str, *, summary: dict[str, Any] | None = None,
                error: str | None = None) -> None:
+        """The final state, guarded by the epoch; the job's counts join the /metrics totals in the same
+        transaction."""
         assert state in FINAL_STATES, state
-        self._guarded(job_id, epoch, state=state, summary=summary, error=error, lease_owner=None, lease_until=None)
+        with self.sessions.begin() as s:
+            result = s.execute(update(Job).where(Job.id == job_id, Job.epoch == epoch, Job.state == "running")
+                               .values(updated=now(), state=state, summary=summary, error=error, lease_owner=None,
+                                       lease_until=None))
+            if result.rowcount != 1:
+                raise LeaseLost(f"job {job_id}: lease epoch {epoch} is no longer current")
+            counts = summary_counts(summary or {})
+            for name in COUNTERS:
+                s.execute(text("INSERT INTO counters (name, value) VALUES (:n, 0) ON CONFLICT (name) DO NOTHING"),
+                          {"n": name})
+                if counts[name]:
+                    s.execute(update(Counter).where(Counter.name == name).values(value=Counter.value + counts[name]))
+
+    def counters(self) -> dict[str, float]:
+        with self.sessions() as s:
+            return {c.name: c.value for c in s.scalars(select(Counter))}

@@ -1,48 +1,74 @@
-"""Workers: claim a job with a lease, run it, heartbeat, honour cancels, never write after losing it."""
+"""Workers: claim a job with a lease, check it again, run it, heartbeat, honour cancels, never write
+after losing it.
+
+At claim time the whole config is checked again against the current settings (files move, settings
+change), every input file is copied into the run folder through checked descriptors
+(`service/inputs.py`), the job is priced by the server, and only then does `run_job` start. The
+heartbeat is a thread of its own: a job whose event loop is busy keeps its lease, and a cancel
+reaches it within seconds.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import re
 import socket
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from distilforge.core.budget import Budget
-from distilforge.core.config import JobConfig
-from distilforge.core.prices import resolve_prices
+from distilforge.core.config import JobConfig, Prices
+from distilforge.core.redact import redact
 from distilforge.core.steps import RunControl
 from distilforge.service.budgets import Ledger, LedgerBudget, month_scopes
-from distilforge.service.db import Schedule
+from distilforge.service.db import Job, Schedule
+from distilforge.service.inputs import InputRefused, materialise, prepare_run_dir
+from distilforge.service.prices import run_prices
 from distilforge.service.settings import Settings
 from distilforge.service.store import LeaseLost, Store
+from distilforge.service.validate import check_job
 
 log = logging.getLogger("distilforge.worker")
+
+# An absolute path in a message (a folder chain ending in a name): only its last part is shown.
+_ABS_PATH = re.compile(r"(?<![\w:/.~-])(?:/[\w.+@~-]+)+/(?=[\w.+@~-])")
+
+
+def public_text(text: str | None, limit: int = 2000) -> str | None:
+    """Text fit for an API answer or a job row: secrets masked, URL credentials removed, absolute server
+    paths cut down to their last component."""
+    if text is None:
+        return None
+    return _ABS_PATH.sub("", redact(str(text)))[:limit]
 
 
 class JobControl(RunControl):
     """Ties a running job to its lease: heartbeats, cancel requests, epoch checks, shared budgets."""
 
     def __init__(self, store: Store, ledger: Ledger, settings: Settings, job_id: str, epoch: int,
-                 schedule_cap: float | None, schedule_id: str | None):
+                 schedule_cap: float | None, schedule_id: str | None, owner: str = "default"):
         self.store, self.ledger, self.settings = store, ledger, settings
         self.job_id, self.epoch = job_id, epoch
         self.caps: dict[str, float | None] = {}
-        scopes = month_scopes(schedule_id)
-        self.caps[scopes[0]] = settings.monthly_cap_usd
-        if schedule_id:
-            self.caps[scopes[1]] = schedule_cap
+        for scope in month_scopes(schedule_id, owner):
+            if scope.startswith("global:"):
+                self.caps[scope] = settings.monthly_cap_usd
+            elif scope.startswith("owner:"):
+                self.caps[scope] = settings.owner_caps.get(owner)
+            else:
+                self.caps[scope] = schedule_cap
+        self.prices: Prices | None = None  # the server's prices, set once the config is checked
         self._cancel = False
         self._lost = False
         self._progress: dict[str, Any] | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -52,6 +78,7 @@ class JobControl(RunControl):
         self._thread.join(5)
 
     def _beat(self) -> None:
+        # Its own thread: however busy the job's event loop or training is, the lease is renewed on time.
         interval = max(0.2, self.settings.lease_seconds / 3)
         while not self._stop.wait(interval):
             try:
@@ -59,8 +86,8 @@ class JobControl(RunControl):
             except LeaseLost:
                 self._lost = True
                 return
-            except Exception:  # a database blip: try again next beat; the lease outlives one miss
-                log.warning("heartbeat failed for job %s", self.job_id, exc_info=True)
+            except Exception as exc:  # a database blip: try again next beat; the lease outlives one miss
+                log.warning("heartbeat failed for job %s: %s", self.job_id, public_text(f"{type(exc).__name__}: {exc}"))
 
     def report(self, progress: dict[str, Any]) -> None:
         self._progress = progress
@@ -80,14 +107,16 @@ class JobControl(RunControl):
         self.store.check(self.job_id, self.epoch)
 
     def budget(self, config: JobConfig, spent: float) -> Budget:
-        return LedgerBudget(resolve_prices(config), config.budget.max_usd, spent=spent, ledger=self.ledger,
-                            caps=self.caps)
+        # Priced by the server (the table plus DISTILFORGE_PRICES), never by the job's own config.
+        return LedgerBudget(self.prices, config.budget.max_usd, spent=spent, ledger=self.ledger,
+                            caps=self.caps, hold=(self.job_id, self.epoch))
 
 
 class Worker:
     def __init__(self, store: Store, settings: Settings, owner: str | None = None, poll_seconds: float = 0.5):
         self.store = store
         self.settings = settings
+        settings.register_secrets()
         self.ledger = Ledger(store.sessions)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
         self.poll_seconds = poll_seconds
@@ -96,7 +125,7 @@ class Worker:
         job = self.store.claim(self.owner)
         if job is None:
             return False
-        self._run(job.id, job.epoch, job.config, Path(job.run_dir), job.schedule_id)
+        self._run(job)
         return True
 
     def run_forever(self, stop: threading.Event) -> None:
@@ -104,48 +133,95 @@ class Worker:
             try:
                 if not self.run_once():
                     stop.wait(self.poll_seconds)
-            except Exception:
-                log.exception("worker %s: unexpected error", self.owner)
+            except Exception as exc:
+                log.error("worker %s: unexpected error: %s", self.owner, public_text(f"{type(exc).__name__}: {exc}"))
                 stop.wait(self.poll_seconds)
 
-    def _run(self, job_id: str, epoch: int, raw: dict[str, Any], run_dir: Path, schedule_id: str | None) -> None:
+    def _prepare(self, job: Job, run_dir: Path, cap: float | None, control: JobControl) -> tuple[JobConfig | None, str | None]:
+        """(the config to run, None) or (None, why the job is refused now)."""
+        config = JobConfig.model_validate(job.config)
+        problems = check_job(config, self.settings, owner=job.owner, schedule_cap=cap, count_seeds=False)
+        if problems:
+            return None, "refused when claimed: " + "; ".join(f"{loc}: {msg}" for loc, msg in problems)
+        try:
+            prepare_run_dir(run_dir, self.settings)
+            config = materialise(config, run_dir, self.settings)
+        except InputRefused as exc:
+            return None, f"refused when claimed: {exc.loc}: {exc.msg}"
+        from distilforge.prompts import PROMPTS_DIR
+
+        # The built-in template by its full path: a file of the same name in the worker's folder is never read.
+        config.generation.template = str(PROMPTS_DIR / config.generation.template_name)
+        limit = self.settings.limits.seeds
+        config.seeds.limit = min(config.seeds.limit or limit, limit)  # the file may have grown since submission
+        prices, _ = run_prices(config, self.settings.prices)
+        control.prices = prices
+        config.budget.prices = prices  # run.json and the cap check see the server's prices
+        return config, None
+
+    def _run(self, job: Job) -> None:
         from distilforge.run.lifecycle import run_job
 
+        job_id, epoch = job.id, job.epoch
+        run_dir = self.settings.runs_dir / job_id  # chosen by the server, never by the job
         cap = None
-        if schedule_id:
+        if job.schedule_id:
             with self.store.sessions() as s:
-                schedule = s.get(Schedule, schedule_id)
+                schedule = s.get(Schedule, job.schedule_id)
                 cap = schedule.monthly_cap_usd if schedule else None
-        control = JobControl(self.store, self.ledger, self.settings, job_id, epoch, cap, schedule_id)
+        control = JobControl(self.store, self.ledger, self.settings, job_id, epoch, cap, job.schedule_id, job.owner)
         control.start()
         try:
-            config = JobConfig.model_validate(raw)
+            converted = self.ledger.expire_holds(job_id, epoch)
+            if converted:
+                log.warning("job %s: %.6f USD held by an expired lease counted as spent (worst case)", job_id, converted)
+            self.store.set_run_dir(job_id, epoch, str(run_dir))
+            config, refused = self._prepare(job, run_dir, cap, control)
+            if config is None:
+                self._finish(job_id, epoch, "failed", error=refused)
+                return
             with open(os.devnull, "w") as quiet:
                 result = run_job(config, run_dir, control, console=Console(file=quiet))
             if result.status == "lease_lost" or control.lost():
                 return
             state = {"completed": "succeeded", "stopped": "stopped_budget", "cancelled": "cancelled",
                      "interrupted": "cancelled"}.get(result.status, "failed")
-            error = result.run.get("error") if state == "failed" else None
-            self.store.finish(job_id, epoch, state, summary=job_summary(result.run), error=error)
+            error = (result.run.get("error") or f"the run ended {result.status}") if state == "failed" else None
+            self._finish(job_id, epoch, state, summary=job_summary(result.run), error=error)
         except LeaseLost:
             log.warning("job %s: lease lost; another worker owns it now", job_id)
         except BaseException as exc:  # the job failed; the worker lives on
             if control.lost():
                 return
-            from distilforge.core.redact import redact
-
-            with contextlib.suppress(LeaseLost):
-                self.store.finish(job_id, epoch, "failed", error=redact(f"{type(exc).__name__}: {exc}")[:2000])
-            log.error("job %s failed: %s", job_id, redact(traceback.format_exc(limit=3)))
+            state = "cancelled" if control.stop_reason() == "cancelled" else "failed"
+            self._finish(job_id, epoch, state, error=f"{type(exc).__name__}: {exc}")
+            log.error("job %s %s: %s", job_id, state, public_text(f"{type(exc).__name__}: {exc}"))
         finally:
             control.close()
 
+    def _finish(self, job_id: str, epoch: int, state: str, *, summary: dict[str, Any] | None = None,
+                error: str | None = None) -> None:
+        with contextlib.suppress(LeaseLost):
+            self.store.finish(job_id, epoch, state, summary=summary, error=public_text(error))
+            self.ledger.close_holds(job_id, epoch)
+
+
+def public_data(value: Any) -> Any:
+    """`public_text` over every string of a JSON-like value."""
+    if isinstance(value, str):
+        return public_text(value, limit=10_000)
+    if isinstance(value, dict):
+        return {k: public_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [public_data(v) for v in value]
+    return value
+
 
 def job_summary(run: dict[str, Any]) -> dict[str, Any]:
-    """What the API shows of a run: counts and money, never config secrets (there are none in run.json)."""
-    return {k: run.get(k) for k in ("kept", "rejected", "samples", "requests", "tokens", "cost_usd", "stopped",
-                                    "wall_seconds", "total_seconds", "mode", "train", "eval", "published")}
+    """What the API shows of a run: counts and money; no secrets and no server paths."""
+    return public_data({k: run.get(k) for k in ("kept", "rejected", "samples", "requests", "tokens", "cost_usd",
+                                                "stopped", "wall_seconds", "total_seconds", "mode", "train", "eval",
+                                                "published")})
 
 
 def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> bool:

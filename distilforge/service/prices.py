@@ -1,0 +1,79 @@
+"""Service jobs are priced by the server, never by the job.
+
+The server's prices are the built-in table (`core/prices.py`) plus `DISTILFORGE_PRICES`: a model name,
+a teacher endpoint (every model behind it: a self-hosted vLLM can be priced 0), or `*` for anything
+else. For one teacher: an endpoint entry wins (the server bills, whatever the model is called), then a
+model entry, then the built-in table, then `*`. In-process teachers (local, vllm-offline) cost nothing.
+
+A run has one budget for every stage (generation, judge, teacher eval), so its prices are the worst
+case over its teachers: the highest input and the highest output price among them.
+"""
+
+from __future__ import annotations
+
+from distilforge.core.config import JobConfig, Prices, TeacherConfig
+from distilforge.core.prices import lookup_price
+from distilforge.core.urls import Url, UrlError, parse_url
+
+OPENAI_DEFAULT = "https://api.openai.com/v1"
+FREE = Prices(input_per_million=0.0, output_per_million=0.0)
+
+
+def _endpoint_entries(table: dict[str, Prices]) -> list[tuple[Url, Prices]]:
+    entries = []
+    for key, price in table.items():
+        if "://" not in key:
+            continue
+        try:
+            entries.append((parse_url(key), price))
+        except UrlError:
+            continue
+    return entries
+
+
+def _for_url(url: str, model: str, table: dict[str, Prices]) -> Prices | None:
+    try:
+        parsed = parse_url(url)
+    except UrlError:
+        return None
+    matches = [(entry, price) for entry, price in _endpoint_entries(table) if parsed.under(entry)]
+    if matches:  # the most specific entry (longest path) wins
+        return max(matches, key=lambda m: len(m[0].path))[1]
+    if model in table:
+        return table[model]
+    return lookup_price(model) or table.get("*")
+
+
+def teacher_price(teacher: TeacherConfig, table: dict[str, Prices]) -> Prices | None:
+    """The server's price for one teacher, or None when it has none."""
+    if teacher.backend in ("local", "vllm-offline"):
+        return FREE
+    prices = [_for_url(url, teacher.model, table) for url in (teacher.base_urls or [OPENAI_DEFAULT])]
+    if any(p is None for p in prices):
+        return None
+    return Prices(input_per_million=max(p.input_per_million for p in prices),  # type: ignore[union-attr]
+                  output_per_million=max(p.output_per_million for p in prices))  # type: ignore[union-attr]
+
+
+def paid_teachers(config: JobConfig) -> list[tuple[str, TeacherConfig]]:
+    """(dotted path, teacher) of every teacher the run's budget pays for."""
+    out = [("teacher", config.teacher)]
+    for i, spec in enumerate(config.filters):
+        if spec.name == "judge":
+            out.append((f"filters.{i}.teacher", spec.teacher))
+    return out
+
+
+def run_prices(config: JobConfig, table: dict[str, Prices]) -> tuple[Prices | None, list[str]]:
+    """(the run's prices, dotted paths of the teachers without a price). Prices are None if any is unpriced."""
+    unpriced, found = [], []
+    for where, teacher in paid_teachers(config):
+        price = teacher_price(teacher, table)
+        if price is None:
+            unpriced.append(where)
+        else:
+            found.append(price)
+    if unpriced:
+        return None, unpriced
+    return Prices(input_per_million=max(p.input_per_million for p in found),
+                  output_per_million=max(p.output_per_million for p in found)), []
