@@ -220,7 +220,9 @@ def test_two_workers_never_share_a_job(service, fake):
 
 
 def test_killed_worker_is_requeued_and_repays_at_most_in_flight(service, fake, tmp_path):
-    from distilforge.core.config import JobConfig
+    from distilforge.core.config import JobConfig, Prices
+    from distilforge.core.journal import journal_totals
+    from distilforge.service.budgets import Ledger
     from distilforge.service.db import make_engine, make_sessions
     from distilforge.service.migrate import migrate
     from distilforge.service.store import LeaseLost, Store
@@ -234,10 +236,14 @@ def test_killed_worker_is_requeued_and_repays_at_most_in_flight(service, fake, t
     data = _job_config(service, fake, n=16)
     data["teacher"]["max_concurrency"] = 2
     job = store.submit(JobConfig.model_validate(data).model_dump(mode="json"), str(service.runs_dir / "killed"))
+    # Priced by the server, under a monthly cap: what the dead worker held must not stay reserved.
+    service.prices = {fake.base_url: Prices(input_per_million=100.0, output_per_million=100.0)}
+    service.monthly_cap_usd = 1000.0
     env = {**os.environ, "DATABASE_URL": service.database_url, "DISTILFORGE_LEASE_SECONDS": "2",
            "DISTILFORGE_HOME": str(service.home), "DISTILFORGE_DATA_ROOTS": str(service.data_roots[0]),
            "DISTILFORGE_TEST_KEY": "sk-test", "DISTILFORGE_ALLOWED_TEACHERS": fake.base_url,
-           "DISTILFORGE_TEACHER_KEY_ENVS": "DISTILFORGE_TEST_KEY"}
+           "DISTILFORGE_TEACHER_KEY_ENVS": "DISTILFORGE_TEST_KEY", "DISTILFORGE_MONTHLY_CAP_USD": "1000",
+           "DISTILFORGE_PRICES": f"{fake.base_url}=100/100"}
     proc = subprocess.Popen([sys.executable, "-m", "distilforge", "worker", "--poll", "0.2"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -253,6 +259,8 @@ def test_killed_worker_is_requeued_and_repays_at_most_in_flight(service, fake, t
     with sqlite3.connect(service.runs_dir / job.id / "journal" / "rank-00000.sqlite") as db:
         committed = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
     in_flight = first - committed  # sent, but no answer committed when the worker died
+    held = Ledger(store.sessions).usage()
+    assert all(v["reserved_usd"] > 0 for v in held.values()), held  # the dead worker's in-flight reservations
 
     time.sleep(2.2)  # the dead worker's lease runs out
     assert Worker(store, service, owner="rescuer").run_once()
@@ -263,6 +271,12 @@ def test_killed_worker_is_requeued_and_repays_at_most_in_flight(service, fake, t
     assert len(fake.requests) - first == 16 - done.summary["samples"]["from_journal"]
     with pytest.raises(LeaseLost):  # the dead worker's epoch can no longer write
         store.finish(job.id, 1, "failed", error="stale")
+    # The ledger holds nothing any more: the dead epoch's reservations became spend at worst case, so the
+    # month's spend covers at least everything the run's journal counts (answers, unknown outcomes, orphans).
+    usage = Ledger(store.sessions).usage()
+    spent, _ = journal_totals(service.runs_dir / job.id)
+    assert all(v["reserved_usd"] == pytest.approx(0.0, abs=1e-9) for v in usage.values()), usage
+    assert all(v["spent_usd"] >= spent - 1e-6 and v["spent_usd"] > 0 for v in usage.values()), (usage, spent)
 
 
 def test_a_schedule_fires_once_per_tick_under_two_schedulers(service, fake):

@@ -35,7 +35,7 @@ from distilforge.service.migrate import migrate
 from distilforge.service.settings import Principal, Settings
 from distilforge.service.store import COUNTERS, Store, now
 from distilforge.service.validate import check_job, cron_problem, normalise
-from distilforge.service.worker import public_data, public_text
+from distilforge.service.worker import public_data, public_text, redact_logs
 
 bearer = HTTPBearer(auto_error=False)
 log = logging.getLogger("distilforge.api")
@@ -133,6 +133,8 @@ def create_app(settings: Settings | None = None, *, workers: int = 1, scheduler:
 
     settings = settings or Settings()
     settings.register_secrets()
+    redact_logs()
+    _warn_about_entries(settings)
     engine = make_engine(settings.database_url)
     migrate(engine)  # serve creates and migrates its database on start
     store = Store(make_sessions(engine), settings.lease_seconds)
@@ -368,6 +370,16 @@ def create_app(settings: Settings | None = None, *, workers: int = 1, scheduler:
                 "scopes": ledger.usage(prefixes)}
 
     return app
+
+
+def _warn_about_entries(settings: Settings) -> None:
+    from distilforge.core.urls import UrlError, parse_url
+
+    for entry in settings.allowed_teachers:
+        try:
+            parse_url(entry)
+        except UrlError as exc:
+            log.warning("DISTILFORGE_ALLOWED_TEACHERS: an entry is ignored (%s)", exc)
 
 
 class StoreCollector:

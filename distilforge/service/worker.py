@@ -40,6 +40,31 @@ log = logging.getLogger("distilforge.worker")
 _ABS_PATH = re.compile(r"(?<![\w:/.~-])(?:/[\w.+@~-]+)+/(?=[\w.+@~-])")
 
 
+class RedactLogs(logging.Filter):
+    """Every record of the service's loggers (and uvicorn's) leaves with secrets and URL credentials
+    masked, whatever the message carried (a query string, an exception's text)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        record.msg, record.args = redact(message), ()
+        if record.exc_info:  # tracebacks are formatted later, from the exception: keep only its redacted text
+            exc = record.exc_info[1]
+            record.msg = f"{record.msg}: {redact(f'{type(exc).__name__}: {exc}')}"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def redact_logs() -> None:
+    for name in ("distilforge", "distilforge.worker", "distilforge.scheduler", "distilforge.api", "uvicorn",
+                 "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactLogs) for f in logger.filters):
+            logger.addFilter(RedactLogs())
+
+
 def public_text(text: str | None, limit: int = 2000) -> str | None:
     """Text fit for an API answer or a job row: secrets masked, URL credentials removed, absolute server
     paths cut down to their last component."""
@@ -117,6 +142,7 @@ class Worker:
         self.store = store
         self.settings = settings
         settings.register_secrets()
+        redact_logs()
         self.ledger = Ledger(store.sessions)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
         self.poll_seconds = poll_seconds
