@@ -172,6 +172,7 @@ def _hostile_cases(settings, fake, tmp_path):
         ("JSON nested 100,000 deep", (b"[" * 100_000 + b"]" * 100_000, "application/json"), 422, "(body)"),
         ("JSON nested 40 deep", (b'{"name": ' + b"[" * 40 + b"]" * 40 + b"}", "application/json"), 422, "(body)"),
         ("2 MiB body", (b'{"name": "' + b"x" * (2 << 20) + b'"}', "application/json"), 413, "-"),
+        ("2 MiB body, chunked (no Content-Length)", (b'{"name": "' + b"x" * (2 << 20) + b'"}', "chunked"), 413, "-"),
         ("not a mapping", ([1, 2, 3], None), 422, "(body)"),
         ("not YAML", (b"seeds: [unclosed", "application/yaml"), 422, "(body)"),
         ("not UTF-8", (b'{"name": "\xff\xfe"}', "application/json"), 422, "(body)"),
@@ -186,6 +187,9 @@ def _post(client, body, headers=AUTH, url="/v1/jobs"):
     payload, kind = body
     if kind is None:
         return client.post(url, json=payload, headers=headers)
+    if kind == "chunked":
+        chunks = (payload[i:i + 65536] for i in range(0, len(payload), 65536))
+        return client.post(url, content=chunks, headers={**headers, "Content-Type": "application/json"})
     return client.post(url, content=payload, headers={**headers, "Content-Type": kind})
 
 
@@ -262,81 +266,106 @@ def judge_of(fake):
                                          "api_key_env": "DISTILFORGE_TEST_KEY"}}
 
 
-class _Server:
-    """The API on a real loopback socket (uvicorn in a thread), for timings."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        sock = socket.socket()
+def _free_port() -> int:
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.sock = sock
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        return sock.getsockname()[1]
+
+
+class _ServeProcess:
+    """`distilforge serve` in a process of its own, as a team runs it (its own interpreter and GIL)."""
+
+    def __init__(self, settings):
+        self.port = _free_port()
+        self.env = {**os.environ, "DATABASE_URL": settings.database_url, "DISTILFORGE_HOME": str(settings.home),
+                    "DISTILFORGE_DATA_ROOTS": str(settings.data_roots[0]), "DISTILFORGE_API_TOKENS": "t0ken",
+                    "DISTILFORGE_ALLOWED_TEACHERS": ",".join(settings.allowed_teachers),
+                    "DISTILFORGE_TEACHER_KEY_ENVS": "DISTILFORGE_TEST_KEY", "DISTILFORGE_TEST_KEY": SECRET_KEY}
 
     def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}"
+        import subprocess
+        import sys
+
+        import httpx
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "distilforge", "serve", "--host", "127.0.0.1", "--port",
+                                      str(self.port), "--workers", "0"], env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise AssertionError("distilforge serve did not start")
 
     def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
+        self.proc.terminate()
+        self.proc.wait(15)
 
 
 def test_alias_bomb_is_refused_within_a_second_and_healthz_stays_fast(service, fake):
+    """The 674-byte alias bomb of #11, sent by four clients at once, each again every 50 ms for 1.5 s, to
+    `distilforge serve`: every one is a 422 within a second, and /healthz, polled meanwhile, answers
+    within 100 ms."""
     import httpx
-
-    from distilforge.service.api import create_app
 
     body = _bomb_body(_job_config(service, fake))
     assert b"*h,*h" in body and len(BOMB) < 700
-    with _Server(create_app(service, workers=0, scheduler=False)) as url:
+    with _ServeProcess(service) as url:
         health: list[float] = []
         stop = threading.Event()
+        clients = [httpx.Client(base_url=url, timeout=30) for _ in range(5)]  # made before the clock starts
 
-        def poll():
-            with httpx.Client(base_url=url, timeout=10) as http:
-                while not stop.is_set():
-                    started = time.perf_counter()
-                    assert http.get("/healthz").status_code == 200
-                    health.append(time.perf_counter() - started)
-                    time.sleep(0.01)
+        def poll(http):
+            while not stop.is_set():
+                started = time.perf_counter()
+                assert http.get("/healthz").status_code == 200
+                health.append(time.perf_counter() - started)
+                time.sleep(0.02)
 
-        poller = threading.Thread(target=poll)
-        poller.start()
-        time.sleep(0.3)
-        seen_before = len(health)
         bombs = []
+        ready = threading.Barrier(5)
 
-        def bomb():
-            with httpx.Client(base_url=url, timeout=30) as http:
+        def bomb(http):
+            ready.wait()
+            until = time.perf_counter() + 1.5
+            while time.perf_counter() < until:
                 started = time.perf_counter()
                 r = http.post("/v1/jobs", content=body, headers={**AUTH, "Content-Type": "application/yaml"})
                 bombs.append((r.status_code, time.perf_counter() - started, r.json()["detail"][0]["loc"]))
+                time.sleep(0.05)
 
-        threads = [threading.Thread(target=bomb) for _ in range(4)]
+        poller = threading.Thread(target=poll, args=(clients[0],))
+        poller.start()
+        threads = [threading.Thread(target=bomb, args=(http,)) for http in clients[1:]]
         for t in threads:
             t.start()
+        time.sleep(0.3)
+        seen_before = len(health)
+        ready.wait()
         for t in threads:
             t.join(30)
-        time.sleep(0.2)
+        seen_after = len(health)
         stop.set()
         poller.join(10)
-    during = health[seen_before:]
-    timings = {"bomb_s": sorted(b[1] for b in bombs), "healthz_max_s": max(during), "healthz_n": len(during)}
+        for http in clients:
+            http.close()
+        assert httpx.get(f"{url}/v1/jobs", headers=AUTH).json() == []
+    during = health[seen_before:seen_after + 1]
+    timings = {"bombs": len(bombs), "bomb_max_s": max(b[1] for b in bombs),
+               "bomb_median_s": sorted(b[1] for b in bombs)[len(bombs) // 2], "healthz_max_s": max(during),
+               "healthz_median_s": sorted(during)[len(during) // 2], "healthz_n": len(during)}
     print("alias bomb timings:", json.dumps(timings))
     report = os.environ.get("DISTILFORGE_HOSTILE_REPORT")
     if report:
         with open(report + ".timings", "a") as fh:
             fh.write(json.dumps({"db": service.database_url.split(":")[0], **timings}) + "\n")
-    assert [b[0] for b in bombs] == [422] * 4 and {b[2] for b in bombs} == {"(body)"}
+    assert len(bombs) >= 8 and {b[0] for b in bombs} == {422} and {b[2] for b in bombs} == {"(body)"}
     assert max(b[1] for b in bombs) < 1.0
-    assert during and max(during) < 0.1
+    assert len(during) >= 10 and max(during) < 0.1
 
 
 def test_owners_see_only_their_own_jobs_and_schedules(service, fake):
@@ -494,10 +523,11 @@ def test_two_workers_race_for_one_journal_after_a_lease_expiry(service, fake, mo
     from distilforge.core.config import JobConfig
     from distilforge.service import worker as worker_mod
 
+    service = dataclasses.replace(service, lease_seconds=1.0)
     fake.latency = (0.25, 0.3)
     fake.default = Behaviour(["1 + 2 = 3.\nThe answer is 3."])
     store = _store(service)
-    data = _job_config(service, fake, n=30)
+    data = _job_config(service, fake, n=24)
     data["teacher"]["max_concurrency"] = 2
     job = store.submit(JobConfig.model_validate(data).model_dump(mode="json"), "", owner="default")
     events: list[tuple[str, int, bool]] = []
@@ -538,14 +568,14 @@ def test_two_workers_race_for_one_journal_after_a_lease_expiry(service, fake, mo
         time.sleep(0.1)
     a.join(60)
     done = store.get(job.id)
-    assert done.state == "succeeded" and done.attempts == 2 and done.epoch == 2 and done.summary["kept"] == 30
+    assert done.state == "succeeded" and done.attempts == 2 and done.epoch == 2 and done.summary["kept"] == 24
     b_claimed = events.index(("claim", 2, True))
     assert ("write", 1, True) in events[:b_claimed]  # A was writing before
     assert ("write", 1, True) not in events[b_claimed:]  # and never after B's claim
     assert ("write", 1, False) in events[b_claimed:]  # it tried, and was fenced out
     with sqlite3.connect(service.runs_dir / job.id / "journal" / "rank-00000.sqlite") as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0] == 2
-        assert db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 30
+        assert db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 24
 
 
 def test_an_expired_lease_releases_its_monthly_reservations(service):
@@ -652,6 +682,7 @@ def test_a_busy_job_keeps_its_lease_and_a_cancel_still_stops_it(service, fake, m
         return None
 
     monkeypatch.setattr(LengthFilter, "check", busy)
+    service = dataclasses.replace(service, lease_seconds=1.0)
     fake.default = Behaviour(["1 + 2 = 3.\nThe answer is 3."])
     data = _job_config(service, fake, n=60)
     data["teacher"]["max_concurrency"] = 2
@@ -710,6 +741,7 @@ def test_metrics_are_prometheus_counts_read_cheaply(service, fake):
     assert samples[("distilforge_jobs", (("state", "succeeded"),))] == 1
     assert samples[("distilforge_kept_total", ())] == 3 and samples[("distilforge_teacher_requests_total", ())] == 3
     assert samples[("distilforge_http_requests_total", ())] >= 2
+    assert "# HELP distilforge_jobs " in r.text and "# TYPE distilforge_kept_total counter" in r.text
     assert job_id not in r.text and "default" not in r.text and str(service.home) not in r.text
 
 
