@@ -170,6 +170,7 @@ def _hostile_cases(settings, fake, tmp_path):
         ("YAML alias bomb", (_bomb_body(data), "application/yaml"), 422, "(body)"),
         ("YAML recursive alias", (b"seeds: &s {path: *s}\n", "application/yaml"), 422, "(body)"),
         ("JSON nested 100,000 deep", (b"[" * 100_000 + b"]" * 100_000, "application/json"), 422, "(body)"),
+        ("YAML nested 100,000 deep", (b"a: " + b"[" * 100_000 + b"]" * 100_000, "application/yaml"), 422, "(body)"),
         ("JSON nested 40 deep", (b'{"name": ' + b"[" * 40 + b"]" * 40 + b"}", "application/json"), 422, "(body)"),
         ("2 MiB body", (b'{"name": "' + b"x" * (2 << 20) + b'"}', "application/json"), 413, "-"),
         ("2 MiB body, chunked (no Content-Length)", (b'{"name": "' + b"x" * (2 << 20) + b'"}', "chunked"), 413, "-"),
@@ -805,3 +806,24 @@ def test_server_prices_and_per_owner_caps(service, fake):
     mine = next(v for k, v in scopes.items() if k.startswith("owner:alice:"))
     assert mine["spent_usd"] <= 1.0 and mine["reserved_usd"] == pytest.approx(0.0, abs=1e-9)
     assert not any(k.startswith("owner:bob:") for k in scopes)
+
+
+def test_run_folders_and_the_store_stay_out_of_reach_inside_a_data_root(service, fake, tmp_path):
+    """An admin who makes DISTILFORGE_HOME a data root still keeps run folders and the SQLite store out of
+    every job's reach."""
+    from distilforge.service.validate import resolve_input
+
+    settings = dataclasses.replace(service, data_roots=[service.home])
+    other = settings.runs_dir / "0123456789abcdef0123456789abcdef"
+    (other / "parquet").mkdir(parents=True)
+    write_jsonl(other / "parquet" / "x.jsonl", [{"question": "q", "answer": "#### 1"}])
+    assert resolve_input(str(other / "parquet" / "x.jsonl"), settings) is None
+    assert resolve_input("runs/0123456789abcdef0123456789abcdef/parquet/x.jsonl", settings) is None
+    if settings.database_url.startswith("sqlite"):
+        assert resolve_input(settings.database_url[len("sqlite:///"):], settings) is None
+    mine = write_jsonl(settings.home / "mine.jsonl", [{"question": "q", "answer": "#### 1"}])
+    assert resolve_input(str(mine), settings) == mine.resolve()
+    with _client(settings, workers=0) as client:
+        r = client.post("/v1/jobs", json=_set(_job_config(settings, fake), "seeds.path", str(other / "parquet" / "x.jsonl")),
+                        headers=AUTH)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == "seeds.path"
