@@ -155,6 +155,9 @@ def _hostile_cases(settings, fake, tmp_path):
          "teacher.params.extra_body.chat_template_kwargs.chat_template"),
         ("budget.prices set by the job", _set(data, "budget.prices", {"input_per_million": 0, "output_per_million": 0}),
          422, "budget.prices"),
+        ("a judge's prices set by the job", _set(data, "filters", [{**judge, "prices": {"input_per_million": 0,
+                                                                                   "output_per_million": 0}}]),
+         422, "filters.0.prices"),
         ("samples_per_seed 1e9 (JSON)", _set(data, "generation.samples_per_seed", 1e9), 422, "generation.samples_per_seed"),
         ("samples_per_seed 65", _set(data, "generation.samples_per_seed", 65), 422, "generation.samples_per_seed"),
         ("samples_per_seed 1e9 (YAML)", (yaml_job.replace(b"samples_per_seed: 1", b"samples_per_seed: 1e9"),
@@ -774,7 +777,7 @@ def test_migration_0002_upgrades_a_0001_store(service):
     assert counters["kept"] == 7 and counters["teacher_requests"] == 9
 
 
-def test_server_prices_and_per_owner_caps(service, fake):
+def test_server_prices_and_per_owner_caps(service, fake, monkeypatch):
     from distilforge.core.config import JobConfig, Prices
     from distilforge.service.prices import run_prices
     from distilforge.service.settings import parse_prices
@@ -790,7 +793,23 @@ def test_server_prices_and_per_owner_caps(service, fake):
     config.teacher.model = "unknown"
     assert run_prices(config, table)[0].output_per_million == 15  # the default
     assert run_prices(config, {})[1] == ["teacher"]
+    config.filters = [JobConfig.model_validate({**_job_config(service, fake), "filters": [judge_of(fake)]}).filters[0]]
+    table["unpriced-judge"] = Prices(input_per_million=3, output_per_million=4)
+    config.filters[0].teacher.base_url = "https://api.openai.com/v1"  # not under the endpoint priced 0
+    from distilforge.service.prices import apply_server_prices
 
+    assert apply_server_prices(config, table).output_per_million == 15 and config.filters[0].prices.output_per_million == 4
+
+    from distilforge.service.budgets import Ledger
+
+    ledger_calls = []
+    real_reserve = Ledger.reserve
+
+    def counting(self, *args, **kwargs):
+        ledger_calls.append(1)
+        return real_reserve(self, *args, **kwargs)
+
+    monkeypatch.setattr(Ledger, "reserve", counting)
     fake.default = Behaviour([" ".join(["word"] * 300) + "\nThe answer is 3."])
     settings = dataclasses.replace(service, api_tokens=["alice:tok-a-1", "bob:tok-b-2"], owner_caps={"alice": 1.0},
                                    prices={fake.base_url: Prices(input_per_million=1000.0, output_per_million=1000.0)})
@@ -806,6 +825,9 @@ def test_server_prices_and_per_owner_caps(service, fake):
     mine = next(v for k, v in scopes.items() if k.startswith("owner:alice:"))
     assert mine["spent_usd"] <= 1.0 and mine["reserved_usd"] == pytest.approx(0.0, abs=1e-9)
     assert not any(k.startswith("owner:bob:") for k in scopes)
+    # A refused reservation does not wake every waiting request to be refused again (a storm of ledger
+    # transactions while the run's requests in flight settle): a few tries per request at most.
+    assert len(ledger_calls) <= 3 * len(fake.requests) + 8, (len(ledger_calls), len(fake.requests))
 
 
 def test_run_folders_and_the_store_stay_out_of_reach_inside_a_data_root(service, fake, tmp_path):

@@ -57,13 +57,15 @@ class Ledger:
         self._known.update(missing)
 
     def _holds_lease(self, s: object, hold: Hold) -> bool:
-        lock = " FOR SHARE" if self.dialect == "postgresql" else ""
-        epoch = s.execute(text(f"SELECT epoch FROM jobs WHERE id = :j AND state = 'running'{lock}"),  # type: ignore[attr-defined]
+        # A plain read, no row lock: a share lock here would let a stream of reservations starve the
+        # heartbeat's UPDATE of the same row. An epoch that changes between this read and the commit
+        # leaves a hold that the job's next finish (`close_holds`) converts at worst case.
+        epoch = s.execute(text("SELECT epoch FROM jobs WHERE id = :j AND state = 'running'"),  # type: ignore[attr-defined]
                           {"j": hold[0]}).scalar()
         return epoch == hold[1]
 
     def reserve(self, caps: dict[str, float | None], usd: float, hold: Hold | None = None) -> bool:
-        # Lock order, in every transaction here: the job's row, its hold, then the scopes in `caps` order;
+        # Lock order, in every transaction here: the job's hold, then the scopes in `caps` order;
         # a reservation and a settle of the same job, in two threads, never wait on each other in a cycle.
         self._ensure(list(caps))
         with self.sessions.begin() as s:
@@ -149,22 +151,31 @@ class LedgerBudget(Budget):
             return False
         if self.ledger is not None and self.caps and usd > 0 and \
                 not await asyncio.to_thread(self.ledger.reserve, self.caps, usd, self.hold):
-            await super().release(usd)
+            # Undone quietly: a `release` here would wake every request waiting for room, and each would
+            # try the ledger again, be refused and wake the others (a storm of transactions for as long
+            # as this run has requests in flight). Waiters wake when one of those settles (the ledger
+            # is updated first, so they see the room it freed), or when the last holder leaves, so that
+            # they can give up.
+            self.reserved = max(0.0, self.reserved - usd)
+            if self.reserved <= 1e-12:
+                self._changed.set()
             self.blocked_by = "monthly cap"
             return False
         return True
 
+    # The ledger first, then the run's own budget (which wakes the waiters): a waiter that wakes
+    # finds the ledger already updated.
     async def settle(self, reserved_usd: float, actual_usd: float, stage: str) -> None:
-        await super().settle(reserved_usd, actual_usd, stage)
         if self.ledger is not None and self.caps and (reserved_usd or actual_usd):
             await asyncio.to_thread(self.ledger.settle, list(self.caps), reserved_usd, actual_usd, self.hold)
+        await super().settle(reserved_usd, actual_usd, stage)
 
     async def charge_unknown(self, reserved_usd: float, stage: str) -> None:
-        await super().charge_unknown(reserved_usd, stage)
         if self.ledger is not None and self.caps and reserved_usd:
             await asyncio.to_thread(self.ledger.settle, list(self.caps), reserved_usd, reserved_usd, self.hold)
+        await super().charge_unknown(reserved_usd, stage)
 
     async def release(self, reserved_usd: float) -> None:
-        await super().release(reserved_usd)
         if self.ledger is not None and self.caps and reserved_usd:
             await asyncio.to_thread(self.ledger.settle, list(self.caps), reserved_usd, 0.0, self.hold)
+        await super().release(reserved_usd)

@@ -5,8 +5,9 @@ a teacher endpoint (every model behind it: a self-hosted vLLM can be priced 0), 
 else. For one teacher: an endpoint entry wins (the server bills, whatever the model is called), then a
 model entry, then the built-in table, then `*`. In-process teachers (local, vllm-offline) cost nothing.
 
-A run has one budget for every stage (generation, judge, teacher eval), so its prices are the worst
-case over its teachers: the highest input and the highest output price among them.
+Each teacher is priced as itself: the generating teacher through `budget.prices` (the eval of the
+teacher too), each judge through its `filters[].prices`; the worker writes the server's prices there,
+and a job that sets either gets a 422.
 """
 
 from __future__ import annotations
@@ -65,15 +66,17 @@ def paid_teachers(config: JobConfig) -> list[tuple[str, TeacherConfig]]:
 
 
 def run_prices(config: JobConfig, table: dict[str, Prices]) -> tuple[Prices | None, list[str]]:
-    """(the run's prices, dotted paths of the teachers without a price). Prices are None if any is unpriced."""
-    unpriced, found = [], []
-    for where, teacher in paid_teachers(config):
-        price = teacher_price(teacher, table)
-        if price is None:
-            unpriced.append(where)
-        else:
-            found.append(price)
-    if unpriced:
-        return None, unpriced
-    return Prices(input_per_million=max(p.input_per_million for p in found),
-                  output_per_million=max(p.output_per_million for p in found)), []
+    """(the generating teacher's prices, dotted paths of every paid teacher without a price)."""
+    unpriced = [where for where, teacher in paid_teachers(config) if teacher_price(teacher, table) is None]
+    return teacher_price(config.teacher, table), unpriced
+
+
+def apply_server_prices(config: JobConfig, table: dict[str, Prices]) -> Prices | None:
+    """Write the server's prices into the config (`budget.prices`, each judge's `prices`); returns the
+    generating teacher's. A teacher without a server price keeps None (it runs unpriced; no cap applies)."""
+    prices = teacher_price(config.teacher, table)
+    config.budget.prices = prices
+    for spec in config.filters:
+        if spec.name == "judge":
+            spec.prices = teacher_price(spec.teacher, table)
+    return prices

@@ -236,6 +236,9 @@ class Checker:
         for i, spec in enumerate(c.filters):
             if spec.name == "judge":
                 self.teacher(f"filters.{i}.teacher", spec.teacher)
+                if spec.prices is not None:
+                    self.add(f"filters.{i}.prices", "service jobs are priced by the server (DISTILFORGE_PRICES), "
+                                                   "not by the job")
                 if spec.batch > limits.concurrency:
                     self.add(f"filters.{i}.batch", f"at most {limits.concurrency}")
             elif spec.name == "decontaminate":

@@ -29,7 +29,7 @@ from distilforge.core.steps import RunControl
 from distilforge.service.budgets import Ledger, LedgerBudget, month_scopes
 from distilforge.service.db import Job, Schedule
 from distilforge.service.inputs import InputRefused, materialise, prepare_run_dir
-from distilforge.service.prices import run_prices
+from distilforge.service.prices import apply_server_prices
 from distilforge.service.settings import Settings
 from distilforge.service.store import LeaseLost, Store
 from distilforge.service.validate import check_job
@@ -180,9 +180,8 @@ class Worker:
         config.generation.template = str(PROMPTS_DIR / config.generation.template_name)
         limit = self.settings.limits.seeds
         config.seeds.limit = min(config.seeds.limit or limit, limit)  # the file may have grown since submission
-        prices, _ = run_prices(config, self.settings.prices)
-        control.prices = prices
-        config.budget.prices = prices  # run.json and the cap check see the server's prices
+        # Priced by the server: budget.prices and each judge's prices are the server's (run.json shows them).
+        control.prices = apply_server_prices(config, self.settings.prices)
         return config, None
 
     def _run(self, job: Job) -> None:
