@@ -191,3 +191,5 @@ def _models(config: JobConfig, settings: Settings) -> None:
         if spec.name == "judge" and spec.teacher.backend in ("local", "vllm-offline"):
             spec.teacher.model = real(f"filters.{i}.teacher.model", spec.teacher.model)
     config.train.student = real("train.student", config.train.student)
+    if config.train.gkd.teacher is not None:
+        config.train.gkd.teacher = real("train.gkd.teacher", config.train.gkd.teacher)

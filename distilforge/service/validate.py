@@ -247,6 +247,14 @@ class Checker:
             elif spec.name == "minhash" and spec.num_perm > MAX_MINHASH_PERM:
                 self.add(f"filters.{i}.num_perm", f"at most {MAX_MINHASH_PERM}")
         self.model("train.student", c.train.student)
+        if c.train.gkd.teacher is not None:
+            self.model("train.gkd.teacher", c.train.gkd.teacher)
+        if c.loop.rounds > MAX_ROUNDS:
+            self.add("loop.rounds", f"at most {MAX_ROUNDS}")
+        if c.loop.samples > limits.samples_per_seed:
+            self.add("loop.samples", f"at most {limits.samples_per_seed} (DISTILFORGE_LIMITS_SAMPLES_PER_SEED)")
+        if c.loop.neighbours > MAX_ICL_K:
+            self.add("loop.neighbours", f"at most {MAX_ICL_K}")
         if c.output.hub_repo and c.output.hub_repo not in self.settings.hub_repos:
             self.add("output.hub_repo", "not an allowed repo (DISTILFORGE_HUB_REPOS)")
         self.prices()
