@@ -478,11 +478,14 @@ class FakeOpenAI:
             return wait
 
     def _limit_headers(self) -> dict[str, str]:
+        """x-ratelimit-* headers for the limits this server enforces (a server with none sends none)."""
         buckets = getattr(self, "_buckets", (None, None))
         headers = {}
         for name, limit, bucket in (("requests", self.rpm_limit, buckets[0]), ("tokens", self.tpm_limit, buckets[1])):
-            headers[f"x-ratelimit-limit-{name}"] = str(int(limit or 1_000_000))
-            remaining = int(max(0.0, bucket.level) * 60) if bucket else int(limit or 1_000_000)
+            if not limit:
+                continue
+            headers[f"x-ratelimit-limit-{name}"] = str(int(limit))
+            remaining = int(max(0.0, bucket.level) * 60) if bucket else int(limit)
             headers[f"x-ratelimit-remaining-{name}"] = str(remaining)
             headers[f"x-ratelimit-reset-{name}"] = "1s"
         return headers

@@ -95,6 +95,9 @@ class Budget:
         self.reserved = max(0.0, self.reserved - reserved_usd)
         self._changed.set()
 
+    async def close(self) -> None:
+        """The run is done with the budget (a shared one hands back what it did not use)."""
+
     def report(self) -> dict[str, object]:
         return {
             "max_usd": self.max_usd,

@@ -192,7 +192,10 @@ async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, 
             watcher = asyncio.create_task(driver.watch())
             painter = asyncio.create_task(view.keep_fresh())
             try:
-                results = await executor.run(pipeline, run_dir, budget, control, progress)
+                try:
+                    results = await executor.run(pipeline, run_dir, budget, control, progress)
+                finally:
+                    await budget.close()
             except asyncio.CancelledError:
                 if not (driver.interrupts >= 2 or control.lost()):
                     raise

@@ -85,6 +85,9 @@ class _BudgetHolder:
     async def release(self, reserved: float) -> None:
         await self.budget.release(reserved)
 
+    async def close(self) -> None:
+        await self.budget.close()
+
     def state(self) -> dict[str, Any]:
         b = self.budget
         return {"spent": b.spent, "reserved": b.reserved, "spent_this_run": b.spent_this_run,
@@ -203,6 +206,7 @@ class RayExecutor:
             outcomes = await asyncio.gather(*refs, return_exceptions=True)
         finally:
             poller.cancel()
+        await holder.close.remote()
         state = await holder.state.remote()
         budget.spent, budget.spent_this_run = state["spent"], state["spent_this_run"]
         budget.unknown_outcome_usd = state["unknown_outcome_usd"]

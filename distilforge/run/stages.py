@@ -87,6 +87,7 @@ async def _eval_teacher(config: JobConfig, run_dir: Path, control: RunControl, q
             summary = await evaluate_teacher(config, questions, sampler)
     finally:
         await ctx.aclose()
+        await budget.close()
         journal.close()
     stage = sampler.stats.report()
     stage["cost_usd"] = round(budget.by_stage.get("eval_teacher", 0.0), 6)

@@ -138,44 +138,95 @@ class Ledger:
 class LedgerBudget(Budget):
     """A run's budget that also reserves against the service's monthly caps.
 
-    The ledger is a database: every call goes to a worker thread, never blocking the event loop.
+    The ledger is a database, so it is used in chunks: the run reserves an allowance there (a few
+    percent of the tightest cap) and lends it to its requests, and settlements are written back in
+    batches (every `flush_usd` of released reservations, or every `flush_seconds`). The ledger always
+    holds at least what the run has in flight or may owe, so the caps hold across every job and
+    worker, while a run at hundreds of requests a second makes a few ledger transactions a second, on
+    a worker thread, never on the event loop. `close` returns what is left.
     """
 
     ledger: Ledger | None = None
     caps: dict[str, float | None] = field(default_factory=dict)
     hold: Hold | None = None
     blocked_by: str | None = None
+    allowance: float = 0.0  # reserved in the ledger, not yet lent to a request
+    owed: float = 0.0  # settled here, not yet written to the ledger
+    returned: float = 0.0  # reservations closed here, not yet released in the ledger
+    flush_seconds: float = 0.5
+    _refill: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    _last_flush: float = 0.0
+
+    def __getstate__(self) -> dict[str, object]:
+        state = super().__getstate__()
+        state.pop("_refill", None)
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        super().__setstate__(state)
+        self._refill = asyncio.Lock()
+
+    @property
+    def _sharing(self) -> bool:
+        return self.ledger is not None and bool(self.caps)
+
+    def _chunk(self, usd: float) -> float:
+        caps = [c for c in self.caps.values() if c is not None]
+        return max(usd, min(caps) * 0.02 if caps else 1.0)
 
     async def reserve(self, usd: float) -> bool:
         if not await super().reserve(usd):
             return False
-        if self.ledger is not None and self.caps and usd > 0 and \
-                not await asyncio.to_thread(self.ledger.reserve, self.caps, usd, self.hold):
-            # Undone quietly: a `release` here would wake every request waiting for room, and each would
-            # try the ledger again, be refused and wake the others (a storm of transactions for as long
-            # as this run has requests in flight). Waiters wake when one of those settles (the ledger
-            # is updated first, so they see the room it freed), or when the last holder leaves, so that
-            # they can give up.
-            self.reserved = max(0.0, self.reserved - usd)
-            if self.reserved <= 1e-12:
-                self._changed.set()
-            self.blocked_by = "monthly cap"
-            return False
+        if not self._sharing or usd <= 0:
+            return True
+        async with self._refill:
+            if self.allowance + 1e-12 < usd:
+                need = usd - self.allowance
+                chunk = self._chunk(need)
+                granted = await asyncio.to_thread(self.ledger.reserve, self.caps, chunk, self.hold)  # type: ignore[union-attr]
+                if not granted and chunk > need:  # near the cap: just what this request needs
+                    chunk = need
+                    granted = await asyncio.to_thread(self.ledger.reserve, self.caps, chunk, self.hold)  # type: ignore[union-attr]
+                if not granted:
+                    # Undone quietly (no wake-up of the waiters: they wake when something settles).
+                    self.reserved = max(0.0, self.reserved - usd)
+                    if self.reserved <= 1e-12:
+                        self._changed.set()
+                    self.blocked_by = "monthly cap"
+                    return False
+                self.allowance += chunk
+            self.allowance = max(0.0, self.allowance - usd)
         return True
 
-    # The ledger first, then the run's own budget (which wakes the waiters): a waiter that wakes
-    # finds the ledger already updated.
+    async def _flush(self, force: bool = False) -> None:
+        if not self._sharing or not (self.returned or self.owed):
+            return
+        now = asyncio.get_running_loop().time()
+        if not force and self.returned < self._chunk(0.0) and now - self._last_flush < self.flush_seconds:
+            return
+        returned, owed, self.returned, self.owed, self._last_flush = self.returned, self.owed, 0.0, 0.0, now
+        await asyncio.to_thread(self.ledger.settle, list(self.caps), returned, owed, self.hold)  # type: ignore[union-attr]
+
     async def settle(self, reserved_usd: float, actual_usd: float, stage: str) -> None:
-        if self.ledger is not None and self.caps and (reserved_usd or actual_usd):
-            await asyncio.to_thread(self.ledger.settle, list(self.caps), reserved_usd, actual_usd, self.hold)
+        self.returned += reserved_usd
+        self.owed += actual_usd
         await super().settle(reserved_usd, actual_usd, stage)
+        await self._flush()
 
     async def charge_unknown(self, reserved_usd: float, stage: str) -> None:
-        if self.ledger is not None and self.caps and reserved_usd:
-            await asyncio.to_thread(self.ledger.settle, list(self.caps), reserved_usd, reserved_usd, self.hold)
+        self.returned += reserved_usd
+        self.owed += reserved_usd
         await super().charge_unknown(reserved_usd, stage)
+        await self._flush()
 
     async def release(self, reserved_usd: float) -> None:
-        if self.ledger is not None and self.caps and reserved_usd:
-            await asyncio.to_thread(self.ledger.settle, list(self.caps), reserved_usd, 0.0, self.hold)
+        self.returned += reserved_usd
         await super().release(reserved_usd)
+        await self._flush()
+
+    async def close(self) -> None:
+        """Write back what is owed and give the unused allowance back to the other jobs."""
+        async with self._refill:
+            self.returned += self.allowance
+            self.allowance = 0.0
+        await self._flush(force=True)

@@ -228,20 +228,29 @@ class Sampler:
         while group:
             n = len(group)
             reserve = self.worst_case_usd(messages, n)
-            # The slot is taken before the reservation: only requests about to go out hold one, so
-            # seeds waiting for a slot never make the budget look spent.
+            # Reserved and persisted before the concurrency slot: the journal write overlaps the
+            # requests on the wire instead of holding a slot. Waiting seeds may hold reservations,
+            # which can only delay, never stop, a run: a reservation that does not fit waits for
+            # those in flight to settle, and the run stops only when one cannot fit on its own.
+            if self.stopped or not await budget.reserve_when_possible(reserve):
+                if not self.stopped:
+                    self.stop("budget")
+                    self.on_budget("budget")
+                outcome.not_sent += [i for _, i in group]
+                stats.samples_not_sent += n
+                self.progress.advance(n)
+                return
+            request_id = f"{self._run_token}-{next(self._ids)}"
+            # Persisted before sending: if the process dies now, later runs count it at worst case.
+            await journal.begin_async(request_id, seed_id, [k for k, _ in group], reserve)
             async with self._slots:
-                if self.stopped or not await budget.reserve_when_possible(reserve):
-                    if not self.stopped:
-                        self.stop("budget")
-                        self.on_budget("budget")
+                if self.stopped and self.stopped != "budget":  # stopped while waiting for a slot: not sent
+                    await journal.release_async(request_id)
+                    await budget.release(reserve)
                     outcome.not_sent += [i for _, i in group]
                     stats.samples_not_sent += n
                     self.progress.advance(n)
                     return
-                request_id = f"{self._run_token}-{next(self._ids)}"
-                # Persisted before sending: if the process dies now, later runs count it at worst case.
-                await journal.begin_async(request_id, seed_id, [k for k, _ in group], reserve)
                 stats.attempts += 1
                 if again and not counted:
                     stats.retried += 1
