@@ -137,3 +137,58 @@ def test_vllm_offline_places_one_engine_per_gpu_and_feeds_it_large_batches(ray_c
     assert max(b for e in engines for b in e["batches"]) >= 16  # fed in large batches, not one by one
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["kept"] == 96
+
+
+def test_the_service_hands_a_job_to_the_cluster_and_keeps_its_cancel(ray_cluster, fake, tmp_path, monkeypatch):
+    """DISTILFORGE_RAY_ADDRESS: the worker keeps the lease, the fence and cancel; the ranks run on Ray."""
+    from fastapi.testclient import TestClient
+
+    from distilforge.service.api import create_app
+    from distilforge.service.settings import Settings
+
+    root = (tmp_path / "data").resolve()
+    root.mkdir()
+    monkeypatch.setenv("DISTILFORGE_TEST_KEY", "sk-test-secret-123")
+    home = tmp_path / "home"
+    monkeypatch.setenv("DISTILFORGE_HOME", str(home))  # the budget actor reconnects to this store
+    settings = Settings(home=home, database_url=f"sqlite:///{home / 'distilforge.db'}", api_tokens=["t0ken"],
+                        data_roots=[root], allowed_teachers=[fake.base_url], teacher_key_envs=["DISTILFORGE_TEST_KEY"],
+                        lease_seconds=2.0, ray_address="auto")
+    auth = {"Authorization": "Bearer t0ken"}
+
+    def job(n, latency=False):
+        seeds = write_jsonl(root / f"seeds-{n}.jsonl", [{"question": f"K{i}: 1 + 2?", "answer": "#### 3"}
+                                                        for i in range(n)])
+        data = api_config(seeds, fake.base_url)
+        data["generation"]["samples_per_seed"] = 1
+        data["teacher"]["max_concurrency"] = 2
+        data["executor"] = {"workers": 2}
+        return data
+
+    def wait(client, job_id, states, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
+            if state["state"] in states:
+                return state
+            time.sleep(0.1)
+        raise AssertionError(f"{job_id} stuck in {state['state']}")
+
+    fake.default = Behaviour(["1 + 2 = 3.\nThe answer is 3."])
+    with TestClient(create_app(settings, workers=1, scheduler=False)) as client:
+        done = wait(client, client.post("/v1/jobs", json=job(8), headers=auth).json()["id"], {"succeeded", "failed"})
+        assert done["state"] == "succeeded" and done["kept"] == 8, done
+        run_dir = home / "runs" / done["id"]
+        assert sorted(p.name for p in (run_dir / "journal").glob("rank-*.sqlite")) == [
+            "rank-00000.sqlite", "rank-00001.sqlite"]
+        assert json.loads((run_dir / "run.json").read_text())["executor"]["kind"] == "ray"
+
+        fake.latency = (0.3, 0.35)
+        slow = client.post("/v1/jobs", json=job(60), headers=auth).json()["id"]
+        wait(client, slow, {"running"})
+        time.sleep(2.0)
+        assert client.post(f"/v1/jobs/{slow}/cancel", headers=auth).status_code == 200
+        started = time.monotonic()
+        cancelled = wait(client, slow, {"cancelled", "succeeded", "failed"}, timeout=30)
+        assert cancelled["state"] == "cancelled" and time.monotonic() - started < 8
+        assert 0 < cancelled["kept"] < 60

@@ -158,13 +158,25 @@ class LedgerBudget(Budget):
     _last_flush: float = 0.0
 
     def __getstate__(self) -> dict[str, object]:
+        # A copy in a Ray actor reconnects to the store from its own environment (DATABASE_URL, or
+        # SQLite under DISTILFORGE_HOME): no connection, and no URL with a password, travels.
         state = super().__getstate__()
         state.pop("_refill", None)
+        state["ledger"] = None if self.ledger is None else "reconnect"
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
         super().__setstate__(state)
         self._refill = asyncio.Lock()
+        if self.ledger == "reconnect":
+            from distilforge.service.db import make_engine, make_sessions
+            from distilforge.service.settings import Settings
+
+            self.ledger = Ledger(make_sessions(make_engine(Settings().database_url)))
+
+    def portable(self) -> LedgerBudget:
+        """The budget as a Ray actor holds it (see __getstate__)."""
+        return self
 
     @property
     def _sharing(self) -> bool:

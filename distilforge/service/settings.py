@@ -8,6 +8,7 @@ database password) is registered with `core.redact`, so no log line or answer ca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -130,6 +131,8 @@ class Settings:
     owner_caps: dict[str, float] = field(default_factory=lambda: parse_caps(_list("DISTILFORGE_OWNER_CAPS")))
     limits: Limits = field(default_factory=Limits)
     lease_seconds: float = field(default_factory=lambda: float(os.environ.get("DISTILFORGE_LEASE_SECONDS", "30")))
+    # Jobs run as Ray ranks on this cluster (`executor.workers` of them) instead of in the worker's process.
+    ray_address: str | None = field(default_factory=lambda: os.environ.get("DISTILFORGE_RAY_ADDRESS") or None)
     monthly_cap_usd: float | None = field(
         default_factory=lambda: float(os.environ["DISTILFORGE_MONTHLY_CAP_USD"])
         if os.environ.get("DISTILFORGE_MONTHLY_CAP_USD") else None)
@@ -161,12 +164,10 @@ class Settings:
             register_secret(token)
         for name in self.teacher_key_envs:
             register_secret(os.environ.get(name))
-        try:
+        with contextlib.suppress(Exception):  # a URL sqlalchemy cannot parse has no password to mask
             from sqlalchemy.engine import make_url
 
             register_secret(make_url(self.database_url).password)  # type: ignore[arg-type]
-        except Exception:
-            pass
 
     @property
     def runs_dir(self) -> Path:

@@ -205,6 +205,9 @@ class Worker:
             if config is None:
                 self._finish(job_id, epoch, "failed", error=refused)
                 return
+            if self.settings.ray_address:  # the cluster runs the ranks; lease, fence and cancel stay here
+                executor = config.executor.model_copy(update={"kind": "ray", "address": self.settings.ray_address})
+                config = config.model_copy(update={"executor": executor})
             with open(os.devnull, "w") as quiet:
                 result = run_job(config, run_dir, control, console=Console(file=quiet))
             if result.status == "lease_lost" or control.lost():
