@@ -24,7 +24,10 @@ ANSWER_HINTS = {
 
 @lru_cache(maxsize=32)
 def _load(name: str) -> tuple[jinja2.Template, str]:
-    path = Path(name) if Path(name).is_file() else PROMPTS_DIR / name
+    # A bare name is a built-in template first: a file of that name in the working folder never
+    # stands in for it (a service worker's folder holds no job's files, but a CLI user's might).
+    builtin = PROMPTS_DIR / name
+    path = builtin if ("/" not in name and builtin.is_file()) else Path(name) if Path(name).is_file() else builtin
     if not path.is_file():
         raise FileNotFoundError(f"prompt template '{name}' not found (looked in {PROMPTS_DIR})")
     text = path.read_text(encoding="utf-8")
