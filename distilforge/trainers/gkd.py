@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from distilforge.core.config import JobConfig
-from distilforge.trainers.sft import CHATML, TrainError, fit_and_save, start_point, training_examples
+from distilforge.trainers.sft import (
+    CHATML,
+    TrainError,
+    fit_and_save,
+    start_point,
+    training_arguments,
+    training_examples,
+)
 
 API_BACKENDS = ("openai", "vllm")
 
@@ -116,24 +123,7 @@ def build_gkd_trainer(config: JobConfig, run_dir: Path, resume: bool = False) ->
         teacher.resize_token_embeddings(student_rows)
         notes.append(f"the teacher's embedding rows were resized to the student's {student_rows}")
     args = GKDConfig(
-        output_dir=str(run_dir / ".checkpoints"),
-        max_steps=t.max_steps,
-        num_train_epochs=t.epochs,
-        learning_rate=t.learning_rate,
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        max_length=t.max_length,
-        seed=t.seed,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        bf16=bf16,
-        fp16=False,
-        use_cpu=not on_gpu,
-        activation_checkpointing=t.gradient_checkpointing,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_steps,
-        dataset_num_proc=None,
+        **training_arguments(config, run_dir, bf16=bf16, on_gpu=on_gpu),
         lmbda=g.lmbda,
         beta=g.beta,
         temperature=g.temperature,

@@ -69,6 +69,32 @@ def start_point(config: JobConfig, run_dir: Path, resume: bool) -> tuple[str, Pa
     return resolve_model(config.train.student), adapter
 
 
+def training_arguments(config: JobConfig, run_dir: Path, *, bf16: bool, on_gpu: bool) -> dict[str, Any]:
+    """The `train:` options every TRL trainer here shares (SFT and GKD take the same schedule)."""
+    t = config.train
+    return {
+        "output_dir": str(run_dir / ".checkpoints"),
+        "max_steps": t.max_steps,
+        "num_train_epochs": t.epochs,
+        "learning_rate": t.learning_rate,
+        "per_device_train_batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "max_length": t.max_length,
+        "seed": t.seed,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        # TRL defaults to bf16; CPUs train in fp32.
+        "bf16": bf16,
+        "fp16": False,
+        "use_cpu": not on_gpu,
+        "activation_checkpointing": t.gradient_checkpointing,
+        "lr_scheduler_type": t.lr_scheduler,
+        "warmup_steps": t.warmup_steps,
+        "dataset_num_proc": None,
+    }
+
+
 def build_trainer(config: JobConfig, run_dir: Path, resume: bool = False) -> tuple[Any, dict[str, Any]]:
     """The configured SFTTrainer over RUN_DIR/dataset, ready to train, and facts for run.json.
 
@@ -113,29 +139,11 @@ def build_trainer(config: JobConfig, run_dir: Path, resume: bool = False) -> tup
         notes.append("packing needs FlashAttention on a GPU; trained padded instead")
 
     args = SFTConfig(
-        output_dir=str(run_dir / ".checkpoints"),
-        max_steps=t.max_steps,
-        num_train_epochs=t.epochs,
-        learning_rate=t.learning_rate,
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        max_length=t.max_length,
-        seed=t.seed,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        # TRL defaults to bf16; CPUs train in fp32.
-        bf16=bf16,
-        fp16=False,
-        use_cpu=not on_gpu,
+        **training_arguments(config, run_dir, bf16=bf16, on_gpu=on_gpu),
         completion_only_loss=True,
         packing=packing,
         packing_strategy="bfd",
         padding_free=packing,
-        activation_checkpointing=t.gradient_checkpointing,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_steps,
-        dataset_num_proc=None,
     )
     peft_config = None
     if adapter is not None:  # a targeted round continues from the last adapter
