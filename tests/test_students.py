@@ -84,6 +84,11 @@ def test_eval_reproduces_a_planted_accuracy(fake, cli, tmp_path, tiny_model):
     assert ev["teacher"]["accuracy"] == 0.7 and ev["teacher"]["correct"] == 7 and ev["teacher"]["n"] == 10
     assert ev["teacher"]["ci95"][0] < 0.7 < ev["teacher"]["ci95"][1]
     assert ev["before"]["n"] == 10  # the student on the same questions
+    # Each question's result, with what the student wrote, in eval-file order (for paired comparisons).
+    per_question = [json.loads(line) for line in (run / "eval" / "before.jsonl").read_text().splitlines()]
+    assert [r["gold"] for r in per_question] == [r["answer"].split("####")[-1].strip().replace(",", "") for r in rows]
+    assert all(isinstance(r["completion"], str) and "answer" in r for r in per_question)
+    assert sum(r["correct"] for r in per_question) == ev["before"]["correct"]
 
 
 def test_report_renders_with_plots(fake, cli, tmp_path, tiny_model):

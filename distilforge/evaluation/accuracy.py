@@ -94,7 +94,8 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Greedy answers from a local `model` (+ LoRA `adapter`), batched, scored per eval set and overall.
 
-    `details`: also return each question's result (`results`: seed_id, correct), for the targeted rounds.
+    `details`: also return each question's result (`results`: set, seed_id, gold, the parsed answer, correct
+    and the completion), for the targeted rounds and for reading what the student got wrong.
     """
     from distilforge.teachers.local import LocalTeacher
 
@@ -113,11 +114,12 @@ def evaluate_model(
             chunk = questions[start : start + size]
             responses = student.generate_batch([(eval_prompt(config, q), 1) for _, q in chunk])
             for (name, q), resp in zip(chunk, responses, strict=True):
-                results.append(score(name, q, resp.completions[0].text))
+                text = resp.completions[0].text
+                results.append({**score(name, q, text), "completion": text})
             progress.update(task, advance=len(chunk))
     summary = summarize(results, seconds=time.monotonic() - started, model=model, adapter=adapter)
     if details:
-        summary["results"] = [{"seed_id": r["seed_id"], "correct": r["correct"]} for r in results]
+        summary["results"] = results
     return summary
 
 
