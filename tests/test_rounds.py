@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import datasets
+import pytest
 from conftest import api_config, load_kept, write_config, write_jsonl
 from fake_openai import Behaviour
 
@@ -68,6 +69,11 @@ def test_rounds_target_the_failed_probe_questions_and_their_neighbours(fake, cli
     grown = [e for e in expected if not e.startswith("COPY")]  # the copy of a probe question is caught again
     assert first["new_records"] == len(grown) and first["probe"]["n"] == len(probe_ids)
     assert "ci95" in first["probe"] and first["cost_usd"] > 0
+    # run.json's cost is the whole run's: every round's, summing to what the server billed.
+    billed = fake.billed_usd(1.0, 1.0)
+    assert run["cost_usd"] == pytest.approx(rounds[0]["cost_usd"] + first["cost_usd"], abs=2e-6)
+    assert run["cost_usd"] == pytest.approx(sum(run["cost_by_stage"].values()), abs=2e-6)
+    assert run["cost_usd"] >= billed - 1e-9 and run["budget"]["spent_usd_total"] >= billed - 1e-9
     # Nothing 0 ... the stopping rule: probe accuracy did not rise, so round 2 never ran.
     assert len(rounds) == 2 and "gained no more" in run["rounds_stopped"]
 

@@ -33,7 +33,7 @@ from distilforge.core.dataset import (
 from distilforge.core.journal import journal_totals, shard_path
 from distilforge.core.progress import ProgressView
 from distilforge.core.records import Record
-from distilforge.core.run_files import snapshot_config, update_run
+from distilforge.core.run_files import read_run, snapshot_config, update_run
 from distilforge.core.steps import Progress, RankContext, RunControl, StepStats, aiter_of, chain, use_context
 from distilforge.run.checks import Facts
 from distilforge.run.executor import LocalExecutor, RankResult, merge_results, staging_dir
@@ -133,6 +133,11 @@ def _lines(paths: list[Path]) -> int:
             with path.open("rb") as fh:
                 total += sum(1 for _ in fh)
     return total
+
+
+def round_usd(usd: float) -> float:
+    """Dollars to six places (here, where `generate_stage`'s `round` parameter does not hide the builtin)."""
+    return round(usd, 6)
 
 
 def round_dir(run_dir: Path, round: int) -> Path:
@@ -239,9 +244,15 @@ async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, 
                         n_seeds=facts.n_seeds, expected=facts.expected, orphans=orphans, splits=splits,
                         n_failed=n_failed, started=started)
     status = summary["status"]
-    if round:  # a targeted round: the caller keeps its account; the run's totals change below
+    if round:  # a targeted round: the caller keeps its account; the run's totals grow by it
         summary["round_kept"] = n_kept
-        run = update_run(run_dir, kept=summary["kept"])
+        before = read_run(run_dir)
+        by_stage = dict(before.get("cost_by_stage") or {})
+        for stage, usd in (summary.get("cost_by_stage") or {}).items():
+            by_stage[stage] = round_usd(by_stage.get(stage, 0.0) + usd)
+        # run.json's cost is the whole run's, every round included, and its budget the folder's ledger.
+        run = update_run(run_dir, kept=summary["kept"], cost_by_stage=by_stage,
+                         cost_usd=round_usd(sum(by_stage.values())), budget=summary["budget"])
         shutil.rmtree(run_dir / ".staging", ignore_errors=True)
         from distilforge.publish import write_card
 
