@@ -1,6 +1,7 @@
 """What filtering and targeted rounds buy, measured on the student: a whole distillation on 2 CPU cores.
 
-Run: .venv/bin/python benchmarks/outcome_cpu.py [--train 320] [--eval 120] [--corrupt 0.5] [--gpu]
+Run: .venv/bin/python benchmarks/outcome_cpu.py [--train 160] [--eval 80] [--corrupt 0.5] [--rounds 1] [--gpu]
+(the defaults take about 28 minutes on 2 CPU cores)
 
 The teacher is a fake OpenAI-compatible server on loopback (its own process) that answers GSM8K
 questions with their human-written rationales (../shared/data/gsm8k), ending "The answer is X.", and
@@ -132,18 +133,23 @@ def paired(a: list[bool], b: list[bool], resamples: int = 2000) -> tuple[float, 
     return (sum(b) - sum(a)) / n, diffs[int(0.025 * resamples)], diffs[int(0.975 * resamples) - 1]
 
 
-def per_question(run_dir: Path, label: str) -> list[bool]:
-    """Each eval question's result, in eval-file order (`distilforge eval` writes RUN_DIR/eval/LABEL.jsonl)."""
+def per_question(run_dir: Path, label: str, field: str = "correct") -> list[Any]:
+    """Each eval question's `field`, in eval-file order (`distilforge eval` writes RUN_DIR/eval/LABEL.jsonl)."""
     path = run_dir / "eval" / f"{label}.jsonl"
-    return [json.loads(line)["correct"] for line in path.read_text().splitlines()] if path.exists() else []
+    return [json.loads(line)[field] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def stated(answers: list[Any]) -> str:
+    """How often the student stated an answer the parser could read (right or wrong)."""
+    return f"{sum(a is not None for a in answers) / len(answers):.0%}" if answers else "-"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", type=int, default=320, help="training questions (1-2 step GSM8K train)")
-    parser.add_argument("--eval", type=int, default=120, help="held-out questions (1-2 step GSM8K test)")
+    parser.add_argument("--train", type=int, default=160, help="training questions (1-2 step GSM8K train)")
+    parser.add_argument("--eval", type=int, default=80, help="held-out questions (1-2 step GSM8K test)")
     parser.add_argument("--corrupt", type=float, default=0.5, help="fraction of teacher answers corrupted")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--gpu", action="store_true", help="a larger run for a GPU machine")
     args = parser.parse_args()
     if args.gpu:
@@ -181,16 +187,20 @@ def main() -> None:
                 config = write_job(out, url, seeds, eval_file, train=train, **options)
                 results[name] = run(config, out / "run")
                 results[name]["_correct"] = per_question(out / "run", "after")
-                results.setdefault("_base", {"_correct": per_question(out / "run", "before")})
+                results[name]["_stated"] = stated(per_question(out / "run", "after", "answer"))
+                results.setdefault("_base", {"_correct": per_question(out / "run", "before"),
+                                             "_stated": stated(per_question(out / "run", "before", "answer"))})
                 console.print(f"[dim]{name}: {results[name]['_seconds']:.0f} s[/dim]")
             # One pass at the spend of the rounds: as many samples per seed as buys the same teacher tokens.
-            ratio = (results["rounds"]["budget"]["spent_usd_total"] / max(1e-9, results["filters on"]["cost_usd"]))
+            # run.json's cost_usd is the whole run's, every round included.
+            ratio = results["rounds"]["cost_usd"] / max(1e-9, results["filters on"]["cost_usd"])
             samples = max(1, round(ratio))
             out = folder / "one-pass"
             out.mkdir()
             config = write_job(out, url, seeds, eval_file, gold=True, filters=True, samples=samples, train=train)
             results[f"one pass, {samples} samples"] = run(config, out / "run")
             results[f"one pass, {samples} samples"]["_correct"] = per_question(out / "run", "after")
+            results[f"one pass, {samples} samples"]["_stated"] = stated(per_question(out / "run", "after", "answer"))
         finally:
             server.kill()
             server.wait()
@@ -198,16 +208,18 @@ def main() -> None:
 
     table = Table(title=f"SmolLM2-135M student on {args.eval} held-out 1-2 step GSM8K questions; teacher answers "
                         f"{args.corrupt:.0%} corrupted; {args.train} training questions")
-    for col in ("condition", "kept", "teacher spend", "accuracy (95% CI)", "vs base, paired (95% CI)", "minutes"):
+    for col in ("condition", "kept", "teacher spend", "answer stated", "accuracy (95% CI)", "vs base, paired (95% CI)",
+                "minutes"):
         table.add_column(col, justify="right")
-    base_correct = results.pop("_base")["_correct"]
+    base_run = results.pop("_base")
+    base_correct = base_run["_correct"]
     base = next(iter(results.values()))["eval"]["before"]
-    table.add_row("base (before training)", "-", "-", _acc(base), "-", "-")
+    table.add_row("base (before training)", "-", "-", base_run["_stated"], _acc(base), "-", "-")
     for name, summary in results.items():
         after = summary["eval"]["after"]
-        spend = summary["budget"]["spent_usd_total"]
+        spend = summary["cost_usd"]
         diff, low, high = paired(base_correct, summary["_correct"])
-        table.add_row(name, str(summary["kept"]), f"${spend:.4f}", _acc(after), f"{diff:+.1%} ({low:+.0%} to {high:+.0%})",
+        table.add_row(name, str(summary["kept"]), f"${spend:.4f}", summary["_stated"], _acc(after), f"{diff:+.1%} ({low:+.0%} to {high:+.0%})",
                       f"{summary['_seconds'] / 60:.1f}")
     console.print(table)
     pairs = Table(title="paired differences (the same questions)")
