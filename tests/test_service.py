@@ -56,7 +56,7 @@ def service(database_url, tmp_path, fake, monkeypatch):
     root.mkdir()
     monkeypatch.setenv("DISTILFORGE_TEST_KEY", "sk-test-secret-123")
     settings = Settings(home=tmp_path / "home", database_url=database_url, api_tokens=["t0ken"],
-                        data_roots=[root.resolve()], allowed_teachers=[fake.base_url],
+                        admin_tokens=["ops:4dm1n-t0ken"], data_roots=[root.resolve()], allowed_teachers=[fake.base_url],
                         teacher_key_envs=["DISTILFORGE_TEST_KEY"], lease_seconds=2.0)
     return settings
 
@@ -79,6 +79,7 @@ def _client(settings, workers=1):
 
 
 AUTH = {"Authorization": "Bearer t0ken"}
+ADMIN = {"Authorization": "Bearer 4dm1n-t0ken"}  # /metrics and the global budget scope are an operator's
 
 
 def _wait(client, job_id, states, timeout=60):
@@ -108,7 +109,7 @@ def test_submit_run_dataset_and_auth(service, fake):
         assert parquet.status_code == 200 and parquet.content[:4] == b"PAR1"
         assert client.get(f"/v1/jobs/{job['id']}/dataset?split=../../etc/passwd", headers=AUTH).status_code == 404
         assert "<!doctype html>" in client.get(f"/v1/jobs/{job['id']}/report", headers=AUTH).text
-        metrics = client.get("/metrics").text
+        metrics = client.get("/metrics", headers=ADMIN).text
         assert 'distilforge_jobs{state="succeeded"} 1' in metrics and "distilforge_kept_total 6" in metrics
         everything = json.dumps([client.get(f"/v1/jobs/{job['id']}", headers=AUTH).json(),
                                  client.get("/v1/jobs", headers=AUTH).json(), client.get("/v1/budget", headers=AUTH).json()])
@@ -330,7 +331,7 @@ def test_a_budget_shared_by_concurrent_jobs_is_never_passed(service, fake):
     with _client(service, workers=2) as client:
         ids = [client.post("/v1/jobs", json=data, headers=AUTH).json()["id"] for _ in range(2)]
         jobs = [_wait(client, i, {"succeeded", "stopped_budget", "failed"}) for i in ids]
-        budget = client.get("/v1/budget", headers=AUTH).json()
+        budget = client.get("/v1/budget", headers=ADMIN).json()
     assert all(j["state"] == "stopped_budget" for j in jobs)
     scope = next(v for k, v in budget["scopes"].items() if k.startswith("global:"))
     assert scope["spent_usd"] <= 3.0 and scope["reserved_usd"] == pytest.approx(0.0, abs=1e-9)

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from conftest import write_jsonl
 from fake_openai import Behaviour
-from test_service import AUTH, _client, _job_config, _wait, database_url, service
+from test_service import ADMIN, AUTH, _client, _job_config, _wait, database_url, service
 
 SHARED_FIXTURES = (database_url, service)  # from test_service: every test here runs on SQLite and PostgreSQL
 
@@ -741,7 +741,7 @@ def test_metrics_are_prometheus_counts_read_cheaply(service, fake):
     with _client(service) as client:
         job_id = client.post("/v1/jobs", json=_job_config(service, fake, n=3), headers=AUTH).json()["id"]
         _wait(client, job_id, {"succeeded"})
-        r = client.get("/metrics")  # open, as Prometheus expects
+        r = client.get("/metrics", headers=ADMIN)  # an operator's token (DISTILFORGE_METRICS_PUBLIC opens it)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(r.text)}
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}

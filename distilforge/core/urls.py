@@ -11,10 +11,11 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f\\]")
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
 class UrlError(ValueError):
@@ -32,7 +33,8 @@ class Url:
         default = _DEFAULT_PORTS[self.scheme] == self.port
         host = f"[{self.host}]" if ":" in self.host else self.host
         netloc = host if default else f"{host}:{self.port}"
-        return f"{self.scheme}://{netloc}{'' if self.path == '/' else self.path}"
+        # The path is stored and called re-quoted: what the server receives decodes to what was checked.
+        return f"{self.scheme}://{netloc}{'' if self.path == '/' else quote(self.path, safe=_PATH_SAFE)}"
 
     def under(self, entry: Url) -> bool:
         if (self.scheme, self.host, self.port) != (entry.scheme, entry.host, entry.port):
@@ -66,6 +68,10 @@ def parse_url(text: str) -> Url:
     decoded = unquote(raw_path)
     if _CONTROL.search(decoded):
         raise UrlError("control characters in the path are not allowed")
+    if re.search(r"[?#%]", decoded):
+        # An encoded ? or # becomes a query or a fragment once some client decodes it, and an encoded %
+        # (%252e) decodes to another escape (%2e, then '.'): one string, two URLs.
+        raise UrlError("encoded ?, # or % in the path are not allowed")
     path = posixpath.normpath("/" + decoded.lstrip("/"))
     path = "/" + path.lstrip("/")  # normpath keeps a leading "//"
     return Url(scheme, host, port or _DEFAULT_PORTS[scheme], path.rstrip("/") or "/")

@@ -23,6 +23,8 @@ from distilforge.quality.policy import majority
 from distilforge.teachers import display_model
 from distilforge.teachers.sampler import Outcome, Sample, Sampler, open_sampler
 
+# Stops after which the rest of the seeds are left unread (a budget stop still records each as not sent).
+UNREAD_AFTER = ("cancelled", "lease_lost")
 _DONE = object()
 
 
@@ -187,6 +189,13 @@ class Generate(PipelineStep):
             try:
                 async for seed in seeds:
                     await slot.acquire()
+                    if sampler.stopped in UNREAD_AFTER:
+                        # A cancelled run reads no further: the seeds left are recorded as one count of
+                        # unread seeds, not walked one by one (a million of them held a worker for minutes).
+                        slot.release()
+                        stats.counters["stopped_before_reading_all_seeds"] = 1
+                        ctx.log(f"stopped ({sampler.stopped}): seeds after the first {stats.n_in} were not read")
+                        break
                     stats.n_in += 1
                     task = asyncio.create_task(one(seed, slot))
                     tasks.add(task)

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import sys
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -34,7 +35,7 @@ from distilforge.service.db import STATES, Job, Schedule, make_engine, make_sess
 from distilforge.service.migrate import migrate
 from distilforge.service.settings import Principal, Settings
 from distilforge.service.store import COUNTERS, Store, now
-from distilforge.service.validate import check_job, cron_problem, normalise
+from distilforge.service.validate import check_job, cron_problem, stored_form
 from distilforge.service.worker import public_data, public_text, redact_logs
 
 bearer = HTTPBearer(auto_error=False)
@@ -127,6 +128,65 @@ class Guard:
         await self.app(scope, limited, send)
 
 
+class Service:
+    """What every route shares: settings, the store and ledger, the parse pool, the token check."""
+
+    def __init__(self, settings: Settings, store: Store, ledger: Ledger):
+        self.settings, self.store, self.ledger = settings, store, ledger
+        # Parsing and checking bodies happens here, never on the event loop.
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="distilforge-parse")
+
+    async def off_loop(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def authorize(self, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
+        principal = self.settings.principal(credentials.credentials) if credentials else None
+        if principal is None:
+            raise HTTPException(status_code=401, detail="a valid bearer token is required",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return principal
+
+    async def body(self, request: Request) -> Any:
+        raw = await request.body()
+        try:
+            return await self.off_loop(parse_body, raw, request.headers.get("content-type", ""),
+                                       self.settings.limits.config_nodes)
+        except BodyError as exc:
+            raise unprocessable([(exc.loc, exc.msg)]) from None
+
+    def checked(self, data: Any, owner: str, schedule_cap: float | None = None, prefix: str = "") -> dict[str, Any]:
+        """The config as it will be stored and run (normalised, scrubbed), or a 422."""
+        if not isinstance(data, dict):
+            raise unprocessable([(prefix.rstrip(".") or "(body)", "a job config is a mapping")])
+        nul = find_nul(data)
+        if nul is not None:
+            raise unprocessable([(f"{prefix}{nul}" if nul != "(body)" else prefix.rstrip(".") or nul,
+                                  "NUL bytes are not allowed")])
+        try:
+            config = JobConfig.model_validate(data)
+        except ValidationError as exc:
+            raise HTTPException(status_code=422, detail=_errors(exc, prefix)) from None
+        problems = check_job(config, self.settings, owner=owner, schedule_cap=schedule_cap)
+        if problems:
+            raise unprocessable([(f"{prefix}{loc}", msg) for loc, msg in problems])
+        return scrub(stored_form(config, self.settings))
+
+    def admit(self, owner: str) -> None:
+        """Per-owner quotas, checked before a body is read: submissions per minute (429 with Retry-After;
+        refused submissions were never stored, so they do not count) and queued jobs."""
+        limits = self.settings.limits
+        count, oldest = self.store.submissions_since(owner, now() - timedelta(seconds=60))
+        if count >= limits.submissions_per_minute:
+            wait = 60 - (now() - oldest).total_seconds() if oldest is not None else 60
+            raise HTTPException(status_code=429, headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                                detail=f"at most {limits.submissions_per_minute} submissions a minute per owner "
+                                       "(DISTILFORGE_LIMITS_SUBMISSIONS_PER_MINUTE)")
+        if self.store.count_queued(owner) >= limits.queued_jobs:
+            raise HTTPException(status_code=429, headers={"Retry-After": "60"},
+                                detail=f"at most {limits.queued_jobs} queued jobs per owner "
+                                       "(DISTILFORGE_LIMITS_QUEUED_JOBS)")
+
+
 def create_app(settings: Settings | None = None, *, workers: int = 1, scheduler: bool = True) -> FastAPI:
     from prometheus_client import CollectorRegistry
     from prometheus_client import Counter as PromCounter
@@ -138,26 +198,14 @@ def create_app(settings: Settings | None = None, *, workers: int = 1, scheduler:
     engine = make_engine(settings.database_url)
     migrate(engine)  # serve creates and migrates its database on start
     store = Store(make_sessions(engine), settings.lease_seconds)
-    ledger = Ledger(store.sessions)
+    svc = Service(settings, store, Ledger(store.sessions))
     app = FastAPI(title="distilforge", version=__import__("distilforge").__version__)
     app.state.store, app.state.settings, app.state.stop = store, settings, threading.Event()
     app.state.threads = []
-    # Parsing and checking bodies happens here, never on the event loop.
-    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="distilforge-parse")
     registry = CollectorRegistry()
     http_requests = PromCounter("distilforge_http_requests", "HTTP requests received", registry=registry)
     registry.register(StoreCollector(store))
     app.add_middleware(Guard, max_bytes=settings.limits.body_bytes, counter=http_requests)
-
-    async def off_loop(fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
-
-    def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
-        principal = settings.principal(credentials.credentials) if credentials else None
-        if principal is None:
-            raise HTTPException(status_code=401, detail="a valid bearer token is required",
-                                headers={"WWW-Authenticate": "Bearer"})
-        return principal
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -172,78 +220,54 @@ def create_app(settings: Settings | None = None, *, workers: int = 1, scheduler:
 
     @app.on_event("startup")
     def start_background() -> None:
-        from distilforge.service.scheduler import run_scheduler
-        from distilforge.service.worker import Worker
-
-        for i in range(workers):
-            worker = Worker(store, settings, owner=f"serve-{uuid.uuid4().hex[:6]}-{i}")
-            thread = threading.Thread(target=worker.run_forever, args=(app.state.stop,), daemon=True)
-            thread.start()
-            app.state.threads.append(thread)
-        if scheduler:
-            thread = threading.Thread(target=run_scheduler, args=(store, settings, app.state.stop), daemon=True)
-            thread.start()
-            app.state.threads.append(thread)
+        _start_background(app, store, settings, workers, scheduler)
 
     @app.on_event("shutdown")
     def stop_background() -> None:
         app.state.stop.set()
-        pool.shutdown(wait=False, cancel_futures=True)
+        svc.pool.shutdown(wait=False, cancel_futures=True)
 
-    def ping() -> None:
-        with store.sessions() as s:
-            s.execute(select(1))
+    app.include_router(_job_routes(svc))
+    app.include_router(_schedule_routes(svc))
+    app.include_router(_ops_routes(svc, registry))
+    return app
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        await asyncio.to_thread(ping)
-        return {"status": "ok"}
 
-    @app.get("/metrics")
-    def prometheus() -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+def _start_background(app: FastAPI, store: Store, settings: Settings, workers: int, scheduler: bool) -> None:
+    from distilforge.service.scheduler import run_scheduler
+    from distilforge.service.worker import Worker
 
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    for i in range(workers):
+        worker = Worker(store, settings, owner=f"serve-{uuid.uuid4().hex[:6]}-{i}")
+        thread = threading.Thread(target=worker.run_forever, args=(app.state.stop,), daemon=True)
+        thread.start()
+        app.state.threads.append(thread)
+    if scheduler:
+        thread = threading.Thread(target=run_scheduler, args=(store, settings, app.state.stop), daemon=True)
+        thread.start()
+        app.state.threads.append(thread)
 
-    async def _body(request: Request) -> Any:
-        body = await request.body()
-        try:
-            return await off_loop(parse_body, body, request.headers.get("content-type", ""),
-                                  settings.limits.config_nodes)
-        except BodyError as exc:
-            raise unprocessable([(exc.loc, exc.msg)]) from None
 
-    def _checked(data: Any, owner: str, schedule_cap: float | None = None, prefix: str = "") -> dict[str, Any]:
-        """The config as it will be stored and run (normalised, scrubbed), or a 422."""
-        if not isinstance(data, dict):
-            raise unprocessable([(prefix.rstrip(".") or "(body)", "a job config is a mapping")])
-        nul = find_nul(data)
-        if nul is not None:
-            raise unprocessable([(f"{prefix}{nul}" if nul != "(body)" else prefix.rstrip(".") or nul,
-                                  "NUL bytes are not allowed")])
-        try:
-            config = JobConfig.model_validate(data)
-        except ValidationError as exc:
-            raise HTTPException(status_code=422, detail=_errors(exc, prefix)) from None
-        problems = check_job(config, settings, owner=owner, schedule_cap=schedule_cap)
-        if problems:
-            raise unprocessable([(f"{prefix}{loc}", msg) for loc, msg in problems])
-        return scrub(normalise(config, settings).model_dump(mode="json"))
+def _scope(who: Principal) -> str | None:
+    return None if who.admin else who.owner
+
+
+def _job_routes(svc: Service) -> APIRouter:
+    router, store, settings = APIRouter(), svc.store, svc.settings
+    authorize = svc.authorize
 
     def _submit(data: Any, owner: str) -> Job:
-        config = _checked(data, owner)
+        config = svc.checked(data, owner)
         job_id = uuid.uuid4().hex
         return store.submit(config, str(settings.runs_dir / job_id), job_id=job_id, owner=owner)
 
-    @app.post("/v1/jobs", status_code=201, response_model=JobOut)
+    @router.post("/v1/jobs", status_code=201, response_model=JobOut)
     async def submit(request: Request, who: Principal = Depends(authorize)) -> JobOut:
-        data = await _body(request)
-        return job_out(await off_loop(_submit, data, who.owner))
+        await svc.off_loop(svc.admit, who.owner)
+        data = await svc.body(request)
+        return job_out(await svc.off_loop(_submit, data, who.owner))
 
-    def _scope(who: Principal) -> str | None:
-        return None if who.admin else who.owner
-
-    @app.get("/v1/jobs", response_model=list[JobOut])
+    @router.get("/v1/jobs", response_model=list[JobOut])
     def list_jobs(limit: int = 100, who: Principal = Depends(authorize)) -> list[JobOut]:
         return [job_out(j) for j in store.list(max(1, min(limit, 1000)), owner=_scope(who))]
 
@@ -253,11 +277,11 @@ def create_app(settings: Settings | None = None, *, workers: int = 1, scheduler:
             raise HTTPException(status_code=404, detail="no such job")
         return job
 
-    @app.get("/v1/jobs/{job_id}", response_model=JobOut)
+    @router.get("/v1/jobs/{job_id}", response_model=JobOut)
     def get_job(job_id: str, who: Principal = Depends(authorize)) -> JobOut:
         return job_out(_job(job_id, who))
 
-    @app.post("/v1/jobs/{job_id}/cancel", response_model=JobOut)
+    @router.post("/v1/jobs/{job_id}/cancel", response_model=JobOut)
     def cancel(job_id: str, who: Principal = Depends(authorize)) -> JobOut:
         _job(job_id, who)
         return job_out(store.cancel(job_id))  # type: ignore[arg-type]
@@ -268,7 +292,7 @@ def create_app(settings: Settings | None = None, *, workers: int = 1, scheduler:
             text = text.replace(prefix + "/", "").replace(prefix, ".")
         return text
 
-    @app.get("/v1/jobs/{job_id}/report")
+    @router.get("/v1/jobs/{job_id}/report")
     def report(job_id: str, who: Principal = Depends(authorize)) -> Response:
         run_dir = Path(_job(job_id, who).run_dir)
         if not (run_dir / "run.json").exists():
@@ -278,7 +302,7 @@ def create_app(settings: Settings | None = None, *, workers: int = 1, scheduler:
         html_path, _ = build_report(run_dir)
         return HTMLResponse(_server_paths(html_path.read_text(encoding="utf-8"), run_dir))
 
-    @app.get("/v1/jobs/{job_id}/dataset")
+    @router.get("/v1/jobs/{job_id}/dataset")
     def dataset(job_id: str, split: str | None = None, who: Principal = Depends(authorize)) -> Response:
         run_dir = Path(_job(job_id, who).run_dir)
         parquet = run_dir / "parquet"
@@ -290,46 +314,59 @@ def create_app(settings: Settings | None = None, *, workers: int = 1, scheduler:
         return FileResponse(parquet / f"{split}.parquet", media_type="application/octet-stream",
                             filename=f"{job_id}-{split}.parquet")
 
-    def _create_schedule(data: Any, owner: str) -> dict[str, Any]:
-        if not isinstance(data, dict):
-            raise unprocessable([("(body)", "a schedule is a mapping")])
-        nul = find_nul({k: v for k, v in data.items() if k != "config"})
-        if nul is not None:
-            raise unprocessable([(nul, "NUL bytes are not allowed")])
-        try:
-            body = ScheduleIn.model_validate(data)
-        except ValidationError as exc:
-            raise HTTPException(status_code=422, detail=_errors(exc)) from None
-        try:
-            from zoneinfo import ZoneInfo
+    return router
 
-            ZoneInfo(body.timezone)
-        except Exception:
-            raise unprocessable([("timezone", "unknown time zone")]) from None
-        problem = cron_problem(body.cron, body.timezone, settings.limits.schedule_seconds)
-        if problem:
-            raise unprocessable([("cron", problem)])
-        config = _checked(body.config, owner, body.monthly_cap_usd, prefix="config.")
-        schedule = Schedule(id=uuid.uuid4().hex, cron=body.cron, timezone=body.timezone, config=config,
-                            monthly_cap_usd=body.monthly_cap_usd, created=now(), last_checked=now(), owner=owner,
-                            paused=0, paused_reason=None)
-        with store.sessions.begin() as s:
-            s.add(schedule)
-        return schedule_out(schedule)
 
-    @app.post("/v1/schedules", status_code=201)
+def _new_schedule(svc: Service, data: Any, owner: str) -> dict[str, Any]:
+    settings = svc.settings
+    if not isinstance(data, dict):
+        raise unprocessable([("(body)", "a schedule is a mapping")])
+    nul = find_nul({k: v for k, v in data.items() if k != "config"})
+    if nul is not None:
+        raise unprocessable([(nul, "NUL bytes are not allowed")])
+    try:
+        body = ScheduleIn.model_validate(data)
+    except ValidationError as exc:
+        raise HTTPException(status_code=422, detail=_errors(exc)) from None
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(body.timezone)
+    except Exception:
+        raise unprocessable([("timezone", "unknown time zone")]) from None
+    problem = cron_problem(body.cron, body.timezone, settings.limits.schedule_seconds)
+    if problem:
+        raise unprocessable([("cron", problem)])
+    config = svc.checked(body.config, owner, body.monthly_cap_usd, prefix="config.")
+    if svc.store.count_schedules(owner) >= settings.limits.schedules:
+        raise HTTPException(status_code=429, detail=f"at most {settings.limits.schedules} schedules per owner "
+                                                    "(DISTILFORGE_LIMITS_SCHEDULES); delete one first")
+    schedule = Schedule(id=uuid.uuid4().hex, cron=body.cron, timezone=body.timezone, config=config,
+                        monthly_cap_usd=body.monthly_cap_usd, created=now(), last_checked=now(), owner=owner,
+                        paused=0, paused_reason=None)
+    with svc.store.sessions.begin() as s:
+        s.add(schedule)
+    return schedule_out(schedule)
+
+
+def _schedules(who: Principal) -> Any:
+    query = select(Schedule).order_by(Schedule.created)
+    return query if who.admin else query.where(Schedule.owner == who.owner)
+
+
+def _schedule_routes(svc: Service) -> APIRouter:
+    router, store, settings = APIRouter(), svc.store, svc.settings
+    authorize = svc.authorize
+
+    @router.post("/v1/schedules", status_code=201)
     async def create_schedule(request: Request, who: Principal = Depends(authorize)) -> dict[str, Any]:
-        data = await _body(request)
-        return await off_loop(_create_schedule, data, who.owner)
+        data = await svc.body(request)
+        return await svc.off_loop(_new_schedule, svc, data, who.owner)
 
-    def _schedules(s: Any, who: Principal) -> Any:
-        query = select(Schedule).order_by(Schedule.created)
-        return query if who.admin else query.where(Schedule.owner == who.owner)
-
-    @app.get("/v1/schedules")
+    @router.get("/v1/schedules")
     def list_schedules(who: Principal = Depends(authorize)) -> list[dict[str, Any]]:
         with store.sessions() as s:
-            return [schedule_out(x) for x in s.scalars(_schedules(s, who))]
+            return [schedule_out(x) for x in s.scalars(_schedules(who))]
 
     def _schedule(s: Any, schedule_id: str, who: Principal) -> Schedule:
         schedule = s.get(Schedule, schedule_id) if _ID.match(schedule_id) else None
@@ -337,7 +374,7 @@ def create_app(settings: Settings | None = None, *, workers: int = 1, scheduler:
             raise HTTPException(status_code=404, detail="no such schedule")
         return schedule
 
-    @app.delete("/v1/schedules/{schedule_id}", status_code=204)
+    @router.delete("/v1/schedules/{schedule_id}", status_code=204)
     def delete_schedule(schedule_id: str, who: Principal = Depends(authorize)) -> Response:
         with store.sessions.begin() as s:
             schedule = _schedule(s, schedule_id, who)
@@ -346,7 +383,7 @@ def create_app(settings: Settings | None = None, *, workers: int = 1, scheduler:
             s.delete(schedule)
         return Response(status_code=204)
 
-    @app.post("/v1/schedules/{schedule_id}/resume")
+    @router.post("/v1/schedules/{schedule_id}/resume")
     def resume_schedule(schedule_id: str, who: Principal = Depends(authorize)) -> dict[str, Any]:
         from distilforge.service.scheduler import schedule_problems
 
@@ -358,18 +395,45 @@ def create_app(settings: Settings | None = None, *, workers: int = 1, scheduler:
             schedule.paused, schedule.paused_reason, schedule.last_checked = 0, None, now()
             return schedule_out(schedule)
 
-    @app.get("/v1/budget")
-    def budget(who: Principal = Depends(authorize)) -> dict[str, Any]:
+    return router
+
+
+def _ops_routes(svc: Service, registry: Any) -> APIRouter:
+    router, store, settings = APIRouter(), svc.store, svc.settings
+
+    def ping() -> None:
+        with store.sessions() as s:
+            s.execute(select(1))
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        await asyncio.to_thread(ping)
+        return {"status": "ok"}
+
+    @router.get("/metrics")
+    def prometheus(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        if not settings.metrics_public:  # the counts cover every owner: an admin token, unless made public
+            who = svc.authorize(credentials)
+            if not who.admin:
+                raise HTTPException(status_code=403, detail="/metrics needs an admin token "
+                                                            "(or DISTILFORGE_METRICS_PUBLIC=1)")
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @router.get("/v1/budget")
+    def budget(who: Principal = Depends(svc.authorize)) -> dict[str, Any]:
         if who.admin:
             return {"monthly_cap_usd": settings.monthly_cap_usd, "owner_caps_usd": settings.owner_caps,
-                    "scopes": ledger.usage()}
+                    "scopes": svc.ledger.usage()}
         with store.sessions() as s:
-            mine = [x.id for x in s.scalars(_schedules(s, who))]
-        prefixes = ["global:", f"owner:{who.owner}:", *(f"schedule:{i}:" for i in mine)]
+            mine = [x.id for x in s.scalars(_schedules(who))]
+        # An owner sees their own spend (their owner and schedule scopes), not the others' through the global one.
+        prefixes = [f"owner:{who.owner}:", *(f"schedule:{i}:" for i in mine)]
         return {"monthly_cap_usd": settings.monthly_cap_usd, "owner_cap_usd": settings.owner_caps.get(who.owner),
-                "scopes": ledger.usage(prefixes)}
+                "scopes": svc.ledger.usage(prefixes)}
 
-    return app
+    return router
 
 
 def _warn_about_entries(settings: Settings) -> None:

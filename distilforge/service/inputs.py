@@ -9,7 +9,10 @@ descriptors, every entry opened relative to its verified parent with O_NOFOLLOW,
 The copies go to `RUN/inputs/<slot>/<name>` and the config is rewritten to them, so nothing swapped
 after the check (a file, a folder, a symlink anywhere on the path) can be read by the run.
 
-Model folders are large and are not copied: they are resolved, checked and passed by their real path.
+Model folders and .gguf files (local and vllm-offline teachers, judges, the student, GKD's teacher) are
+walked and copied the same way, into `RUN/inputs/model-<slot>/`, so a symlink inside a model folder, or a
+file swapped after the check, is never loaded. A regular file with more than one hard link is refused
+(checked with fstat on the opened descriptor): a hard link in a data root can name a file outside it.
 """
 
 from __future__ import annotations
@@ -19,14 +22,13 @@ import os
 import shutil
 import stat
 from pathlib import Path
+from typing import Any
 
 from distilforge.core.config import JobConfig
 from distilforge.service.settings import Settings
-from distilforge.service.validate import _inside, resolve_input
+from distilforge.service.validate import HARD_LINK, MAX_DEPTH, MAX_ENTRIES, _inside, resolve_input
 
 _FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-MAX_ENTRIES = 100_000
-MAX_DEPTH = 8
 
 
 class InputRefused(RuntimeError):
@@ -81,10 +83,13 @@ class _Copier:
     def copy(self, loc: str, fd: int, dest: Path, depth: int = 0) -> None:
         """Copy what `fd` refers to (a regular file or a folder) to `dest`; closes `fd`."""
         try:
-            mode = os.fstat(fd).st_mode
+            st = os.fstat(fd)
+            mode = st.st_mode
             self.entries += 1
             if self.entries > MAX_ENTRIES:
                 raise InputRefused(loc, f"more than {MAX_ENTRIES} files")
+            if stat.S_ISREG(mode) and st.st_nlink > 1:
+                raise InputRefused(loc, HARD_LINK)
             if stat.S_ISREG(mode):
                 self._copy_file(loc, fd, dest)
                 fd = -1  # closed by the file object
@@ -137,8 +142,8 @@ def prepare_run_dir(run_dir: Path, settings: Settings) -> None:
 
 
 def materialise(config: JobConfig, run_dir: Path, settings: Settings) -> JobConfig:
-    """Copy every input file into `run_dir/inputs` through checked descriptors; returns the config
-    rewritten to the copies (and to the real paths of model folders)."""
+    """Copy every input file and model folder into `run_dir/inputs` through checked descriptors; returns
+    the config rewritten to the copies."""
     config = config.model_copy(deep=True)
     target = run_dir / "inputs"
     staging = run_dir / ".inputs.tmp"
@@ -163,33 +168,32 @@ def materialise(config: JobConfig, run_dir: Path, settings: Settings) -> JobConf
             if spec.name == "decontaminate":
                 spec.eval_sets = [take(f"filters.{i}.eval_sets.{j}", f"decontaminate-{i}-{j}", s)
                                   for j, s in enumerate(spec.eval_sets)]
+        _models(config, settings, take)
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _models(config, settings)
     return config
 
 
-def _models(config: JobConfig, settings: Settings) -> None:
+def _models(config: JobConfig, settings: Settings, take: Any) -> None:
+    """Model folders and .gguf files under the data roots are copied like data (embedded aliases and
+    allowed Hub ids are not files of the roots)."""
     from distilforge.models import EMBEDDED
     from distilforge.service.validate import _is_model_path
 
-    def real(loc: str, spec: str) -> str:
+    def copied(loc: str, slot: str, spec: str) -> str:
         if spec in EMBEDDED or spec in settings.allowed_models or not _is_model_path(spec):
             return spec
-        resolved = resolve_input(spec, settings)
-        if resolved is None:
-            raise InputRefused(loc, "model path outside the data roots (DISTILFORGE_DATA_ROOTS)")
-        return str(resolved)
+        return take(loc, f"model-{slot}", spec)
 
     t = config.teacher
     if t.backend in ("local", "vllm-offline"):
-        t.model = real("teacher.model", t.model)
+        t.model = copied("teacher.model", "teacher", t.model)
     for i, spec in enumerate(config.filters):
         if spec.name == "judge" and spec.teacher.backend in ("local", "vllm-offline"):
-            spec.teacher.model = real(f"filters.{i}.teacher.model", spec.teacher.model)
-    config.train.student = real("train.student", config.train.student)
+            spec.teacher.model = copied(f"filters.{i}.teacher.model", f"judge-{i}", spec.teacher.model)
+    config.train.student = copied("train.student", "student", config.train.student)
     if config.train.gkd.teacher is not None:
-        config.train.gkd.teacher = real("train.gkd.teacher", config.train.gkd.teacher)
+        config.train.gkd.teacher = copied("train.gkd.teacher", "gkd-teacher", config.train.gkd.teacher)

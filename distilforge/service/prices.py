@@ -12,6 +12,8 @@ and a job that sets either gets a 422.
 
 from __future__ import annotations
 
+from typing import Any
+
 from distilforge.core.config import JobConfig, Prices, TeacherConfig
 from distilforge.core.prices import lookup_price
 from distilforge.core.urls import Url, UrlError, parse_url
@@ -20,7 +22,7 @@ OPENAI_DEFAULT = "https://api.openai.com/v1"
 FREE = Prices(input_per_million=0.0, output_per_million=0.0)
 
 
-def _endpoint_entries(table: dict[str, Prices]) -> list[tuple[Url, Prices]]:
+def _endpoint_entries(table: dict[str, Any]) -> list[tuple[Url, Any]]:
     entries = []
     for key, price in table.items():
         if "://" not in key:
@@ -71,11 +73,32 @@ def run_prices(config: JobConfig, table: dict[str, Prices]) -> tuple[Prices | No
     return teacher_price(config.teacher, table), unpriced
 
 
-def apply_server_prices(config: JobConfig, table: dict[str, Prices]) -> Prices | None:
-    """Write the server's prices into the config (`budget.prices`, each judge's `prices`); returns the
-    generating teacher's. A teacher without a server price keeps None (it runs unpriced; no cap applies)."""
+def batch_discount(teacher: TeacherConfig, discounts: dict[str, float]) -> float:
+    """The server's Batch API multiplier for a teacher: the same keys as prices (the most specific endpoint,
+    then the model, then `*`); 1.0 (no discount) where none matches. With replicas, the largest wins."""
+    found = []
+    for url in teacher.base_urls or [OPENAI_DEFAULT]:
+        try:
+            parsed = parse_url(url)
+        except UrlError:
+            found.append(1.0)
+            continue
+        matches = [(entry, d) for entry, d in _endpoint_entries(discounts) if parsed.under(entry)]  # type: ignore[arg-type]
+        if matches:
+            found.append(max(matches, key=lambda m: len(m[0].path))[1])
+        else:
+            found.append(discounts.get(teacher.model, discounts.get("*", 1.0)))
+    return max(found)
+
+
+def apply_server_prices(config: JobConfig, table: dict[str, Prices],
+                        discounts: dict[str, float] | None = None) -> Prices | None:
+    """Write the server's prices into the config (`budget.prices`, each judge's `prices`, the Batch API's
+    `budget.batch_discount`); returns the generating teacher's. A teacher without a server price keeps
+    None (it runs unpriced; no cap applies)."""
     prices = teacher_price(config.teacher, table)
     config.budget.prices = prices
+    config.budget.batch_discount = batch_discount(config.teacher, discounts or {})
     for spec in config.filters:
         if spec.name == "judge":
             spec.prices = teacher_price(spec.teacher, table)

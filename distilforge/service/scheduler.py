@@ -51,7 +51,7 @@ def schedule_problems(schedule: Schedule, settings: Settings) -> list[tuple[str,
         config = JobConfig.model_validate(schedule.config)
     except ValidationError as exc:
         return [(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()]
-    return check_job(config, settings, owner=schedule.owner, schedule_cap=schedule.monthly_cap_usd)
+    return check_job(config, settings, owner=schedule.owner, schedule_cap=schedule.monthly_cap_usd, stored=True)
 
 
 def pause(store: Store, schedule_id: str, reason: str) -> None:

@@ -14,6 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from distilforge.core.config import Prices
 from distilforge.core.redact import register_secret
@@ -29,28 +30,52 @@ def _list(name: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
 
 
-def _int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
-
-
-def _float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value else default
+def _limit(name: str, default: float) -> Any:
+    """A server limit, overridden by DISTILFORGE_LIMITS_<NAME> (the env name is the field's, upper-cased)."""
+    cast = int if isinstance(default, int) else float
+    return field(default_factory=lambda: cast(os.environ.get(f"DISTILFORGE_LIMITS_{name.upper()}") or default))
 
 
 @dataclass
 class Limits:
-    """Server-set maxima, checked when a job or schedule is submitted (422 naming the field)."""
+    """Server-set maxima (and floors, `min_*`), checked when a job or schedule is submitted, when a schedule
+    fires and when a job is claimed: a knob past one is a 422 naming the key and the limit, never clamped.
+    Each is `DISTILFORGE_LIMITS_<FIELD>` (`DISTILFORGE_LIMITS_REQUEST_SECONDS=3600`)."""
 
-    seeds: int = field(default_factory=lambda: _int("DISTILFORGE_LIMITS_SEEDS", 1_000_000))
-    samples_per_seed: int = field(default_factory=lambda: _int("DISTILFORGE_LIMITS_SAMPLES_PER_SEED", 64))
-    concurrency: int = field(default_factory=lambda: _int("DISTILFORGE_LIMITS_CONCURRENCY", 1024))
-    schedule_seconds: float = field(default_factory=lambda: _float("DISTILFORGE_LIMITS_SCHEDULE_SECONDS", 60.0))
-    body_bytes: int = field(default_factory=lambda: _int("DISTILFORGE_LIMITS_BODY_BYTES", 1 << 20))
-    config_nodes: int = field(default_factory=lambda: _int("DISTILFORGE_LIMITS_CONFIG_NODES", 10_000))
-    ranks: int = field(default_factory=lambda: _int("DISTILFORGE_LIMITS_RANKS", 8))
-    input_bytes: int = field(default_factory=lambda: _int("DISTILFORGE_LIMITS_INPUT_BYTES", 50 << 30))
+    seeds: int = _limit("seeds", 1_000_000)
+    samples_per_seed: int = _limit("samples_per_seed", 64)
+    concurrency: int = _limit("concurrency", 1024)
+    schedule_seconds: float = _limit("schedule_seconds", 60.0)
+    body_bytes: int = _limit("body_bytes", 1 << 20)
+    config_nodes: int = _limit("config_nodes", 10_000)
+    ranks: int = _limit("ranks", 8)
+    input_bytes: int = _limit("input_bytes", 50 << 30)
+    # Per request: reasoning teachers write long traces slowly, so 64k tokens and 30 minutes.
+    completion_tokens: int = _limit("completion_tokens", 65_536)
+    request_seconds: float = _limit("request_seconds", 1800.0)
+    attempts: int = _limit("attempts", 20)
+    retry_seconds: float = _limit("retry_seconds", 3600.0)
+    min_rpm: float = _limit("min_rpm", 1.0)
+    min_tpm: float = _limit("min_tpm", 1000.0)
+    min_poll_seconds: float = _limit("min_poll_seconds", 1.0)
+    batch_rounds: int = _limit("batch_rounds", 10)
+    # Generation, filters and rounds.
+    icl_k: int = _limit("icl_k", 64)
+    rounds: int = _limit("rounds", 16)
+    minhash_perm: int = _limit("minhash_perm", 1024)
+    ngram: int = _limit("ngram", 64)
+    words: int = _limit("words", 1_000_000)
+    # Training.
+    epochs: float = _limit("epochs", 100.0)
+    train_steps: int = _limit("train_steps", 1_000_000)
+    train_batch: int = _limit("train_batch", 1024)
+    sequence_tokens: int = _limit("sequence_tokens", 131_072)
+    lora_rank: int = _limit("lora_rank", 1024)
+    # Per job and per owner.
+    job_seconds: float = _limit("job_seconds", 86_400.0)
+    submissions_per_minute: int = _limit("submissions_per_minute", 60)
+    schedules: int = _limit("schedules", 20)
+    queued_jobs: int = _limit("queued_jobs", 100)
 
 
 @dataclass(frozen=True)
@@ -106,6 +131,23 @@ def parse_prices(text: str) -> dict[str, Prices]:
     return out
 
 
+def parse_discounts(text: str) -> dict[str, float]:
+    """DISTILFORGE_BATCH_DISCOUNTS: `KEY=MULTIPLIER` entries (0 < MULTIPLIER <= 1), KEY as in DISTILFORGE_PRICES."""
+    out: dict[str, float] = {}
+    for entry in text.split(","):
+        if not entry.strip():
+            continue
+        key, sep, value = entry.strip().rpartition("=")
+        try:
+            multiplier = float(value)
+        except ValueError:
+            multiplier = -1.0
+        if not sep or not key.strip() or not 0 < multiplier <= 1:
+            raise SettingsError(f"DISTILFORGE_BATCH_DISCOUNTS: {entry.strip()!r} is not KEY=MULTIPLIER (0 < x <= 1)")
+        out[key.strip()] = multiplier
+    return out
+
+
 def parse_caps(entries: list[str]) -> dict[str, float]:
     out = {}
     for entry in entries:
@@ -129,7 +171,14 @@ class Settings:
     allowed_models: list[str] = field(default_factory=lambda: _list("DISTILFORGE_ALLOWED_MODELS"))
     prices: dict[str, Prices] = field(default_factory=lambda: parse_prices(os.environ.get("DISTILFORGE_PRICES", "")))
     owner_caps: dict[str, float] = field(default_factory=lambda: parse_caps(_list("DISTILFORGE_OWNER_CAPS")))
+    # Batch API price multipliers per endpoint, model or `*` (DISTILFORGE_BATCH_DISCOUNTS, KEY=0.5): a
+    # discount is a price, so it is the server's; none applies (1.0) where no entry matches.
+    batch_discounts: dict[str, float] = field(
+        default_factory=lambda: parse_discounts(os.environ.get("DISTILFORGE_BATCH_DISCOUNTS", "")))
     limits: Limits = field(default_factory=Limits)
+    # /metrics labels name states and owners' totals: it needs a token unless this is on.
+    metrics_public: bool = field(default_factory=lambda: os.environ.get("DISTILFORGE_METRICS_PUBLIC", "").lower()
+                                 in ("1", "true", "yes", "on"))
     lease_seconds: float = field(default_factory=lambda: float(os.environ.get("DISTILFORGE_LEASE_SECONDS", "30")))
     # Jobs run as Ray ranks on this cluster (`executor.workers` of them) instead of in the worker's process.
     ray_address: str | None = field(default_factory=lambda: os.environ.get("DISTILFORGE_RAY_ADDRESS") or None)

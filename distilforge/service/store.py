@@ -11,10 +11,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, text, update
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import aliased, sessionmaker
 
-from distilforge.service.db import FINAL_STATES, Counter, Job
+from distilforge.service.db import FINAL_STATES, Counter, Job, Schedule
 
 COUNTERS = ("teacher_requests", "rate_limited", "prompt_tokens", "completion_tokens", "kept", "rejected", "spend_usd")
 
@@ -26,6 +26,14 @@ def summary_counts(summary: dict[str, Any]) -> dict[str, float]:
             "prompt_tokens": tok.get("prompt", 0) or 0, "completion_tokens": tok.get("completion", 0) or 0,
             "kept": summary.get("kept") or 0, "rejected": sum((summary.get("rejected") or {}).values()),
             "spend_usd": summary.get("cost_usd") or 0.0}
+
+
+def _fair_order(stamp: datetime) -> Any:
+    """How many jobs the candidate's owner has running under a live lease (fewest first)."""
+    running = aliased(Job)
+    return (select(func.count()).select_from(running)
+            .where(running.owner == Job.owner, running.state == "running", running.lease_until >= stamp)
+            .correlate(Job).scalar_subquery())
 
 
 class LeaseLost(RuntimeError):
@@ -68,6 +76,22 @@ class Store:
                 query = query.where(Job.owner == owner)
             return list(s.scalars(query))
 
+    def submissions_since(self, owner: str, since: datetime) -> tuple[int, datetime | None]:
+        """(jobs this owner submitted over the API since `since`, the oldest one's time): refused
+        submissions are never stored, so they do not count; schedule fires are not submissions."""
+        with self.sessions() as s:
+            count, oldest = s.execute(select(func.count(), func.min(Job.created)).where(
+                Job.owner == owner, Job.schedule_id.is_(None), Job.created > since)).one()
+        return int(count or 0), oldest
+
+    def count_queued(self, owner: str) -> int:
+        with self.sessions() as s:
+            return int(s.scalar(select(func.count()).where(Job.owner == owner, Job.state == "queued")) or 0)
+
+    def count_schedules(self, owner: str) -> int:
+        with self.sessions() as s:
+            return int(s.scalar(select(func.count()).select_from(Schedule).where(Schedule.owner == owner)) or 0)
+
     def cancel(self, job_id: str) -> Job | None:
         """Queued jobs cancel at once; running ones when their worker next looks (within seconds)."""
         with self.sessions.begin() as s:
@@ -82,13 +106,15 @@ class Store:
 
     # -- worker side -----------------------------------------------------------------------------
     def claim(self, owner: str) -> Job | None:
-        """Take the oldest queued job, or a running one whose lease expired, atomically."""
+        """Take a queued job, or a running one whose lease expired, atomically: fairly across owners (the
+        owner with the fewest jobs running first, so one owner's queue cannot starve another's), then the
+        oldest."""
         stamp, until = now(), now() + self.lease
         with self.sessions.begin() as s:
             if self.dialect == "postgresql":
                 job = s.scalars(
                     select(Job).where((Job.state == "queued") | ((Job.state == "running") & (Job.lease_until < stamp)))
-                    .order_by(Job.created).limit(1).with_for_update(skip_locked=True)
+                    .order_by(_fair_order(stamp), Job.created).limit(1).with_for_update(skip_locked=True)
                 ).first()
                 if job is None:
                     return None
@@ -98,8 +124,10 @@ class Store:
             # SQLite has no SKIP LOCKED; one UPDATE ... RETURNING is atomic under its single writer.
             row = s.execute(text(
                 "UPDATE jobs SET state='running', lease_owner=:owner, lease_until=:until, epoch=epoch+1, "
-                "attempts=attempts+1, updated=:stamp WHERE id = (SELECT id FROM jobs WHERE state='queued' "
-                "OR (state='running' AND lease_until < :stamp) ORDER BY created LIMIT 1) RETURNING id"
+                "attempts=attempts+1, updated=:stamp WHERE id = (SELECT id FROM jobs AS j WHERE state='queued' "
+                "OR (state='running' AND lease_until < :stamp) ORDER BY (SELECT count(*) FROM jobs AS r "
+                "WHERE r.owner = j.owner AND r.state = 'running' AND r.lease_until >= :stamp), created LIMIT 1) "
+                "RETURNING id"
             ), {"owner": owner, "until": until, "stamp": stamp}).first()
             return s.get(Job, row[0]) if row else None
 

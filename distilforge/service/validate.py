@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import os
 import re
+import stat
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from itertools import islice, pairwise
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 from distilforge.core.config import JobConfig, TeacherConfig
 from distilforge.core.urls import UrlError, parse_url, url_allowed
@@ -50,9 +54,53 @@ ENGINE_ARG_KEYS = frozenset({
     "kv_cache_dtype", "seed", "swap_space", "quantization", "block_size",
 })
 _WORD = re.compile(r"^[A-Za-z0-9_.+-]{0,64}$")
-MAX_MINHASH_PERM = 1024
-MAX_ICL_K = 64
-MAX_ROUNDS = 16
+# Every number a job can set, by (model class, field): the server limit it answers to (`Limits` field;
+# `min_*` is a floor). A number listed in UNLIMITED changes neither cost, reach nor size (or the schema
+# bounds it already); tests/test_service_limits.py fails when a new numeric field is in neither table.
+LIMITS: dict[tuple[str, str], str] = {
+    ("SeedsConfig", "limit"): "seeds", ("EvalFile", "limit"): "seeds", ("EvalConfig", "limit"): "seeds",
+    ("TeacherParams", "max_tokens"): "completion_tokens", ("TeacherParams", "max_completion_tokens"): "completion_tokens",
+    ("EvalConfig", "max_tokens"): "completion_tokens", ("GKDSettings", "max_new_tokens"): "completion_tokens",
+    ("RetryConfig", "max_attempts"): "attempts", ("RetryConfig", "max_wait_s"): "retry_seconds",
+    ("RetryConfig", "second_pass_after_s"): "retry_seconds",
+    ("TeacherConfig", "max_concurrency"): "concurrency", ("TeacherConfig", "batch_size"): "concurrency",
+    ("TeacherConfig", "timeout"): "request_seconds", ("TeacherConfig", "rpm"): "min_rpm",
+    ("TeacherConfig", "tpm"): "min_tpm", ("TeacherConfig", "batch_poll_seconds"): "min_poll_seconds",
+    ("TeacherConfig", "batch_rounds"): "batch_rounds",
+    ("IclConfig", "k"): "icl_k", ("LoopConfig", "neighbours"): "icl_k",
+    ("AdaptiveConfig", "agree"): "samples_per_seed", ("AdaptiveConfig", "batch"): "samples_per_seed",
+    ("GenerationConfig", "samples_per_seed"): "samples_per_seed", ("GenerationConfig", "max_per_seed"): "samples_per_seed",
+    ("LoopConfig", "samples"): "samples_per_seed",
+    ("GenerationConfig", "target_count"): "seeds", ("GenerationConfig", "proposals_per_round"): "concurrency",
+    ("GenerationConfig", "rounds"): "rounds", ("LoopConfig", "rounds"): "rounds",
+    ("LoraConfig", "r"): "lora_rank", ("LoraConfig", "alpha"): "lora_rank",
+    ("TrainConfig", "max_steps"): "train_steps", ("TrainConfig", "warmup_steps"): "train_steps",
+    ("TrainConfig", "epochs"): "epochs", ("TrainConfig", "batch_size"): "train_batch",
+    ("TrainConfig", "gradient_accumulation_steps"): "train_batch", ("TrainConfig", "max_length"): "sequence_tokens",
+    ("EvalConfig", "batch_size"): "concurrency", ("JudgeFilterSpec", "batch"): "concurrency",
+    ("LengthFilterSpec", "min_words"): "words", ("LengthFilterSpec", "max_words"): "words",
+    ("MinhashFilterSpec", "num_perm"): "minhash_perm", ("MinhashFilterSpec", "shingle"): "ngram",
+    ("DecontaminateSpec", "ngram"): "ngram", ("ExecutorConfig", "workers"): "ranks",
+}
+# A second limit on the same field: a floor's field still has a maximum.
+EXTRA_LIMITS: dict[tuple[str, str], str] = {("TeacherConfig", "batch_poll_seconds"): "retry_seconds"}
+UNLIMITED = frozenset({
+    ("TeacherParams", "temperature"), ("TeacherParams", "top_p"), ("TeacherParams", "seed"),
+    ("TeacherParams", "presence_penalty"), ("TeacherParams", "frequency_penalty"),
+    ("TeacherConfig", "batch_max_requests"),  # the schema's own maximum (the Batch API's 50,000)
+    ("GenerationConfig", "rouge_threshold"), ("GenerationConfig", "rng_seed"),
+    ("Prices", "input_per_million"), ("Prices", "output_per_million"),  # a job never sets prices (422)
+    ("BudgetConfig", "max_usd"), ("LoopConfig", "per_round_usd"),  # caps: they lower spend
+    ("BudgetConfig", "batch_discount"),  # the server's (DISTILFORGE_BATCH_DISCOUNTS); a job setting it is a 422
+    ("LoraConfig", "dropout"), ("GKDSettings", "lmbda"), ("GKDSettings", "beta"), ("GKDSettings", "temperature"),
+    ("TrainConfig", "alpha"), ("TrainConfig", "learning_rate"), ("TrainConfig", "seed"),
+    ("OutputConfig", "validation_fraction"), ("LengthFilterSpec", "max_ratio"), ("JudgeFilterSpec", "min_score"),
+    ("MinhashFilterSpec", "threshold"), ("EmbeddingDedupSpec", "threshold"), ("LoopConfig", "probe_fraction"),
+    ("LoopConfig", "min_gain"),
+})
+# Fields that change what a request costs, set by the server at claim: a job that sets one gets a 422.
+SERVER_OWNED = {("budget", "batch_discount"): "a Batch API discount is a price: the server's "
+                                              "(DISTILFORGE_BATCH_DISCOUNTS), not the job's"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -83,15 +131,43 @@ def resolve_input(value: str, settings: Settings) -> Path | None:
     return resolved
 
 
+HARD_LINK = ("a file with more than one hard link (it may be a file outside the data roots); copy it instead "
+             "of linking it")
+MAX_ENTRIES = 100_000
+MAX_DEPTH = 8
+
+
+def link_problem(path: Path) -> str | None:
+    """Why a file or folder may not be read as a job's input (None: it may): a symlink anywhere inside it,
+    a regular file with more than one hard link, too many entries. Nothing is followed. The worker checks
+    again through descriptors when it copies (`service/inputs.py`); this is the early 422."""
+    stack, seen = [(path, 0)], 0
+    while stack:
+        current, depth = stack.pop()
+        st = os.lstat(current)
+        seen += 1
+        if seen > MAX_ENTRIES or depth > MAX_DEPTH:
+            return f"more than {MAX_ENTRIES} files or {MAX_DEPTH} levels"
+        if stat.S_ISLNK(st.st_mode) and current != path:
+            return "a folder input may not contain symlinks"
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            return HARD_LINK
+        if stat.S_ISDIR(st.st_mode):
+            with os.scandir(current) as entries:
+                stack += [(Path(e.path), depth + 1) for e in entries]
+    return None
+
+
 def _is_model_path(spec: str) -> bool:
     return spec.startswith(("/", ".", "~")) or spec.lower().endswith(".gguf") or not HUB_ID.match(spec)
 
 
 class Checker:
     def __init__(self, config: JobConfig, settings: Settings, *, owner: str = "default",
-                 schedule_cap: float | None = None, count_seeds: bool = True):
+                 schedule_cap: float | None = None, count_seeds: bool = True, stored: bool = False):
         self.config, self.settings, self.owner = config, settings, owner
         self.schedule_cap, self.count_seeds = schedule_cap, count_seeds
+        self.stored = stored  # a config the service stored (a queued job, a schedule): its server-owned fields are overwritten
         self.limits = settings.limits
         self.problems: list[Problem] = []
 
@@ -115,6 +191,9 @@ class Checker:
         if not (resolved.is_file() or resolved.is_dir()):
             self.add(loc, "not a regular file or folder")
             return None
+        if resolved.is_file() and resolved.stat().st_nlink > 1:
+            self.add(loc, HARD_LINK)
+            return None
         return resolved
 
     def model(self, loc: str, spec: str) -> None:
@@ -132,14 +211,13 @@ class Checker:
         elif not (resolved.is_dir() and (resolved / "config.json").is_file()) and not \
                 (resolved.is_file() and resolved.suffix.lower() == ".gguf"):
             self.add(loc, "not a model folder (with config.json) or a .gguf file under the data roots")
+        else:
+            problem = link_problem(resolved)
+            if problem:
+                self.add(loc, problem)
 
     # -- teachers ------------------------------------------------------------------------------
     def teacher(self, prefix: str, t: TeacherConfig) -> None:
-        limits = self.limits
-        if t.max_concurrency > limits.concurrency:
-            self.add(f"{prefix}.max_concurrency", f"at most {limits.concurrency} (DISTILFORGE_LIMITS_CONCURRENCY)")
-        if t.batch_size > limits.concurrency:
-            self.add(f"{prefix}.batch_size", f"at most {limits.concurrency} (DISTILFORGE_LIMITS_CONCURRENCY)")
         self.extra_body(f"{prefix}.params.extra_body", t.params.extra_body)
         if t.backend == "vllm-offline":
             self.engine_args(f"{prefix}.engine_args", t.engine_args)
@@ -184,46 +262,48 @@ class Checker:
             elif not isinstance(value, (bool, int, float, str)) or (isinstance(value, str) and not _WORD.match(value)):
                 self.add(f"{loc}.{key}", "engine arguments are plain scalars (no paths)")
 
+    # -- numbers -------------------------------------------------------------------------------
+    def bound(self, loc: str, value: float, key: str) -> None:
+        limit = getattr(self.limits, key)
+        shown = f"{int(limit)}" if float(limit).is_integer() else f"{limit:g}"
+        env = f"DISTILFORGE_LIMITS_{key.upper()}"
+        if key.startswith("min_"):
+            if value < limit:
+                self.add(loc, f"at least {shown} ({env}): the server's floor")
+        elif value > limit:
+            self.add(loc, f"at most {shown} ({env})")
+
+    def numbers(self) -> None:
+        """Every number of the config against its server limit, sections that are off included."""
+        for loc, cls, name, value in config_numbers(self.config):
+            for table in (LIMITS, EXTRA_LIMITS):
+                key = table.get((cls, name))
+                if key is not None:
+                    self.bound(loc, value, key)
+
+    def server_owned(self) -> None:
+        for (section, name), why in SERVER_OWNED.items():
+            if name in getattr(self.config, section).model_fields_set:
+                self.add(f"{section}.{name}", why)
+
     # -- the whole job -------------------------------------------------------------------------
     def run(self) -> list[Problem]:
-        c, limits = self.config, self.limits
+        c = self.config
         g = c.generation
         if c.output.dir is not None:
             self.add("output.dir", "a service job does not choose where it writes (its run folder is "
                                    "DISTILFORGE_HOME/runs/<job id>)")
         if c.budget.prices is not None:
             self.add("budget.prices", "service jobs are priced by the server (DISTILFORGE_PRICES), not by the job")
-        # limits
-        if g.samples_per_seed > limits.samples_per_seed:
-            self.add("generation.samples_per_seed", f"at most {limits.samples_per_seed} "
-                                                    "(DISTILFORGE_LIMITS_SAMPLES_PER_SEED)")
-        if g.adaptive is not None:
-            for key in ("agree", "batch"):
-                value = getattr(g.adaptive, key)
-                if value is not None and value > limits.samples_per_seed:
-                    self.add(f"generation.adaptive.{key}", f"at most {limits.samples_per_seed}")
-        if g.max_per_seed is not None and g.max_per_seed > limits.samples_per_seed:
-            self.add("generation.max_per_seed", f"at most {limits.samples_per_seed}")
-        if g.icl.k > MAX_ICL_K:
-            self.add("generation.icl.k", f"at most {MAX_ICL_K}")
-        if g.target_count > limits.seeds:
-            self.add("generation.target_count", f"at most {limits.seeds} (DISTILFORGE_LIMITS_SEEDS)")
-        if g.proposals_per_round > limits.concurrency:
-            self.add("generation.proposals_per_round", f"at most {limits.concurrency}")
-        if g.rounds > MAX_ROUNDS:
-            self.add("generation.rounds", f"at most {MAX_ROUNDS}")
-        if c.seeds.limit is not None and c.seeds.limit > limits.seeds:
-            self.add("seeds.limit", f"at most {limits.seeds} (DISTILFORGE_LIMITS_SEEDS)")
+        if not self.stored:
+            self.server_owned()
+        self.numbers()
         if c.executor.address is not None:
             self.add("executor.address", "service jobs run on the service's own workers")
-        if c.executor.workers > limits.ranks:
-            self.add("executor.workers", f"at most {limits.ranks} (DISTILFORGE_LIMITS_RANKS)")
-        if c.eval.batch_size > limits.concurrency:
-            self.add("eval.batch_size", f"at most {limits.concurrency}")
         # files
         seeds = self.path("seeds.path", c.seeds.path)
-        if seeds is not None and self.count_seeds and (c.seeds.limit is None or c.seeds.limit > limits.seeds):
-            self.count(seeds)
+        if seeds is not None and self.count_seeds:
+            self.size(seeds)
         self.path("generation.icl.pool", g.icl.pool)
         for i, f in enumerate(c.eval.files):
             self.path(f"eval.files.{i}.path", f.path)
@@ -239,37 +319,22 @@ class Checker:
                 if spec.prices is not None:
                     self.add(f"filters.{i}.prices", "service jobs are priced by the server (DISTILFORGE_PRICES), "
                                                    "not by the job")
-                if spec.batch > limits.concurrency:
-                    self.add(f"filters.{i}.batch", f"at most {limits.concurrency}")
             elif spec.name == "decontaminate":
                 for j, source in enumerate(spec.eval_sets):
                     self.path(f"filters.{i}.eval_sets.{j}", source)
-            elif spec.name == "minhash" and spec.num_perm > MAX_MINHASH_PERM:
-                self.add(f"filters.{i}.num_perm", f"at most {MAX_MINHASH_PERM}")
         self.model("train.student", c.train.student)
         if c.train.gkd.teacher is not None:
             self.model("train.gkd.teacher", c.train.gkd.teacher)
-        if c.loop.rounds > MAX_ROUNDS:
-            self.add("loop.rounds", f"at most {MAX_ROUNDS}")
-        if c.loop.samples > limits.samples_per_seed:
-            self.add("loop.samples", f"at most {limits.samples_per_seed} (DISTILFORGE_LIMITS_SAMPLES_PER_SEED)")
-        if c.loop.neighbours > MAX_ICL_K:
-            self.add("loop.neighbours", f"at most {MAX_ICL_K}")
         if c.output.hub_repo and c.output.hub_repo not in self.settings.hub_repos:
             self.add("output.hub_repo", "not an allowed repo (DISTILFORGE_HUB_REPOS)")
         self.prices()
         return self.problems
 
-    def count(self, seeds: Path) -> None:
-        from distilforge.core.seeds import iter_rows
-
-        limit = self.limits.seeds
-        try:
-            n = sum(1 for _ in islice(iter_rows(str(seeds), split=self.config.seeds.split), limit + 1))
-        except Exception:
-            return  # unreadable rows are reported when the job runs, with their line numbers
-        if n > limit:
-            self.add("seeds.path", f"more than {limit} seeds (DISTILFORGE_LIMITS_SEEDS); set seeds.limit")
+    def size(self, seeds: Path) -> None:
+        """The bounded check at submission: one stat, no row read. The seed count is checked by the worker
+        when it copies the file (`seeds_over_limit`), so a 1M-line file costs the API nothing."""
+        if seeds.is_file() and seeds.stat().st_size > self.limits.input_bytes:
+            self.add("seeds.path", f"larger than {self.limits.input_bytes} bytes (DISTILFORGE_LIMITS_INPUT_BYTES)")
 
     def prices(self) -> None:
         s = self.settings
@@ -283,8 +348,41 @@ class Checker:
 
 
 def check_job(config: JobConfig, settings: Settings, *, owner: str = "default", schedule_cap: float | None = None,
-              count_seeds: bool = True) -> list[Problem]:
-    return Checker(config, settings, owner=owner, schedule_cap=schedule_cap, count_seeds=count_seeds).run()
+              count_seeds: bool = True, stored: bool = False) -> list[Problem]:
+    return Checker(config, settings, owner=owner, schedule_cap=schedule_cap, count_seeds=count_seeds,
+                   stored=stored).run()
+
+
+def config_numbers(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, str, str, float]]:
+    """(dotted path, model class, field, value) of every number in a config."""
+    for name in type(model).model_fields:
+        value, loc = getattr(model, name), f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            yield from config_numbers(value, loc + ".")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    yield from config_numbers(item, f"{loc}.{i}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield loc, type(model).__name__, name, value
+
+
+def seeds_over_limit(path: str, split: str, limit: int) -> bool:
+    """More than `limit` seeds in the file at `path`. A JSONL file is counted by its newlines first (memory
+    speed); rows are parsed only when that count passes the limit (blank lines are not seeds)."""
+    from distilforge.core.seeds import iter_rows
+
+    if path.endswith(".jsonl"):
+        lines, last = 0, b"\n"
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                lines, last = lines + chunk.count(b"\n"), chunk[-1:]
+        if lines + (last != b"\n") <= limit:  # rows <= lines (+1 when the last line has no newline)
+            return False
+    try:
+        return sum(1 for _ in islice(iter_rows(path, split=split), limit + 1)) > limit
+    except Exception:
+        return False  # unreadable rows are reported when the job runs, with their line numbers
 
 
 def normalise(config: JobConfig, settings: Settings) -> JobConfig:
@@ -318,6 +416,17 @@ def normalise(config: JobConfig, settings: Settings) -> JobConfig:
     return config
 
 
+_RANDOM_FIELD = re.compile(r"(?<![A-Za-z])R(?![A-Za-z])", re.IGNORECASE)
+
+
+def stored_form(config: JobConfig, settings: Settings) -> dict[str, Any]:
+    """The config as the service stores it: normalised, without the fields the worker sets from the server."""
+    data = normalise(config, settings).model_dump(mode="json")
+    for section, name in SERVER_OWNED:
+        data.get(section, {}).pop(name, None)
+    return data
+
+
 def cron_problem(cron: str, timezone: str, min_seconds: float) -> str | None:
     """Why a cron expression is not allowed (None: it is): it must parse and fire at most every `min_seconds`."""
     from zoneinfo import ZoneInfo
@@ -326,6 +435,9 @@ def cron_problem(cron: str, timezone: str, min_seconds: float) -> str | None:
 
     if not isinstance(cron, str) or len(cron) > 128 or not croniter.is_valid(cron):
         return "not a cron expression"
+    if _RANDOM_FIELD.search(cron):
+        # croniter's `R` picks a random time per evaluation: the fire rate checked here is not the one run.
+        return "random fields (R) are not allowed; give the minute and hour"
     try:
         it = croniter(cron, datetime.now(UTC).astimezone(ZoneInfo(timezone)))
         times = [it.get_next(float) for _ in range(120)]

@@ -32,7 +32,7 @@ from distilforge.service.inputs import InputRefused, materialise, prepare_run_di
 from distilforge.service.prices import apply_server_prices
 from distilforge.service.settings import Settings
 from distilforge.service.store import LeaseLost, Store
-from distilforge.service.validate import check_job
+from distilforge.service.validate import check_job, seeds_over_limit
 
 log = logging.getLogger("distilforge.worker")
 
@@ -42,18 +42,28 @@ _ABS_PATH = re.compile(r"(?<![\w:/.~-])(?:/[\w.+@~-]+)+/(?=[\w.+@~-])")
 
 class RedactLogs(logging.Filter):
     """Every record of the service's loggers (and uvicorn's) leaves with secrets and URL credentials
-    masked, whatever the message carried (a query string, an exception's text)."""
+    masked, whatever the message carried (a query string, an exception's text).
+
+    The formatted message is what gets redacted. A record is changed only when it carries a secret, and
+    then its arguments keep their shape: uvicorn's access formatter unpacks `record.args` (client, method,
+    path, version, status) itself, so emptying them would turn each request's line into a logging error.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:
             return True
-        record.msg, record.args = redact(message), ()
+        if redact(message) != message:
+            if isinstance(record.args, tuple) and record.args:
+                record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+                record.msg = redact(str(record.msg))
+            if redact(record.getMessage()) != record.getMessage() or not isinstance(record.args, tuple):
+                record.msg, record.args = redact(message), ()
         if record.exc_info:  # tracebacks are formatted later, from the exception: keep only its redacted text
             exc = record.exc_info[1]
-            record.msg = f"{record.msg}: {redact(f'{type(exc).__name__}: {exc}')}"
-            record.exc_info, record.exc_text = None, None
+            record.msg = f"{redact(record.getMessage())}: {redact(f'{type(exc).__name__}: {exc}')}"
+            record.args, record.exc_info, record.exc_text = (), None, None
         return True
 
 
@@ -91,6 +101,9 @@ class JobControl(RunControl):
         self.prices: Prices | None = None  # the server's prices, set once the config is checked
         self._cancel = False
         self._lost = False
+        # The job's wall-clock limit, from this claim: past it the run stops as if cancelled, and ends failed.
+        self.deadline = time.monotonic() + settings.limits.job_seconds
+        self.timed_out: str | None = None
         self._progress: dict[str, Any] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
@@ -118,7 +131,10 @@ class JobControl(RunControl):
         self._progress = progress
 
     def stop_reason(self) -> str | None:
-        return "cancelled" if self._cancel else None
+        if self.timed_out is None and time.monotonic() > self.deadline:
+            self.timed_out = (f"the job ran past its wall-clock limit of {self.settings.limits.job_seconds:g} s "
+                              "(DISTILFORGE_LIMITS_JOB_SECONDS)")
+        return "cancelled" if self._cancel or self.timed_out else None
 
     def lost(self) -> bool:
         return self._lost
@@ -166,7 +182,7 @@ class Worker:
     def _prepare(self, job: Job, run_dir: Path, cap: float | None, control: JobControl) -> tuple[JobConfig | None, str | None]:
         """(the config to run, None) or (None, why the job is refused now)."""
         config = JobConfig.model_validate(job.config)
-        problems = check_job(config, self.settings, owner=job.owner, schedule_cap=cap, count_seeds=False)
+        problems = check_job(config, self.settings, owner=job.owner, schedule_cap=cap, count_seeds=False, stored=True)
         if problems:
             return None, "refused when claimed: " + "; ".join(f"{loc}: {msg}" for loc, msg in problems)
         try:
@@ -179,9 +195,11 @@ class Worker:
         # The built-in template by its full path: a file of the same name in the worker's folder is never read.
         config.generation.template = str(PROMPTS_DIR / config.generation.template_name)
         limit = self.settings.limits.seeds
-        config.seeds.limit = min(config.seeds.limit or limit, limit)  # the file may have grown since submission
+        if config.seeds.limit is None and seeds_over_limit(config.seeds.path, config.seeds.split, limit):
+            # Counted here, on the copy, not by the API: a submission does no per-seed work.
+            return None, f"refused when claimed: seeds.path: more than {limit} seeds (DISTILFORGE_LIMITS_SEEDS); set seeds.limit"
         # Priced by the server: budget.prices and each judge's prices are the server's (run.json shows them).
-        control.prices = apply_server_prices(config, self.settings.prices)
+        control.prices = apply_server_prices(config, self.settings.prices, self.settings.batch_discounts)
         return config, None
 
     def _run(self, job: Job) -> None:
@@ -200,6 +218,9 @@ class Worker:
             converted = self.ledger.expire_holds(job_id, epoch)
             if converted:
                 log.warning("job %s: %.6f USD held by an expired lease counted as spent (worst case)", job_id, converted)
+            if job.cancel_requested:  # cancelled while its last worker held it: it ends here, nothing resumes
+                self._finish(job_id, epoch, "cancelled")
+                return
             self.store.set_run_dir(job_id, epoch, str(run_dir))
             config, refused = self._prepare(job, run_dir, cap, control)
             if config is None:
@@ -215,14 +236,16 @@ class Worker:
             state = {"completed": "succeeded", "stopped": "stopped_budget", "cancelled": "cancelled",
                      "interrupted": "cancelled"}.get(result.status, "failed")
             error = (result.run.get("error") or f"the run ended {result.status}") if state == "failed" else None
+            if control.timed_out:
+                state, error = "failed", control.timed_out
             self._finish(job_id, epoch, state, summary=job_summary(result.run), error=error)
         except LeaseLost:
             log.warning("job %s: lease lost; another worker owns it now", job_id)
         except BaseException as exc:  # the job failed; the worker lives on
             if control.lost():
                 return
-            state = "cancelled" if control.stop_reason() == "cancelled" else "failed"
-            self._finish(job_id, epoch, state, error=f"{type(exc).__name__}: {exc}")
+            state = "cancelled" if control.stop_reason() == "cancelled" and not control.timed_out else "failed"
+            self._finish(job_id, epoch, state, error=control.timed_out or f"{type(exc).__name__}: {exc}")
             log.error("job %s %s: %s", job_id, state, public_text(f"{type(exc).__name__}: {exc}"))
         finally:
             control.close()

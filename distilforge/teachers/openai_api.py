@@ -96,6 +96,12 @@ def classify(exc: BaseException) -> AttemptFailed:
     message = redact(str(exc))[:300]
     if isinstance(exc, HttpError):
         status = exc.status
+        if 300 <= status < 400:
+            # Redirects are never followed: a 3xx would send the prompt (and the key) to a host nobody checked.
+            where = strip_userinfo(str(exc.headers.get("location") or "")) if exc.headers is not None else ""
+            return AttemptFailed("redirect", f"HTTP {status}: the teacher answered with a redirect"
+                                             f"{' to ' + redact(where)[:200] if where else ''}; redirects are not "
+                                             "followed (give the final URL as base_url)", retryable=False)
         if status == 429:
             return AttemptFailed("429", message, retryable=True, retry_after=retry_after_seconds(exc.headers))
         # Some servers (llama.cpp's) answer a request they cannot validate with a 500 that says so:
@@ -202,8 +208,11 @@ class OpenAITeacher(Teacher):
         if self._batch_client is None:
             import openai
 
+            # The SDK's httpx client follows redirects by default; a 3xx is an error here, as on the chat path.
             self._batch_client = openai.AsyncOpenAI(api_key=self._key, base_url=(self.config.base_urls or [None])[0],
-                                                    max_retries=2, timeout=self.config.timeout)
+                                                    max_retries=2, timeout=self.config.timeout,
+                                                    http_client=openai.DefaultAsyncHttpxClient(
+                                                        follow_redirects=False, timeout=self.config.timeout))
         return self._batch_client
 
     def _pick(self) -> Endpoint:
@@ -273,7 +282,7 @@ class OpenAITeacher(Teacher):
 
     @staticmethod
     async def _post(endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
-        async with endpoint.session.post(endpoint.chat_url, data=json.dumps(body).encode()) as resp:
+        async with endpoint.session.post(endpoint.chat_url, data=json.dumps(body).encode(), allow_redirects=False) as resp:
             raw = await resp.read()
             if resp.status != 200:
                 raise HttpError(resp.status, resp.headers, raw)
