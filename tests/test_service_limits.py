@@ -416,7 +416,7 @@ def test_a_seeds_file_over_the_limit_fails_when_claimed(service, fake):
     from distilforge.service.worker import Worker
 
     service.limits.seeds = 5
-    data = _job_config(service, fake, n=6)
+    data = _job_config(service, fake, n=6, target_count=5)  # target_count answers to the seeds limit too
     with _client(service, workers=0) as client:
         job_id = client.post("/v1/jobs", json=data, headers=AUTH).json()["id"]
         assert Worker(_store(service), service).run_once()
@@ -453,7 +453,7 @@ def test_schedules_and_queued_jobs_are_capped_per_owner_and_random_cron_is_refus
         for cron in ("R * * * *", "0 R * * *", "r 3 * * *"):
             r = client.post("/v1/schedules", json={"cron": cron, "config": data}, headers=AUTH)
             assert r.status_code == 422 and _loc(r) == ["cron"], (cron, r.text)
-        made = [client.post("/v1/schedules", json={"cron": "0 3 * * MAR", "config": data}, headers=AUTH)
+        made = [client.post("/v1/schedules", json={"cron": "0 3 * MAR *", "config": data}, headers=AUTH)
                 for _ in range(3)]
         assert [r.status_code for r in made] == [201, 201, 429]
         assert "DISTILFORGE_LIMITS_SCHEDULES" in made[2].json()["detail"]
@@ -494,7 +494,7 @@ def test_the_access_log_writes_uvicorns_lines_redacted(service, tmp_path):
 
     port = _free_port()
     env = {**os.environ, "DISTILFORGE_HOME": str(service.home), "DATABASE_URL": service.database_url,
-           "DISTILFORGE_API_TOKENS": "t0ken", "DISTILFORGE_DATA_ROOTS": str(service.data_roots[0])}
+           "DISTILFORGE_API_TOKENS": "t0ken,ops:tok-access-log-1", "DISTILFORGE_DATA_ROOTS": str(service.data_roots[0])}
     proc = subprocess.Popen([sys.executable, "-m", "distilforge", "serve", "--port", str(port), "--workers", "0"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -507,12 +507,12 @@ def test_the_access_log_writes_uvicorns_lines_redacted(service, tmp_path):
             except httpx.HTTPError:
                 time.sleep(0.3)
         assert httpx.post(f"{base}/v1/jobs", json={"bogus": 1}, headers=AUTH).status_code == 422
-        assert httpx.get(f"{base}/v1/jobs?token=t0ken", headers=AUTH).status_code == 200
+        assert httpx.get(f"{base}/v1/jobs?token=tok-access-log-1", headers=AUTH).status_code == 200
     finally:
         proc.terminate()
         out = proc.communicate(timeout=60)[0].decode()
     assert '"POST /v1/jobs HTTP/1.1" 422' in out, out[-3000:]
-    assert '"GET /v1/jobs?token=' in out and "t0ken" not in out, out[-3000:]
+    assert '"GET /v1/jobs?token=' in out and "tok-access-log-1" not in out, out[-3000:]  # a secret in a query
     assert "Logging error" not in out and "Traceback" not in out, out[-3000:]
 
 
