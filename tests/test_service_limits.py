@@ -352,32 +352,51 @@ def test_claiming_is_fair_across_owners(service, fake):
 # -- 6. cancel frees the worker -----------------------------------------------------------------------
 
 
-def _million_seeds(path: Path, n: int = 1_000_000) -> Path:
-    line = b'{"question": "Q%d: 1 + 2?", "answer": "#### 3"}\n'
+def _million_seeds(path: Path, n: int = 1_000_000, gold: bool = True) -> Path:
+    line = b'{"question": "Q%d: 1 + 2?", "answer": "#### 3"}\n' if gold else b'{"question": "Q%d: 1 + 2?"}\n'
     with path.open("wb") as fh:
         for start in range(0, n, 100_000):
             fh.write(b"".join(line % i for i in range(start, min(n, start + 100_000))))
     return path
 
 
+def _cancel_and_time(client, job_id: str) -> tuple[dict, float]:
+    asked = time.monotonic()
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=AUTH).status_code == 200
+    job = _wait(client, job_id, {"cancelled", "failed", "succeeded"}, timeout=300)
+    return job, time.monotonic() - asked
+
+
 def test_a_cancelled_million_seed_job_ends_cancelled_within_seconds(service, fake):
     fake.default = Behaviour(["1 + 2 = 3.\nThe answer is 3."])
     fake.latency = (0.05, 0.05)
-    seeds = _million_seeds(service.data_roots[0] / "million.jsonl")
+    # No gold answers: the run's own pre-check of a million rows takes seconds, not minutes.
     data = _job_config(service, fake, n=1)
-    data["seeds"]["path"] = str(seeds)
+    data["seeds"] = {"path": str(_million_seeds(service.data_roots[0] / "million.jsonl", gold=False)),
+                     "fields": {"question": "question", "answer": None}}
     with _client(service) as client:
         job_id = client.post("/v1/jobs", json=data, headers=AUTH).json()["id"]
         deadline = time.monotonic() + 300
         while _billed(fake) < 5 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert _billed(fake) >= 5, client.get(f"/v1/jobs/{job_id}", headers=AUTH).json()
-        asked = time.monotonic()
-        assert client.post(f"/v1/jobs/{job_id}/cancel", headers=AUTH).status_code == 200
-        job = _wait(client, job_id, {"cancelled", "failed", "succeeded"}, timeout=120)
-        took = time.monotonic() - asked
+        job, took = _cancel_and_time(client, job_id)
     assert job["state"] == "cancelled", job
     assert took < 10, f"the cancelled job held its worker {took:.1f} s"  # a bound no load explains
+    assert _billed(fake) < 1000
+
+
+def test_a_million_seed_job_cancelled_while_its_seeds_are_checked_ends_within_seconds(service, fake):
+    data = _job_config(service, fake, n=1)
+    data["seeds"]["path"] = str(_million_seeds(service.data_roots[0] / "million.jsonl"))
+    with _client(service) as client:
+        job_id = client.post("/v1/jobs", json=data, headers=AUTH).json()["id"]
+        _wait(client, job_id, {"running"})
+        time.sleep(1.0)  # inside the run's check of every seed (minutes for a million graded rows)
+        job, took = _cancel_and_time(client, job_id)
+    assert job["state"] == "cancelled", job
+    assert took < 10, f"the cancelled job held its worker {took:.1f} s"
+    assert _billed(fake) == 0
 
 
 def test_a_claim_of_a_job_with_a_cancel_request_ends_it_at_once(service, fake):

@@ -8,12 +8,14 @@ problem raises one of the known input errors, which the CLI prints as one line a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from distilforge.core.config import ConfigError, JobConfig, TeacherConfig
 from distilforge.core.prices import resolve_prices
-from distilforge.core.seeds import count_and_validate, iter_rows
+from distilforge.core.seeds import iter_rows, read_seeds
 from distilforge.models import check_model
 from distilforge.modes import make_prompter
 from distilforge.prompts import template_hash
@@ -42,7 +44,24 @@ def _teacher(config: TeacherConfig, where: str) -> None:
         asyncio.run(check_vllm_servers(config.base_urls, config.model, key))
 
 
-def check_inputs(config: JobConfig, stages: tuple[str, ...]) -> Facts:
+class ChecksStopped(Exception):
+    """The run was told to stop (a cancel) while its inputs were being checked; the reason is the message."""
+
+
+def _count(seeds: Any, should_stop: Callable[[], str | None] | None) -> int:
+    """Count (and so validate) every seed; a million of them take minutes to grade, so a stop request
+    is looked at every few thousand rows."""
+    n = 0
+    for n, _ in enumerate(seeds, 1):
+        if should_stop is not None and n % 4096 == 0:
+            reason = should_stop()
+            if reason:
+                raise ChecksStopped(reason)
+    return n
+
+
+def check_inputs(config: JobConfig, stages: tuple[str, ...],
+                 should_stop: Callable[[], str | None] | None = None) -> Facts:
     from distilforge.core.budget import BudgetError
     from distilforge.run.pipeline import expected_samples
 
@@ -54,10 +73,9 @@ def check_inputs(config: JobConfig, stages: tuple[str, ...]) -> Facts:
             n_seeds = len(load_seed_tasks(config.seeds.path)[: config.seeds.limit])
         else:
             s = config.seeds
-            n_seeds = count_and_validate(s.path, s.fields, limit=s.limit, answer_type=g.answer_type, split=s.split,
-                                         subset=s.subset, format=s.format)
+            n_seeds = _count(read_seeds(s.path, s.fields, limit=s.limit, answer_type=g.answer_type, split=s.split,
+                                        subset=s.subset, format=s.format), should_stop)
             if config.loop.rounds:  # the probe split is held apart from the first pass
-                from distilforge.core.seeds import read_seeds
                 from distilforge.run.pipeline import main_selection
 
                 chosen = main_selection(config)

@@ -19,7 +19,7 @@ from rich.console import Console
 from distilforge.core.config import JobConfig
 from distilforge.core.run_files import read_run, update_run
 from distilforge.core.steps import RunControl
-from distilforge.run.checks import check_inputs
+from distilforge.run.checks import ChecksStopped, check_inputs
 from distilforge.run.generate import generate_stage, make_executor, prefetch_imports
 from distilforge.run.stages import eval_stage, report_stage, train_stage
 
@@ -44,7 +44,11 @@ def run_job(config: JobConfig, run_dir: Path, control: RunControl | None = None,
     control = control or RunControl()
     explicit = len(stages) == 1  # `distilforge train DIR`: the stage was asked for by name
     started = time.monotonic()
-    facts = check_inputs(config, stages)
+    try:
+        facts = check_inputs(config, stages, should_stop=control.stop_reason)
+    except ChecksStopped as stop:  # cancelled before anything was sent: nothing to report
+        status = "lease_lost" if control.lost() else "cancelled"
+        return JobResult({"status": status, "stopped": str(stop)}, status)
     if "generate" in stages:
         prefetch_imports()
         first = config
