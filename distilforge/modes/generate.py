@@ -134,6 +134,16 @@ class Generate(PipelineStep):
         return False
 
     # -- the stream -------------------------------------------------------------------------------
+    async def _until_cancelled(self, seeds: AsyncIterator[Seed], sampler: Sampler, ctx: RankContext) -> AsyncIterator[Seed]:
+        """The seeds, until the run is cancelled: then the rest are left unread and recorded as one flag,
+        not walked one by one to be marked not sent (a million of them held a worker for minutes)."""
+        async for seed in seeds:
+            if sampler.stopped in UNREAD_AFTER:
+                self.stats.counters["stopped_before_reading_all_seeds"] = 1
+                ctx.log(f"stopped ({sampler.stopped}): seeds after the first {self.stats.n_in} were not read")
+                return
+            yield seed
+
     async def run(self, seeds: AsyncIterator[Seed], rank: int = 0, world_size: int = 1) -> AsyncIterator[Record]:
         ctx = current_context()
         sampler = await open_sampler(ctx, self.name, self.config.teacher, stage="generate",
@@ -187,15 +197,8 @@ class Generate(PipelineStep):
             slot = asyncio.Semaphore(window)
             tasks: set[asyncio.Task[None]] = set()
             try:
-                async for seed in seeds:
+                async for seed in self._until_cancelled(seeds, sampler, ctx):
                     await slot.acquire()
-                    if sampler.stopped in UNREAD_AFTER:
-                        # A cancelled run reads no further: the seeds left are recorded as one count of
-                        # unread seeds, not walked one by one (a million of them held a worker for minutes).
-                        slot.release()
-                        stats.counters["stopped_before_reading_all_seeds"] = 1
-                        ctx.log(f"stopped ({sampler.stopped}): seeds after the first {stats.n_in} were not read")
-                        break
                     stats.n_in += 1
                     task = asyncio.create_task(one(seed, slot))
                     tasks.add(task)
