@@ -557,3 +557,12 @@ def test_an_owner_sees_their_own_spend_and_metrics_need_a_token(service, fake):
         assert client.get("/metrics", headers=ADMIN).status_code == 200
         settings.metrics_public = True
         assert client.get("/metrics").status_code == 200
+
+
+def test_hub_calls_from_service_workers_follow_no_redirects(service):
+    from huggingface_hub.utils import get_session
+
+    from distilforge.service.worker import Worker
+
+    Worker(_store(service), service)
+    assert get_session().follow_redirects is False

@@ -153,12 +153,34 @@ class JobControl(RunControl):
                             caps=self.caps, hold=(self.job_id, self.epoch))
 
 
+def hub_without_redirects() -> None:
+    """The Hub client of this process (publishing, allowed Hub models) follows no redirect. huggingface_hub
+    resolves its own Hub-to-CDN hops explicitly (its metadata calls never follow one), so what this stops
+    is a redirect the library did not ask for."""
+    import huggingface_hub
+    from huggingface_hub.utils import _http
+
+    def sync() -> Any:
+        client = _http.default_client_factory()
+        client.follow_redirects = False
+        return client
+
+    def asynchronous() -> Any:
+        client = _http.default_async_client_factory()
+        client.follow_redirects = False
+        return client
+
+    huggingface_hub.set_client_factory(sync)
+    huggingface_hub.set_async_client_factory(asynchronous)
+
+
 class Worker:
     def __init__(self, store: Store, settings: Settings, owner: str | None = None, poll_seconds: float = 0.5):
         self.store = store
         self.settings = settings
         settings.register_secrets()
         redact_logs()
+        hub_without_redirects()
         self.ledger = Ledger(store.sessions)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
         self.poll_seconds = poll_seconds
