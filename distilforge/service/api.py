@@ -172,8 +172,8 @@ class Service:
         return scrub(stored_form(config, self.settings))
 
     def admit(self, owner: str) -> None:
-        """Per-owner quotas, checked before a body is read: submissions per minute (429 with Retry-After;
-        refused submissions were never stored, so they do not count) and queued jobs."""
+        """Per-owner quotas: submissions per minute (429 with Retry-After; refused submissions were never
+        stored, so they do not count) and queued jobs."""
         limits = self.settings.limits
         count, oldest = self.store.submissions_since(owner, now() - timedelta(seconds=60))
         if count >= limits.submissions_per_minute:
@@ -257,13 +257,13 @@ def _job_routes(svc: Service) -> APIRouter:
     authorize = svc.authorize
 
     def _submit(data: Any, owner: str) -> Job:
+        svc.admit(owner)  # after the (bounded) parse: a body that does not parse never costs a query
         config = svc.checked(data, owner)
         job_id = uuid.uuid4().hex
         return store.submit(config, str(settings.runs_dir / job_id), job_id=job_id, owner=owner)
 
     @router.post("/v1/jobs", status_code=201, response_model=JobOut)
     async def submit(request: Request, who: Principal = Depends(authorize)) -> JobOut:
-        await svc.off_loop(svc.admit, who.owner)
         data = await svc.body(request)
         return job_out(await svc.off_loop(_submit, data, who.owner))
 
