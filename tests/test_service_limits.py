@@ -364,6 +364,7 @@ def _cancel_and_time(client, job_id: str) -> tuple[dict, float]:
     asked = time.monotonic()
     assert client.post(f"/v1/jobs/{job_id}/cancel", headers=AUTH).status_code == 200
     job = _wait(client, job_id, {"cancelled", "failed", "succeeded"}, timeout=300)
+    print(f"cancel to {job['state']}: {time.monotonic() - asked:.2f} s")
     return job, time.monotonic() - asked
 
 
