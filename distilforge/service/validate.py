@@ -14,8 +14,12 @@ what was found on the server (no resolved paths, no file contents, no credential
   under the data roots, or Hub ids listed in DISTILFORGE_ALLOWED_MODELS.
 - Pass-through dictionaries are allowlists: `extra_body` holds sampling and decoding keys only,
   `engine_args` engine sizing keys only (scalars): no trust_remote_code, no paths, no model/n/messages.
-- Money: a job never sets `budget.prices`; a teacher without a server price is refused when any cap
-  applies (see `service/prices.py`).
+- Money: a job never sets `budget.prices`, a judge's `prices` or `budget.batch_discount` (the worker
+  writes the server's); a teacher without a server price is refused when any cap applies (see
+  `service/prices.py`).
+- Limits: every number of the config answers to one server limit (`LIMITS`, a maximum, or a floor for
+  `min_*`), in sections that are off too; past it is a 422 naming the key and the limit, never a clamp.
+- Files: symlinks inside folders and files with more than one hard link are refused (`link_problem`).
 """
 
 from __future__ import annotations
