@@ -429,6 +429,9 @@ def test_a_submission_reads_no_seeds(service, fake, monkeypatch):
     data["seeds"]["path"] = str(seeds)
     with _client(service, workers=0) as client:
         assert client.post("/v1/jobs", json=data, headers=AUTH).status_code == 201
+        service.limits.input_bytes = 1000  # the bounded check: one stat against the copy limit
+        r = client.post("/v1/jobs", json=data, headers=AUTH)
+        assert r.status_code == 422 and "DISTILFORGE_LIMITS_INPUT_BYTES" in _msg(r, "seeds.path")
     assert reads == []
 
 
