@@ -237,6 +237,8 @@ def export(
             console.print(f"[yellow]skipped[/yellow] ... and {result.invalid - len(result.problems)} more")
         if not result.total:
             _fail(f"{run_dir}: no row to export ({result.invalid} invalid); nothing written", code=1)
+        for warning in result.warnings:
+            console.print(f"[yellow]warning[/yellow]: {escape(warning)}", highlight=False, soft_wrap=True)
         counts = ", ".join(f"{p.name} {result.written[p.stem]}" for p in result.files)
         console.print(f"wrote {counts} lines to {escape(str(result.output))}"
                       + (f"; {result.invalid} invalid rows skipped" if result.invalid else ""),
@@ -360,6 +362,76 @@ def worker(
         Worker(Store(make_sessions(engine), settings.lease_seconds), settings, poll_seconds=poll).run_forever(stop)
     except KeyboardInterrupt:
         stop.set()
+
+
+cache_app = typer.Typer(help="The response cache shared across run folders (never the model cache).",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+def _size(text: str) -> int:
+    """'500MB', '2GB', '1024' (bytes) -> bytes."""
+    units = {"kb": 1024, "mb": 1024**2, "gb": 1024**3, "k": 1024, "m": 1024**2, "g": 1024**3, "b": 1}
+    raw = text.strip().lower()
+    for unit in sorted(units, key=len, reverse=True):
+        if raw.endswith(unit):
+            raw, factor = raw[: -len(unit)].strip(), units[unit]
+            break
+    else:
+        factor = 1
+    try:
+        return int(float(raw) * factor)
+    except ValueError:
+        _fail(f"--max-size {text}: expected a size such as 500MB or 2GB")
+        raise
+
+
+def _open_cache() -> Any:
+    from distilforge.core.response_cache import ENV_PATH, ResponseCache, default_cache_path
+
+    path = default_cache_path()
+    if path is None:
+        _fail(f"the response cache is off ({ENV_PATH}=off)")
+    return ResponseCache(path)
+
+
+@cache_app.command("stats")
+def cache_stats(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Where the response cache is, how many answers it holds and its size against the bound."""
+    import json
+    import time
+
+    cache = _open_cache()
+    stats = cache.stats()
+    cache.close()
+    if as_json:
+        print(json.dumps(stats, indent=2))
+        return
+    age = f", oldest {(time.time() - stats['oldest']) / 86400:.1f} days" if stats["oldest"] else ""
+    print(f"{stats['path']}: {stats['entries']} answers, {stats['bytes'] / 1e6:.1f} MB used "
+          f"({stats['file_bytes'] / 1e6:.1f} MB on disk) of {stats['max_bytes'] / 1e6:.0f} MB{age}")
+
+
+@cache_app.command("prune")
+def cache_prune(
+    max_size: Annotated[str | None, typer.Option("--max-size", help="Keep the most recently used answers up to "
+                                                                      "this size, e.g. 500MB.")] = None,
+    older_than: Annotated[float | None, typer.Option("--older-than", help="Drop answers unused for this many days.",
+                                                     min=0)] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Drop every cached answer.")] = False,
+) -> None:
+    """Drop cached answers (default: down to the size bound). Model files in the cache root are never touched."""
+    from distilforge.core.response_cache import max_bytes
+
+    limit = _size(max_size) if max_size is not None else None
+    if limit is None and older_than is None and not all_:
+        limit = max_bytes()
+    cache = _open_cache()
+    removed = cache.prune(max_size=limit, older_than_s=None if older_than is None else older_than * 86400,
+                          everything=all_)
+    stats = cache.stats()
+    cache.close()
+    print(f"removed {removed} answers; {stats['entries']} left ({stats['file_bytes'] / 1e6:.1f} MB on disk)")
 
 
 @app.command()

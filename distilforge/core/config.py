@@ -41,6 +41,9 @@ class SeedsConfig(Strict):
     split: str = "train"
     subset: str | None = None
     license: str | None = Field(default=None, description="the seeds' license, for the dataset card")
+    on_bad_line: Literal["stop", "skip"] = Field(
+        default="stop", description="stop: a bad row stops the run before anything is sent; skip: it is left "
+                                    "out and written with its reason to RUN/rejected_seeds.jsonl")
 
 
 class TeacherParams(Strict):
@@ -78,6 +81,8 @@ class TeacherConfig(Strict):
     supports_n: bool = Field(default=True, description="send n samples in one request")
     rpm: float | None = Field(default=None, gt=0, description="requests per minute this endpoint allows")
     tpm: float | None = Field(default=None, gt=0, description="tokens per minute (prompt + completion)")
+    cache: bool = Field(default=True, description="reuse answers from the response cache shared across run "
+                                                  "folders (openai/vllm backends); false: always ask the teacher")
     batch: bool = Field(default=False, description="use the OpenAI Batch API (cheaper, asynchronous)")
     batch_poll_seconds: float = Field(default=30.0, gt=0, description="first poll interval; backs off to 10x")
     batch_max_requests: int = Field(default=50_000, ge=1, le=50_000, description="rows per batch (API limit 50,000)")
@@ -135,6 +140,11 @@ class GenerationConfig(Strict):
     answer_type: Literal["auto", "number", "yes_no", "choice", "text"] = "auto"
     template: str | None = Field(default=None, description="Jinja2 file; default: the mode's own")
     system_prompt: str | None = None
+    student_prompt: Literal["question", "template"] = Field(
+        default="question", description="what the student is trained (and evaluated) on: question: the bare "
+                                        "question, as users will ask it; template: the teacher's prompt (the "
+                                        "mode's template, without ICL demonstrations unless icl.student_format "
+                                        "is in-context)")
     keep: Literal["all", "one", "distinct"] = "all"
     max_per_seed: int | None = Field(default=None, ge=1, description="with keep: distinct")
     self_consistency: bool = Field(default=False, description="no gold: keep rationales that agree with the majority")

@@ -62,13 +62,19 @@ def bootstrap_interval(correct: list[bool], *, resamples: int = 2000, seed: int 
     return values[int(0.025 * resamples)], values[min(resamples - 1, int(0.975 * resamples))]
 
 
-def eval_prompt(config: JobConfig, question: Seed) -> list[dict[str, str]]:
-    """The student is asked as it was trained: the chain-of-thought prompt on the bare question
-    (with the label-task prefix for a step-by-step student)."""
+def eval_prompt(config: JobConfig, question: Seed, *, student: bool = True) -> list[dict[str, str]]:
+    """The student is asked as it was trained: the bare question (`generation.student_prompt: question`)
+    or the chain-of-thought prompt on it (`template`), with the label-task prefix for a step-by-step
+    student. The teacher (`student=False`) is asked with the chain-of-thought prompt."""
     generation = config.generation
-    if generation.mode != "cot":
-        generation = generation.model_copy(update={"mode": "cot", "template": None})
-    messages = list(build_messages(question, generation))
+    if student and generation.student_prompt == "question":
+        messages = [*(question.context or []), {"role": "user", "content": question.question}]
+    else:
+        if generation.mode != "cot":
+            generation = generation.model_copy(update={"mode": "cot", "template": None})
+        messages = list(build_messages(question, generation))
+        if student:  # generation.system_prompt is the teacher's alone
+            messages = [*(question.context or []), messages[-1]]
     if config.train.format == "step-by-step":
         messages[-1] = {"role": "user", "content": LABEL_PREFIX + messages[-1]["content"]}
     return messages
@@ -138,7 +144,7 @@ async def evaluate_teacher(config: JobConfig, questions: list[tuple[str, Seed]],
     whose request failed or was not sent counts as a wrong answer, and is counted as such.
     """
     started = time.monotonic()
-    asks = [(f"eval:{name}:{q.seed_id}", eval_prompt(config, q)) for name, q in questions]
+    asks = [(f"eval:{name}:{q.seed_id}", eval_prompt(config, q, student=False)) for name, q in questions]
     outcomes = await sample_many(sampler, asks)
     texts = [o.samples[0].completion.text if o.samples else "" for o in outcomes]
     results = [score(name, q, text) for (name, q), text in zip(questions, texts, strict=True)]

@@ -29,10 +29,9 @@ EMBEDDED: dict[str, tuple[str, str, str]] = {
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("DISTILFORGE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "distilforge"
-    )
-    return Path(root)
+    from distilforge.core.response_cache import cache_root
+
+    return cache_root()
 
 
 def embedded_gguf(alias: str) -> Path:

@@ -22,6 +22,8 @@ def print_summary(run: dict[str, Any], console: Console) -> None:
     samples = run.get("samples", {})
     req = run.get("requests", {})
     table.add_row("samples expected", str(samples.get("expected", "-")))
+    if run.get("rejected_seeds"):
+        table.add_row("seed lines skipped (rejected_seeds.jsonl)", f"[yellow]{run['rejected_seeds']}[/yellow]")
     table.add_row("kept", f"[green]{run.get('kept', 0)}[/green]")
     for reason, count in sorted(run.get("rejected", {}).items(), key=lambda kv: -kv[1]):
         table.add_row(f"  rejected: {reason}", str(count))
@@ -30,6 +32,8 @@ def print_summary(run: dict[str, Any], console: Console) -> None:
     table.add_row("requests sent / ok / failed", f"{req.get('sent', 0)} / {req.get('succeeded', 0)} / {req.get('failed', 0)}")
     if samples.get("from_journal"):
         table.add_row("samples reused from journal", str(samples["from_journal"]))
+    if req.get("cached"):
+        table.add_row("samples from the response cache ($0)", str(req["cached"]))
     if req.get("retried"):
         table.add_row("retries (of them 429s)", f"{req['retried']} ({req.get('rate_limited', 0)})")
     tokens = run.get("tokens", {})

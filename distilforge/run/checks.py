@@ -8,7 +8,7 @@ problem raises one of the known input errors, which the CLI prints as one line a
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from distilforge.core.config import ConfigError, JobConfig, TeacherConfig
@@ -26,6 +26,7 @@ class Facts:
     n_seeds: int
     expected: int
     eval_questions: int | None = None
+    rejected_seeds: list[dict[str, str]] = field(default_factory=list)  # seeds.on_bad_line: skip
 
 
 def _teacher(config: TeacherConfig, where: str) -> None:
@@ -54,15 +55,18 @@ def check_inputs(config: JobConfig, stages: tuple[str, ...]) -> Facts:
             n_seeds = len(load_seed_tasks(config.seeds.path)[: config.seeds.limit])
         else:
             s = config.seeds
+            rejected: list[dict[str, str]] = []
             n_seeds = count_and_validate(s.path, s.fields, limit=s.limit, answer_type=g.answer_type, split=s.split,
-                                         subset=s.subset, format=s.format)
+                                         subset=s.subset, format=s.format, on_bad_line=s.on_bad_line,
+                                         rejected=rejected)
             if config.loop.rounds:  # the probe split is held apart from the first pass
                 from distilforge.core.seeds import read_seeds
                 from distilforge.run.pipeline import main_selection
 
                 chosen = main_selection(config)
                 n_seeds = sum(1 for seed in read_seeds(s.path, s.fields, limit=s.limit, answer_type=g.answer_type,
-                                                       split=s.split, subset=s.subset, format=s.format)
+                                                       split=s.split, subset=s.subset, format=s.format,
+                                                       on_bad_line=s.on_bad_line)
                               if chosen(seed.seed_id))
         try:
             template_hash(g.template_name)
@@ -90,6 +94,8 @@ def check_inputs(config: JobConfig, stages: tuple[str, ...]) -> Facts:
     else:
         n_seeds = 0
     facts = Facts(n_seeds, expected_samples(config, n_seeds))
+    if "generate" in stages and g.mode != "self-instruct":
+        facts.rejected_seeds = rejected
     if config.loop.rounds and ("generate" in stages or "rounds" in stages):
         from distilforge.models.embeddings import minilm_path
 

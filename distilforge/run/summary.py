@@ -85,6 +85,7 @@ def summarize(config: JobConfig, pipeline: Pipeline, results: list[RankResult], 
                      "ranks": [{"rank": r.rank, "seconds": r.seconds, "cpu_seconds": r.cpu_seconds, "kept": r.kept}
                                for r in results]},
         "samples": {"expected": expected, "from_journal": gen.samples_from_journal, "new": gen.samples_new,
+                    "cached": gen.samples_cached,
                     "failed": n_failed - not_sent, "not_sent": not_sent},
         "requests_saved": steps.get("generate", StepStats("generate")).counters.get("requests_saved", 0),
         "requests": requests,

@@ -25,6 +25,7 @@ from rich.console import Console
 from distilforge.core.budget import Budget
 from distilforge.core.config import JobConfig, Prices
 from distilforge.core.redact import redact
+from distilforge.core.response_cache import owner_cache_path
 from distilforge.core.steps import RunControl
 from distilforge.service.budgets import Ledger, LedgerBudget, month_scopes
 from distilforge.service.db import Job, Schedule
@@ -80,6 +81,7 @@ class JobControl(RunControl):
                  schedule_cap: float | None, schedule_id: str | None, owner: str = "default"):
         self.store, self.ledger, self.settings = store, ledger, settings
         self.job_id, self.epoch = job_id, epoch
+        self.owner = owner
         self.caps: dict[str, float | None] = {}
         for scope in month_scopes(schedule_id, owner):
             if scope.startswith("global:"):
@@ -125,6 +127,10 @@ class JobControl(RunControl):
 
     def fence(self) -> int:
         return self.epoch
+
+    def response_cache(self) -> Path | None:
+        # One cache per owner: an owner never reads an answer another owner paid for.
+        return owner_cache_path(self.owner)
 
     def check(self) -> None:
         if self._lost:
