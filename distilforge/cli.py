@@ -20,6 +20,39 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
+
+def _plain_help() -> None:
+    """--help shows a flag as `--json`, not `--json <bool>`, and arguments as RUN_DIR, not {run_dir}."""
+    from typer import core
+
+    option_type = getattr(core.TyperOption, "display_type_rich", None)
+    if option_type is not None:
+        def display_type_rich(self: Any, ctx: Any) -> str | None:
+            return None if self.is_flag else option_type(self, ctx)
+
+        core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+    if hasattr(core.TyperArgument, "_usage_display_name"):
+        def usage_name(self: Any) -> str:
+            name = self.display_name_raw.upper()
+            return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")
+
+        core.TyperArgument._usage_display_name = usage_name  # type: ignore[method-assign]
+
+
+_plain_help()
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"distilforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Distil a teacher LLM into a trained, evaluated student: seeds -> teacher -> filters -> dataset -> SFT -> eval."""
+
 ConfigArg = Annotated[Path, typer.Argument(help="Job config (YAML), or an existing run folder to continue.")]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Run folder (default: output.dir, else runs/NAME).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config key: --set teacher.params.temperature=0.2")]
@@ -93,17 +126,29 @@ def _executor_overrides(executor: str | None) -> list[str]:
     return [f"executor.kind={kind}", *([f"executor.workers={workers}"] if workers else [])]
 
 
+def _need_run_dir(run_dir: Path) -> None:
+    """train, eval, report, improve: a folder that is not there is named as a missing run folder."""
+    if not run_dir.is_dir():
+        _fail(f"{run_dir}: no such run folder (`distilforge run CONFIG --output {run_dir}` makes one)")
+    if not (run_dir / "config.yaml").is_file() and not (run_dir / "run.json").is_file():
+        _fail(f"{run_dir}: not a run folder (no config.yaml or run.json in it)")
+
+
 def _job(config: Path, set_: list[str] | None, output: Path | None, stages: tuple[str, ...], *,
-         summary: bool = True) -> None:
-    """Load the config (or a run folder's), run `stages` through the one lifecycle, exit with its code."""
-    from distilforge.report.summary import print_summary
+         summary: str | None = "run") -> None:
+    """Load the config (or a run folder's), run `stages` through the one lifecycle, exit with its code.
+
+    `summary`: which table closes the command (`run`: the generation summary, `eval`: accuracy only)."""
+    from distilforge.report.summary import print_eval, print_summary
     from distilforge.run.lifecycle import run_job
 
     def go() -> None:
         cfg, run_dir = _load(config, set_, output)
         result = run_job(cfg, run_dir, console=console, stages=stages)
-        if summary:
+        if summary == "run":
             print_summary(result.run, console)
+        elif summary == "eval":
+            print_eval(result.run, console)
         if result.status == "interrupted":
             again = f"distilforge {'run' if 'train' in stages else 'generate'} {config} --output {run_dir}"
             console.print(f"[yellow]interrupted[/yellow]: paid responses are in the journal; rerun `{again}` to resume")
@@ -140,6 +185,7 @@ def improve(
     set_: SetOpt = None,
 ) -> None:
     """Targeted rounds on a finished run: the student's probe mistakes get new teacher data, then it trains on."""
+    _guard(lambda: _need_run_dir(run_dir))
     _job(run_dir, [*(set_ or []), f"loop.rounds={rounds}"], None, ("rounds", "report"))
 
 
@@ -250,13 +296,15 @@ def export(
 @app.command()
 def train(run_dir: RunDirArg, set_: SetOpt = None) -> None:
     """Fine-tune the student (TRL SFT, LoRA by default) on RUN_DIR/dataset; writes RUN_DIR/student."""
-    _job(run_dir, set_, None, ("train",), summary=False)
+    _guard(lambda: _need_run_dir(run_dir))
+    _job(run_dir, set_, None, ("train",), summary=None)
 
 
 @app.command("eval")
 def eval_(run_dir: RunDirArg, set_: SetOpt = None) -> None:
     """Score the student before (and, once trained, after) training on eval.files; writes run.json 'eval'."""
-    _job(run_dir, set_, None, ("eval",))
+    _guard(lambda: _need_run_dir(run_dir))
+    _job(run_dir, set_, None, ("eval",), summary="eval")
 
 
 @app.command()
@@ -265,6 +313,7 @@ def report(run_dir: RunDirArg) -> None:
     from distilforge.report import build_report
 
     def go() -> None:
+        _need_run_dir(run_dir)
         html_path, md_path = build_report(run_dir)
         console.print(f"wrote {html_path} and {md_path}")
 

@@ -396,16 +396,48 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def format_validation_error(exc: ValidationError, source: str, root: yaml.Node | None) -> str:
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the config accepts beside the last part of `loc` (for 'did you mean')."""
+    model: Any = JobConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return []
+        annotation = fields[part].annotation
+        args = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else (
+            args[0] if len(args) == 1 else None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1, cutoff=0.6) if loc else []
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def format_validation_error(exc: ValidationError, source: str, root: yaml.Node | None,
+                            overrides: dict[str, str] | None = None) -> str:
+    """One line per problem, blamed on the file's line, or on the `--set` that put the value there."""
     lines = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         dotted = ".".join(str(p) for p in loc) or "(top level)"
-        line = _line_of(root, loc)
-        where = f"{source}:{line}" if line else source
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = "unknown key" + _did_you_mean(loc) if err["type"] == "extra_forbidden" else err["msg"]
         if err["type"] == "missing":
             msg = "required key is missing"
+        given = next((text for key, text in (overrides or {}).items()
+                      if dotted == key or dotted.startswith(key + ".")), None)
+        if given is not None:
+            lines.append(f"--set {given}: {dotted}: {msg}")
+            continue
+        line = _line_of(root, loc)
+        where = f"{source}:{line}" if line else source
         lines.append(f"{where}: {dotted}: {msg}")
     return "\n".join(lines)
 
@@ -444,11 +476,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (seeds:, teacher:, ...)")
+    given: dict[str, str] = {}
     for item in overrides or []:
         key, value = parse_override(item)
         _set_dotted(data, key, value)
+        given[key] = item
     try:
         config = JobConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path), root)) from None
+        raise ConfigError(format_validation_error(exc, str(path), root, given)) from None
     return resolve_paths(config, path.parent)

@@ -67,11 +67,31 @@ def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
         yield f"{path}[{i}]", row
 
 
+def _csv_dialect(sample: str) -> Any:
+    """The file's delimiter (comma, semicolon, tab or pipe), sniffed from its first lines."""
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t|")
+    except csv.Error:
+        return csv.excel
+
+
 def _iter_csv(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        for row in reader:
-            yield f"{path}:{reader.line_num}", row
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        dialect = _csv_dialect(fh.read(64 * 1024))
+        fh.seek(0)
+        reader = csv.reader(fh, dialect, strict=True)  # strict: an unclosed quote is an error, not the rest of the file
+        try:
+            header = [name.strip() for name in next(reader, [])]  # "question ," is the column "question"
+            start = reader.line_num
+            for values in reader:
+                if not any(v.strip() for v in values):
+                    continue
+                yield f"{path}:{start + 1}", dict(zip(header, values, strict=False))
+                start = reader.line_num
+        except csv.Error as exc:
+            raise SeedError(f"{path}:{start + 1}: {exc} (a quote opened on this line is never closed?)") from None
+        if reader.line_num > start and not header:
+            raise SeedError(f"{path}: no header row")
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:

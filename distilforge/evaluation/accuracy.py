@@ -53,9 +53,21 @@ def load_eval_questions(config: JobConfig, run_dir: Path | None = None) -> list[
     return questions
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson's score interval: honest at 0 % and 100 %, where resampling only ever gives the same value."""
+    if not n:
+        return (0.0, 0.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def bootstrap_interval(correct: list[bool], *, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
     if not correct:
         return (0.0, 0.0)
+    if all(correct) or not any(correct):  # 0 % or 100 %: every resample is the same; Wilson's interval
+        return wilson_interval(sum(correct), len(correct))
     rng = random.Random(seed)
     n = len(correct)
     values = sorted(sum(rng.choices(correct, k=n)) / n for _ in range(resamples))

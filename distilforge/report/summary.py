@@ -15,6 +15,19 @@ def _acc(block: dict[str, Any] | None) -> str:
     return f"{block['accuracy']:.1%} ({block['correct']}/{block['n']}, 95% CI {low:.0%}-{high:.0%})"
 
 
+def print_eval(run: dict[str, Any], console: Console) -> None:
+    """`distilforge eval`'s own table: the student's accuracy per eval set, before and after training."""
+    ev = run.get("eval") or {}
+    table = Table(title=f"distilforge eval {run.get('name') or ''}".strip(), show_header=True)
+    for col in ("set", "before", "after"):
+        table.add_column(col, justify="left" if col == "set" else "right")
+    table.add_row("all", _acc(ev.get("before")), _acc(ev.get("after")))
+    before, after = (ev.get("before") or {}).get("sets") or {}, (ev.get("after") or {}).get("sets") or {}
+    for name in dict.fromkeys([*before, *after]):
+        table.add_row(name, _acc(before.get(name)), _acc(after.get(name)))
+    console.print(table)
+
+
 def print_summary(run: dict[str, Any], console: Console) -> None:
     table = Table(title=f"distilforge run {run.get('name') or ''}".strip(), show_header=True)
     table.add_column("what")
