@@ -442,10 +442,27 @@ def format_validation_error(exc: ValidationError, source: str, root: yaml.Node |
     return "\n".join(lines)
 
 
+PACKAGED = "distilforge://"
+PACKAGED_ROOT = Path(__file__).resolve().parents[1] / "data"
+
+
+def packaged_path(uri: str) -> str:
+    """`distilforge://demo/seeds.jsonl` -> the file shipped in the package, so a config works anywhere."""
+    rest = uri[len(PACKAGED):].strip("/")
+    target = (PACKAGED_ROOT / rest).resolve()
+    if PACKAGED_ROOT not in target.parents or not target.is_file():
+        known = ", ".join(f"{PACKAGED}demo/{p.name}" for p in sorted((PACKAGED_ROOT / "demo").glob("*.jsonl")))
+        raise ConfigError(f"{uri}: no such packaged file (known: {known})")
+    return str(target)
+
+
 def resolve_paths(config: JobConfig, base: Path) -> JobConfig:
-    """Relative file paths in a config are relative to the config file, not the shell's cwd."""
+    """Relative file paths in a config are relative to the config file, not the shell's cwd;
+    `distilforge://demo/...` names a file shipped with distilforge."""
 
     def fix(p: str) -> str:
+        if p.startswith(PACKAGED):
+            return packaged_path(p)
         candidate = base / p
         return str(candidate) if not Path(p).is_absolute() and candidate.exists() else p
 
