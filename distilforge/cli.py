@@ -70,10 +70,18 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not sys.stderr.isatty():
+        # In a log a carriage-return bar (transformers' GGUF dequantizing uses plain tqdm) is garbage;
+        # our own stages print a line every 10 s instead.
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        if "transformers" in sys.modules:  # imported already: its bars read the variable at import
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
     import warnings
 
-    # transformers 5 renames gradient_checkpointing; TRL still passes the old name. Not the user's concern.
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
+    # Deprecations inside the libraries (transformers 5 renames gradient_checkpointing and TRL still passes
+    # the old name, ...) are not the user's concern, and would print on every run.
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            module=r"(transformers|trl|peft|accelerate|datasets|torch|huggingface_hub)(\..*)?$")
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -12,7 +12,7 @@ from rich.console import Console
 from distilforge.core.config import JobConfig, TeacherConfig
 from distilforge.core.formats import LABEL_PREFIX
 from distilforge.core.grading import canonical, grade, split_answer
-from distilforge.core.progress import progress_bar
+from distilforge.core.progress import LogLines, progress_bar
 from distilforge.core.records import Seed
 from distilforge.core.seeds import SeedError, read_seeds
 from distilforge.prompts import build_messages
@@ -126,6 +126,7 @@ def evaluate_model(
     student.load()
     results: list[dict[str, Any]] = []
     size = config.eval.batch_size
+    lines = LogLines(console, label, len(questions), "questions")
     with progress_bar(console) as progress:
         task = progress.add_task(label, total=len(questions))
         for start in range(0, len(questions), size):
@@ -135,6 +136,7 @@ def evaluate_model(
                 text = resp.completions[0].text
                 results.append({**score(name, q, text), "completion": text})
             progress.update(task, advance=len(chunk))
+            lines.update(len(results), final=len(results) == len(questions))
     summary = summarize(results, seconds=time.monotonic() - started, model=model, adapter=adapter)
     if details:
         summary["results"] = results
