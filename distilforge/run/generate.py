@@ -96,7 +96,7 @@ class _Driver:
     async def watch(self) -> None:
         while True:
             await asyncio.sleep(0.25)
-            self.control.report(self.progress.snapshot())
+            self.control.report({**self.progress.snapshot(), "stage": "generate"})
             if self.control.lost():
                 self.executor.stop("lease_lost")
                 if self.task is not None:

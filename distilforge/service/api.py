@@ -29,6 +29,7 @@ from sqlalchemy import func, select, update
 from distilforge.core.config import JobConfig
 from distilforge.core.run_files import scrub
 from distilforge.service.bodies import BodyError, find_nul, parse_body
+from distilforge.service.browse import add_browse_routes, content_type, job_stage, schedule_timing
 from distilforge.service.budgets import Ledger
 from distilforge.service.db import STATES, Job, Schedule, make_engine, make_sessions
 from distilforge.service.migrate import migrate
@@ -46,6 +47,7 @@ class JobOut(BaseModel):
     id: str
     state: str
     owner: str
+    stage: str | None = None  # generate / train / eval while running
     progress: dict[str, Any] | None = None
     kept: int | None = None
     rejected: dict[str, int] | None = None
@@ -70,15 +72,15 @@ class ScheduleIn(BaseModel):
 
 def job_out(job: Job) -> JobOut:
     summary = job.summary or {}
-    return JobOut(id=job.id, state=job.state, owner=job.owner, progress=public_data(job.progress),
+    return JobOut(id=job.id, state=job.state, owner=job.owner, stage=job_stage(job), progress=public_data(job.progress),
                   kept=summary.get("kept"), rejected=summary.get("rejected"), tokens=summary.get("tokens"),
                   cost_usd=summary.get("cost_usd"), stopped=summary.get("stopped"), error=public_text(job.error),
                   attempts=job.attempts, created=job.created, updated=job.updated, schedule_id=job.schedule_id)
 
 
-def schedule_out(x: Schedule) -> dict[str, Any]:
+def schedule_out(x: Schedule, session: Any = None) -> dict[str, Any]:
     return {"id": x.id, "owner": x.owner, "cron": x.cron, "timezone": x.timezone, "monthly_cap_usd": x.monthly_cap_usd,
-            "paused": bool(x.paused), "paused_reason": public_text(x.paused_reason)}
+            "paused": bool(x.paused), "paused_reason": public_text(x.paused_reason), **schedule_timing(x, session)}
 
 
 def _loc(parts: Any, prefix: str = "") -> str:
@@ -208,7 +210,7 @@ def create_app(settings: Settings | None = None, *, workers: int = 1, scheduler:
     async def _body(request: Request) -> Any:
         body = await request.body()
         try:
-            return await off_loop(parse_body, body, request.headers.get("content-type", ""),
+            return await off_loop(parse_body, body, content_type(request.headers.get("content-type")),
                                   settings.limits.config_nodes)
         except BodyError as exc:
             raise unprocessable([(exc.loc, exc.msg)]) from None
@@ -329,7 +331,7 @@ def create_app(settings: Settings | None = None, *, workers: int = 1, scheduler:
     @app.get("/v1/schedules")
     def list_schedules(who: Principal = Depends(authorize)) -> list[dict[str, Any]]:
         with store.sessions() as s:
-            return [schedule_out(x) for x in s.scalars(_schedules(s, who))]
+            return [schedule_out(x, s) for x in s.scalars(_schedules(s, who))]
 
     def _schedule(s: Any, schedule_id: str, who: Principal) -> Schedule:
         schedule = s.get(Schedule, schedule_id) if _ID.match(schedule_id) else None
@@ -356,7 +358,7 @@ def create_app(settings: Settings | None = None, *, workers: int = 1, scheduler:
             if problems:
                 raise unprocessable([(loc if loc == "cron" else f"config.{loc}", msg) for loc, msg in problems])
             schedule.paused, schedule.paused_reason, schedule.last_checked = 0, None, now()
-            return schedule_out(schedule)
+            return schedule_out(schedule, s)
 
     @app.get("/v1/budget")
     def budget(who: Principal = Depends(authorize)) -> dict[str, Any]:
@@ -369,6 +371,7 @@ def create_app(settings: Settings | None = None, *, workers: int = 1, scheduler:
         return {"monthly_cap_usd": settings.monthly_cap_usd, "owner_cap_usd": settings.owner_caps.get(who.owner),
                 "scopes": ledger.usage(prefixes)}
 
+    add_browse_routes(app, authorize, _job, _server_paths)
     return app
 
 
