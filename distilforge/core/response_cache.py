@@ -109,6 +109,9 @@ class ResponseCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.stored = 0
+        # Nothing to find in a cache that was empty when the run opened it: lookups are skipped (a run
+        # started at the same moment may store answers meanwhile; they serve the next run).
+        self.empty_at_open = self._db.execute("SELECT NOT EXISTS (SELECT 1 FROM responses)").fetchone()[0] == 1
 
     # -- synchronous ---------------------------------------------------------------------------
     def lookup(self, keys: list[str]) -> dict[str, Hit]:

@@ -196,7 +196,7 @@ class Sampler:
         """
         found, missing = await self.replay(messages, indices)
         outcome = Outcome(samples=found)
-        if missing and self.cache is not None and not self.journal_only:
+        if missing and self.cache is not None and not self.cache.empty_at_open and not self.journal_only:
             missing = await self._from_cache(seed_id, messages, missing, outcome)
         if not missing:
             return outcome
