@@ -137,3 +137,21 @@ def test_an_unknown_packaged_file_is_named(cli, tmp_path):
     assert result.exit_code == 2
     assert "distilforge://demo/nope.jsonl: no such packaged file (known: distilforge://demo/eval_gsm8k.jsonl" \
         in result.output
+
+
+def test_the_eval_prompt_follows_the_students_format(tmp_path):
+    from distilforge.core.config import JobConfig
+    from distilforge.core.records import Seed
+    from distilforge.evaluation.accuracy import eval_prompt
+
+    seed = Seed(seed_id="1", question="What is 2 + 3?", gold="5", answer_type="number", source="x",
+                context=[{"role": "system", "content": "Be brief."}])
+    config = JobConfig.model_validate({"seeds": {"path": "x.jsonl"}, "generation": {"system_prompt": "Teacher only."}})
+    assert config.generation.student_prompt == "question"  # the stated default
+    assert eval_prompt(config, seed) == [*seed.context, {"role": "user", "content": "What is 2 + 3?"}]
+    templated = config.model_copy(update={"generation": config.generation.model_copy(
+        update={"student_prompt": "template"})})
+    asked = eval_prompt(templated, seed)
+    assert asked[0] == seed.context[0] and asked[-1]["content"].startswith("What is 2 + 3?\n\nThink step by step")
+    teacher = eval_prompt(config, seed, student=False)  # the teacher keeps its chain-of-thought prompt
+    assert "Think step by step" in teacher[-1]["content"]
