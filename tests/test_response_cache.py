@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,18 @@ def test_service_caches_per_owner(tmp_path, monkeypatch):
     assert alice.parent == bob.parent == tmp_path / "owners"
     monkeypatch.setenv("DISTILFORGE_RESPONSE_CACHE", "off")
     assert owner_cache_path("alice") is None
+
+
+def test_the_cache_stays_within_its_bound(fake, cli, tmp_path, monkeypatch):
+    from distilforge.core.response_cache import ResponseCache
+
+    monkeypatch.setenv("DISTILFORGE_RESPONSE_CACHE_MAX_MB", "0.02")  # about 20 KB
+    seeds = write_jsonl(tmp_path / "seeds.jsonl", [{"question": f"Q{i}: {'long ' * 40}{i}?", "answer": f"#### {i}"}
+                                                   for i in range(60)])
+    fake.default = Behaviour(["Worked it out at length. " * 20 + "\nThe answer is 0."])
+    config = write_config(tmp_path / "job.yaml", api_config(seeds, fake.base_url, budget__prices=PRICES))
+    _run(cli, config, tmp_path / "a")
+    cache = ResponseCache(Path(os.environ["DISTILFORGE_RESPONSE_CACHE"]))
+    stats = cache.stats()
+    cache.close()
+    assert 0 < stats["entries"] < 120 and stats["bytes"] <= 0.02 * 1024 * 1024
