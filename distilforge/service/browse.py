@@ -161,6 +161,13 @@ def add_browse_routes(app: FastAPI, authorize: Callable[..., Any], find_job: Cal
             headers["X-Distilforge-Warning"] = "; ".join(result.warnings)
         return Response(path.read_bytes(), media_type="application/x-ndjson", headers=headers)
 
+    add_report_links(app, authorize, find_job, server_paths, run_dir_of)
+
+
+def add_report_links(app: FastAPI, authorize: Callable[..., Any], find_job: Callable[[str, Any], Any],
+                     server_paths: Callable[[str, Path], str], run_dir_of: Callable[[str, Any], Path]) -> None:
+    """A report link that opens in a browser without a token: signed, for one job, short-lived."""
+
     @app.get("/v1/jobs/{job_id}/report-link")
     def report_link(job_id: str, who: Any = Depends(authorize)) -> JSONResponse:
         run_dir_of(job_id, who)
