@@ -112,6 +112,9 @@ class ResponseCache:
         # Nothing to find in a cache that was empty when the run opened it: lookups are skipped (a run
         # started at the same moment may store answers meanwhile; they serve the next run).
         self.empty_at_open = self._db.execute("SELECT NOT EXISTS (SELECT 1 FROM responses)").fetchone()[0] == 1
+        # Writes from the event loop queue up and one thread writes them together, a transaction a round.
+        self._pending: list[tuple[str, Completion, int, int, str]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     # -- synchronous ---------------------------------------------------------------------------
     def lookup(self, keys: list[str]) -> dict[str, Hit]:
@@ -204,9 +207,23 @@ class ResponseCache:
         return await asyncio.to_thread(self.lookup, keys) if keys else {}
 
     async def put_async(self, rows: list[tuple[str, Completion, int, int, str]]) -> None:
-        await asyncio.to_thread(self.put, rows)
+        """Queue answers for the next group write and return (the run's journal already holds them)."""
+        self._pending.extend(rows)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await asyncio.to_thread(self.put, batch)
+            except sqlite3.Error:
+                self._pending.clear()  # best effort: a later run pays for what is missing
+                return
 
     async def aclose(self) -> None:
+        if self._flusher is not None:
+            await self._flusher
         def bound_and_close() -> None:
             try:
                 with self._lock:
