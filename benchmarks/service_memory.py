@@ -1,6 +1,6 @@
 """The service's memory after a training job is cancelled, with and without the worker's release step.
 
-Run: .venv/bin/python benchmarks/service_memory.py [--student smollm2-135m-instruct] [--steps 200]
+Run: .venv/bin/python benchmarks/service_memory.py [--student smollm2-135m-instruct|MODEL_DIR] [--steps 200]
 
 Each mode runs in its own process: the API with one worker (FastAPI's TestClient, the real worker
 thread), the fake OpenAI server in the same process. A first job generates, trains and completes (the
@@ -45,6 +45,10 @@ def one_mode(mode: str, student: str, steps: int) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp())
     root = tmp / "data"
     root.mkdir()
+    if Path(student).is_dir():  # a model folder: the service reads models under its data roots only
+        import shutil
+
+        student = str(shutil.copytree(student, root / "student"))
     seeds = root / "seeds.jsonl"
     seeds.write_text("".join(json.dumps({"question": f"Q{i}: {i} + 1?", "answer": f"#### {i + 1}"}) + "\n"
                              for i in range(64)))
