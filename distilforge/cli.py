@@ -20,6 +20,39 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
+
+def _plain_help() -> None:
+    """--help shows a flag as `--json`, not `--json <bool>`, and arguments as RUN_DIR, not {run_dir}."""
+    from typer import core
+
+    option_type = getattr(core.TyperOption, "display_type_rich", None)
+    if option_type is not None:
+        def display_type_rich(self: Any, ctx: Any) -> str | None:
+            return None if self.is_flag else option_type(self, ctx)
+
+        core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+    if hasattr(core.TyperArgument, "_usage_display_name"):
+        def usage_name(self: Any) -> str:
+            name = self.display_name_raw.upper()
+            return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")
+
+        core.TyperArgument._usage_display_name = usage_name  # type: ignore[method-assign]
+
+
+_plain_help()
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"distilforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Distil a teacher LLM into a trained, evaluated student: seeds -> teacher -> filters -> dataset -> SFT -> eval."""
+
 ConfigArg = Annotated[Path, typer.Argument(help="Job config (YAML), or an existing run folder to continue.")]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Run folder (default: output.dir, else runs/NAME).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config key: --set teacher.params.temperature=0.2")]
@@ -37,10 +70,18 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not sys.stderr.isatty():
+        # In a log a carriage-return bar (transformers' GGUF dequantizing uses plain tqdm) is garbage;
+        # our own stages print a line every 10 s instead.
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        if "transformers" in sys.modules:  # imported already: its bars read the variable at import
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
     import warnings
 
-    # transformers 5 renames gradient_checkpointing; TRL still passes the old name. Not the user's concern.
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
+    # Deprecations inside the libraries (transformers 5 renames gradient_checkpointing and TRL still passes
+    # the old name, ...) are not the user's concern, and would print on every run.
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            module=r"(transformers|trl|peft|accelerate|datasets|torch|huggingface_hub)(\..*)?$")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -93,17 +134,29 @@ def _executor_overrides(executor: str | None) -> list[str]:
     return [f"executor.kind={kind}", *([f"executor.workers={workers}"] if workers else [])]
 
 
+def _need_run_dir(run_dir: Path) -> None:
+    """train, eval, report, improve: a folder that is not there is named as a missing run folder."""
+    if not run_dir.is_dir():
+        _fail(f"{run_dir}: no such run folder (`distilforge run CONFIG --output {run_dir}` makes one)")
+    if not (run_dir / "config.yaml").is_file() and not (run_dir / "run.json").is_file():
+        _fail(f"{run_dir}: not a run folder (no config.yaml or run.json in it)")
+
+
 def _job(config: Path, set_: list[str] | None, output: Path | None, stages: tuple[str, ...], *,
-         summary: bool = True) -> None:
-    """Load the config (or a run folder's), run `stages` through the one lifecycle, exit with its code."""
-    from distilforge.report.summary import print_summary
+         summary: str | None = "run") -> None:
+    """Load the config (or a run folder's), run `stages` through the one lifecycle, exit with its code.
+
+    `summary`: which table closes the command (`run`: the generation summary, `eval`: accuracy only)."""
+    from distilforge.report.summary import print_eval, print_summary
     from distilforge.run.lifecycle import run_job
 
     def go() -> None:
         cfg, run_dir = _load(config, set_, output)
         result = run_job(cfg, run_dir, console=console, stages=stages)
-        if summary:
+        if summary == "run":
             print_summary(result.run, console)
+        elif summary == "eval":
+            print_eval(result.run, console)
         if result.status == "interrupted":
             again = f"distilforge {'run' if 'train' in stages else 'generate'} {config} --output {run_dir}"
             console.print(f"[yellow]interrupted[/yellow]: paid responses are in the journal; rerun `{again}` to resume")
@@ -140,6 +193,7 @@ def improve(
     set_: SetOpt = None,
 ) -> None:
     """Targeted rounds on a finished run: the student's probe mistakes get new teacher data, then it trains on."""
+    _guard(lambda: _need_run_dir(run_dir))
     _job(run_dir, [*(set_ or []), f"loop.rounds={rounds}"], None, ("rounds", "report"))
 
 
@@ -237,6 +291,8 @@ def export(
             console.print(f"[yellow]skipped[/yellow] ... and {result.invalid - len(result.problems)} more")
         if not result.total:
             _fail(f"{run_dir}: no row to export ({result.invalid} invalid); nothing written", code=1)
+        for warning in result.warnings:
+            console.print(f"[yellow]warning[/yellow]: {escape(warning)}", highlight=False, soft_wrap=True)
         counts = ", ".join(f"{p.name} {result.written[p.stem]}" for p in result.files)
         console.print(f"wrote {counts} lines to {escape(str(result.output))}"
                       + (f"; {result.invalid} invalid rows skipped" if result.invalid else ""),
@@ -248,13 +304,15 @@ def export(
 @app.command()
 def train(run_dir: RunDirArg, set_: SetOpt = None) -> None:
     """Fine-tune the student (TRL SFT, LoRA by default) on RUN_DIR/dataset; writes RUN_DIR/student."""
-    _job(run_dir, set_, None, ("train",), summary=False)
+    _guard(lambda: _need_run_dir(run_dir))
+    _job(run_dir, set_, None, ("train",), summary=None)
 
 
 @app.command("eval")
 def eval_(run_dir: RunDirArg, set_: SetOpt = None) -> None:
     """Score the student before (and, once trained, after) training on eval.files; writes run.json 'eval'."""
-    _job(run_dir, set_, None, ("eval",))
+    _guard(lambda: _need_run_dir(run_dir))
+    _job(run_dir, set_, None, ("eval",), summary="eval")
 
 
 @app.command()
@@ -263,6 +321,7 @@ def report(run_dir: RunDirArg) -> None:
     from distilforge.report import build_report
 
     def go() -> None:
+        _need_run_dir(run_dir)
         html_path, md_path = build_report(run_dir)
         console.print(f"wrote {html_path} and {md_path}")
 
@@ -361,6 +420,76 @@ def worker(
         Worker(Store(make_sessions(engine), settings.lease_seconds), settings, poll_seconds=poll).run_forever(stop)
     except KeyboardInterrupt:
         stop.set()
+
+
+cache_app = typer.Typer(help="The response cache shared across run folders (never the model cache).",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+def _size(text: str) -> int:
+    """'500MB', '2GB', '1024' (bytes) -> bytes."""
+    units = {"kb": 1024, "mb": 1024**2, "gb": 1024**3, "k": 1024, "m": 1024**2, "g": 1024**3, "b": 1}
+    raw = text.strip().lower()
+    for unit in sorted(units, key=len, reverse=True):
+        if raw.endswith(unit):
+            raw, factor = raw[: -len(unit)].strip(), units[unit]
+            break
+    else:
+        factor = 1
+    try:
+        return int(float(raw) * factor)
+    except ValueError:
+        _fail(f"--max-size {text}: expected a size such as 500MB or 2GB")
+        raise
+
+
+def _open_cache() -> Any:
+    from distilforge.core.response_cache import ENV_PATH, ResponseCache, default_cache_path
+
+    path = default_cache_path()
+    if path is None:
+        _fail(f"the response cache is off ({ENV_PATH}=off)")
+    return ResponseCache(path)
+
+
+@cache_app.command("stats")
+def cache_stats(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Where the response cache is, how many answers it holds and its size against the bound."""
+    import json
+    import time
+
+    cache = _open_cache()
+    stats = cache.stats()
+    cache.close()
+    if as_json:
+        print(json.dumps(stats, indent=2))
+        return
+    age = f", oldest {(time.time() - stats['oldest']) / 86400:.1f} days" if stats["oldest"] else ""
+    print(f"{stats['path']}: {stats['entries']} answers, {stats['bytes'] / 1e6:.1f} MB used "
+          f"({stats['file_bytes'] / 1e6:.1f} MB on disk) of {stats['max_bytes'] / 1e6:.0f} MB{age}")
+
+
+@cache_app.command("prune")
+def cache_prune(
+    max_size: Annotated[str | None, typer.Option("--max-size", help="Keep the most recently used answers up to "
+                                                                      "this size, e.g. 500MB.")] = None,
+    older_than: Annotated[float | None, typer.Option("--older-than", help="Drop answers unused for this many days.",
+                                                     min=0)] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Drop every cached answer.")] = False,
+) -> None:
+    """Drop cached answers (default: down to the size bound). Model files in the cache root are never touched."""
+    from distilforge.core.response_cache import max_bytes
+
+    limit = _size(max_size) if max_size is not None else None
+    if limit is None and older_than is None and not all_:
+        limit = max_bytes()
+    cache = _open_cache()
+    removed = cache.prune(max_size=limit, older_than_s=None if older_than is None else older_than * 86400,
+                          everything=all_)
+    stats = cache.stats()
+    cache.close()
+    print(f"removed {removed} answers; {stats['entries']} left ({stats['file_bytes'] / 1e6:.1f} MB on disk)")
 
 
 @app.command()

@@ -99,3 +99,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "Think step by step, then finish with one line of the form", "0123456789 + - * / = $ , . ?",
     ] * 20
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", corpus)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_response_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own response cache (on, as for users), so no test is answered by another's run."""
+    path = tmp_path / "response-cache.sqlite"
+    monkeypatch.setenv("DISTILFORGE_RESPONSE_CACHE", str(path))
+    return path

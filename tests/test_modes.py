@@ -42,6 +42,7 @@ def test_adaptive_sampling_saves_requests_at_the_same_kept_count(fake, cli, tmp_
                    for r in rows}
     data = api_config(seeds, fake.base_url)
     data["teacher"]["supports_n"] = False
+    data["teacher"]["cache"] = False  # the second run asks again: requests are what is compared
     data["generation"].update(samples_per_seed=4, keep="one")
     (tmp_path / "fixed").mkdir()
     (tmp_path / "adaptive").mkdir()

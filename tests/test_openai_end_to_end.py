@@ -82,6 +82,7 @@ def test_mixed_answers_keep_exactly_the_correct_complete_ones(fake, cli, tmp_pat
         "sent": 12, "succeeded": 11, "failed": 1,
         "attempts": 11 + 3 + 3 + 3, "retried": 3 + 2 + 3, "rate_limited": 1,
         "usage_missing": 0, "unknown_outcome": 1,  # the unreadable 200 may have been billed
+        "cached": 0,
         "errors": {"429": 1, "500": 1, "malformed": 1, "503": 6},
     }
     # Every seed x sample ends up kept, rejected or failed, exactly once.

@@ -68,31 +68,55 @@ def test_openai_chat_seeds_keep_question_reference_context_and_metadata(tmp_path
     assert {s.gold for s in no_gold} == {None} and no_gold[0].meta["reference"].startswith("0 plus one")
 
 
-def test_openai_chat_seeds_without_reference_tools_and_positional_ids(tmp_path):
-    rows = [
-        {"messages": [{"role": "user", "content": "What is the capital of France?"}]},
-        {"messages": [{"role": "user", "content": "Weather in Paris? Answer yes or no: is it raining?"},
-                      {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
-                      {"role": "tool", "content": "rain", "tool_call_id": "c1"},
-                      {"role": "assistant", "content": "Yes"}]},
-    ]
+TOOL_ROW = {"messages": [{"role": "user", "content": "Weather in Paris? Answer yes or no: is it raining?"},
+                         {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
+                         {"role": "tool", "content": "rain", "tool_call_id": "c1"},
+                         {"role": "assistant", "content": "Yes"}]}
+
+
+def test_openai_chat_seeds_without_reference_and_positional_ids(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "What is the capital of France?"}]},
+            {"messages": [{"role": "user", "content": "Is it raining?"}, {"role": "assistant", "content": "Yes"}]}]
     seeds = list(read_seeds(str(write_jsonl(tmp_path / "c.jsonl", rows)), SeedFields(), format="openai-chat"))
     assert [s.seed_id for s in seeds] == ["000000", "000001"]
     assert seeds[0].gold is None and seeds[0].answer_type == "text"
     assert seeds[1].gold == "yes" and seeds[1].context is None
 
 
+def test_openai_migration_shapes_developer_name_weight_stored_completions(tmp_path):
+    rows = [
+        {"messages": [{"role": "developer", "content": "Answer briefly."},
+                      {"role": "user", "name": "ann", "content": "Is a whale a mammal?"},
+                      {"role": "assistant", "content": "Yes", "weight": 1},
+                      {"role": "assistant", "content": "No", "weight": 0}],
+         "metadata": {"id": "w"}},
+        {"request": {"model": "gpt-4o", "messages": [{"role": "system", "content": "Be exact."},
+                                                     {"role": "user", "content": "Is fire cold?"}]},
+         "response": {"choices": [{"index": 0, "message": {"role": "assistant", "content": "No"}}]},
+         "metadata": {"id": "f"}},
+    ]
+    seeds = list(read_seeds(str(write_jsonl(tmp_path / "c.jsonl", rows)), SeedFields()))  # auto detects both
+    assert [(s.seed_id, s.question, s.gold) for s in seeds] == [("w", "Is a whale a mammal?", "yes"),
+                                                                ("f", "Is fire cold?", "no")]
+    assert seeds[0].context == [{"role": "system", "content": "Answer briefly."}]  # developer is read as system
+    assert seeds[1].context == [{"role": "system", "content": "Be exact."}]
+
+
 @pytest.mark.parametrize(("row", "error"), [
     ({"messages": [SYSTEM, {"role": "assistant", "content": "hi"}]}, r"c.jsonl:2: no user turn"),
-    ({"messages": [{"role": "developer", "content": "x"}, {"role": "user", "content": "q"}]},
-     r"c.jsonl:2: messages\[0\]: role 'developer' is not one of system, user, assistant, tool"),
+    ({"messages": [{"role": "critic", "content": "x"}, {"role": "user", "content": "q"}]},
+     r"c.jsonl:2: messages\[0\]: role 'critic' is not one of system, developer, user, assistant"),
+    (TOOL_ROW, r"c.jsonl:2: messages\[1\]: a tool turn; tool use is not distilled"),
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 2}]},
+     r"c.jsonl:2: messages\[1\].weight: expected 0 or 1, got 2"),
     ({"messages": [{"role": "user", "content": 42}]}, r"c.jsonl:2: messages\[0\].content: expected a string"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      r"c.jsonl:2: messages\[0\].content\[0\]: a 'image_url' part; only text parts are read"),
     ({"messages": [{"role": "user", "content": "  "}]}, r"c.jsonl:2: messages\[0\]: empty user content"),
     ({"messages": []}, r"c.jsonl:2: 'messages' must be a non-empty list"),
     ({"messages": [{"role": "user", "content": "q"}], "metadata": "x"}, r"c.jsonl:2: 'metadata' must be an object"),
-    ({"messages": [{"role": "user", "content": "q"}], "metadata": {"id": "a"}}, r"c.jsonl:2: duplicate seed id 'a'"),
+    ({"messages": [{"role": "user", "content": "q"}], "metadata": {"id": "a"}},
+     r"c.jsonl:2: duplicate seed id 'a' with another question"),
 ])
 def test_openai_chat_errors_name_the_line(tmp_path, row, error):
     first = {"messages": [{"role": "user", "content": "fine"}], "metadata": {"id": "a"}}
@@ -107,10 +131,15 @@ def test_prompts_keep_system_turns_first_and_wrap_the_question(tmp_path):
     teacher, fields = prompter.build(seeds[1])
     assert teacher[:3] == seeds[1].context  # the seed's own system turn wins over generation.system_prompt
     assert teacher[-1]["role"] == "user" and teacher[-1]["content"].startswith("Q-01: what is 1 + 1?\n\nThink step")
-    assert fields["student_prompt"] == teacher  # the student keeps the system turn and the earlier turns
+    # the student keeps the system turn and the earlier turns, and is asked the bare question (the default)
+    assert fields["student_prompt"] == [*teacher[:-1], {"role": "user", "content": "Q-01: what is 1 + 1?"}]
+    templated = make_prompter(GenerationConfig(system_prompt="Default system prompt.", student_prompt="template"))
+    assert templated.build(seeds[1])[1]["student_prompt"] == teacher
     teacher, fields = prompter.build(seeds[3])  # no system turn: the configured one, for the teacher only
     assert teacher[0] == {"role": "system", "content": "Default system prompt."}
-    assert "student_prompt" not in fields and len(teacher) == 2
+    assert fields["student_prompt"] == [{"role": "user", "content": "Q-03: what is 3 + 1?"}] and len(teacher) == 2
+    teacher, fields = templated.build(seeds[3])
+    assert "student_prompt" not in fields
 
 
 # -- out, and the round trip ----------------------------------------------------------------------------
@@ -147,8 +176,8 @@ def test_round_trip_seeds_run_export_seeds(fake, cli, tmp_path, template):
     for split in ("train", "validation"):
         lines = _read_jsonl(out / f"{split}.jsonl")
         # exactly the conversations the student is trained on, in order, and valid fine-tuning lines
-        assert lines == [{"messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]}
-                         for row in splits[split]]
+        assert lines == [{"messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]],
+                          "metadata": {"id": row["seed_id"]}} for row in splits[split]]
         assert all(check_messages(line["messages"]) is None for line in lines)
         exported[split] = lines
 
@@ -161,15 +190,16 @@ def test_round_trip_seeds_run_export_seeds(fake, cli, tmp_path, template):
             assert line["messages"][:-2] == context
             assert line["messages"][-1] == {"role": "assistant", "content": row["text"].strip()}
 
-    # re-importing the export as seeds gives the questions asked and the kept answers as references
-    for split in ("train", "validation"):
-        again = list(read_seeds(str(out / f"{split}.jsonl"), SeedFields(), format="openai-chat"))
-        rows = list(splits[split])
-        assert [s.question for s in again] == [r["messages"][-2]["content"] for r in rows]
-        assert [s.gold for s in again] == [r["answer"] for r in rows]
-        assert [s.context or [] for s in again] == [r["messages"][:-2] for r in rows]
-        if template == "bare":
-            assert [s.question for s in again] == [r["question"] for r in rows]
+    # re-importing the export gives the same seeds: ids (metadata.id), questions (the student is asked the
+    # bare question by default), context, and the kept answers as references; a seed's later lines are
+    # its other kept samples, read once
+    first = {s.seed_id: s for s in read_seeds(str(seeds_path), SeedFields())}
+    again = [s for split in ("train", "validation")
+             for s in read_seeds(str(out / f"{split}.jsonl"), SeedFields(), format="openai-chat")]
+    assert {s.seed_id for s in again} == set(first)
+    for seed in again:
+        original = first[seed.seed_id]
+        assert (seed.question, seed.context, seed.gold) == (original.question, original.context, original.gold)
 
 
 def _dataset(run_dir: Path, train: list[list[dict]], validation: list[list[dict]]) -> None:
@@ -202,8 +232,10 @@ def test_export_skips_and_names_invalid_rows(cli, tmp_path):
     assert "skipped train row 3 (seed 003): messages[1]: the last turn is user, not assistant" in result.output
     assert "skipped train row 4 (seed 004): about 107 tokens, over the limit of 50 (--max-tokens)" in result.output
     assert "4 invalid rows skipped" in result.output
-    assert _read_jsonl(tmp_path / "out" / "train.jsonl") == [{"messages": ok(0)}, {"messages": ok(1)}]
-    assert _read_jsonl(tmp_path / "out" / "validation.jsonl") == [{"messages": ok(2)}]
+    assert _read_jsonl(tmp_path / "out" / "train.jsonl") == [{"messages": ok(0), "metadata": {"id": "000"}},
+                                                             {"messages": ok(1), "metadata": {"id": "005"}}]
+    assert _read_jsonl(tmp_path / "out" / "validation.jsonl") == [{"messages": ok(2), "metadata": {"id": "000"}}]
+    assert "warning: train.jsonl has 2 examples; OpenAI fine-tuning needs at least 10" in result.output
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temporary file left
 
     # an export where no validation row is valid removes the old validation file rather than mixing exports

@@ -197,8 +197,11 @@ def test_two_workers_never_share_a_job(service, fake):
     store = Store(make_sessions(engine), service.lease_seconds)
     from distilforge.core.config import JobConfig
 
-    jobs = [store.submit(JobConfig.model_validate(_job_config(service, fake, n=2)).model_dump(mode="json"),
-                         str(service.runs_dir / f"j{i}")) for i in range(6)]
+    configs = [_job_config(service, fake, n=2) for _ in range(6)]
+    for config in configs:  # the same questions in every job: each one asks the teacher (no response cache)
+        config["teacher"]["cache"] = False
+    jobs = [store.submit(JobConfig.model_validate(config).model_dump(mode="json"), str(service.runs_dir / f"j{i}"))
+            for i, config in enumerate(configs)]
     claims: Counter[str] = Counter()
     original = store.claim
 

@@ -41,6 +41,9 @@ class SeedsConfig(Strict):
     split: str = "train"
     subset: str | None = None
     license: str | None = Field(default=None, description="the seeds' license, for the dataset card")
+    on_bad_line: Literal["stop", "skip"] = Field(
+        default="stop", description="stop: a bad row stops the run before anything is sent; skip: it is left "
+                                    "out and written with its reason to RUN/rejected_seeds.jsonl")
 
 
 class TeacherParams(Strict):
@@ -78,6 +81,8 @@ class TeacherConfig(Strict):
     supports_n: bool = Field(default=True, description="send n samples in one request")
     rpm: float | None = Field(default=None, gt=0, description="requests per minute this endpoint allows")
     tpm: float | None = Field(default=None, gt=0, description="tokens per minute (prompt + completion)")
+    cache: bool = Field(default=True, description="reuse answers from the response cache shared across run "
+                                                  "folders (openai/vllm backends); false: always ask the teacher")
     batch: bool = Field(default=False, description="use the OpenAI Batch API (cheaper, asynchronous)")
     batch_poll_seconds: float = Field(default=30.0, gt=0, description="first poll interval; backs off to 10x")
     batch_max_requests: int = Field(default=50_000, ge=1, le=50_000, description="rows per batch (API limit 50,000)")
@@ -135,6 +140,11 @@ class GenerationConfig(Strict):
     answer_type: Literal["auto", "number", "yes_no", "choice", "text"] = "auto"
     template: str | None = Field(default=None, description="Jinja2 file; default: the mode's own")
     system_prompt: str | None = None
+    student_prompt: Literal["question", "template"] = Field(
+        default="question", description="what the student is trained (and evaluated) on: question: the bare "
+                                        "question, as users will ask it; template: the teacher's prompt (the "
+                                        "mode's template, without ICL demonstrations unless icl.student_format "
+                                        "is in-context)")
     keep: Literal["all", "one", "distinct"] = "all"
     max_per_seed: int | None = Field(default=None, ge=1, description="with keep: distinct")
     self_consistency: bool = Field(default=False, description="no gold: keep rationales that agree with the majority")
@@ -386,24 +396,73 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def format_validation_error(exc: ValidationError, source: str, root: yaml.Node | None) -> str:
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the config accepts beside the last part of `loc` (for 'did you mean')."""
+    model: Any = JobConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return []
+        annotation = fields[part].annotation
+        args = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else (
+            args[0] if len(args) == 1 else None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1, cutoff=0.6) if loc else []
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def format_validation_error(exc: ValidationError, source: str, root: yaml.Node | None,
+                            overrides: dict[str, str] | None = None) -> str:
+    """One line per problem, blamed on the file's line, or on the `--set` that put the value there."""
     lines = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         dotted = ".".join(str(p) for p in loc) or "(top level)"
-        line = _line_of(root, loc)
-        where = f"{source}:{line}" if line else source
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = "unknown key" + _did_you_mean(loc) if err["type"] == "extra_forbidden" else err["msg"]
         if err["type"] == "missing":
             msg = "required key is missing"
+        given = next((text for key, text in (overrides or {}).items()
+                      if dotted == key or dotted.startswith(key + ".")), None)
+        if given is not None:
+            lines.append(f"--set {given}: {dotted}: {msg}")
+            continue
+        line = _line_of(root, loc)
+        where = f"{source}:{line}" if line else source
         lines.append(f"{where}: {dotted}: {msg}")
     return "\n".join(lines)
 
 
+PACKAGED = "distilforge://"
+PACKAGED_ROOT = Path(__file__).resolve().parents[1] / "data"
+
+
+def packaged_path(uri: str) -> str:
+    """`distilforge://demo/seeds.jsonl` -> the file shipped in the package, so a config works anywhere."""
+    rest = uri[len(PACKAGED):].strip("/")
+    target = (PACKAGED_ROOT / rest).resolve()
+    if PACKAGED_ROOT not in target.parents or not target.is_file():
+        known = ", ".join(f"{PACKAGED}demo/{p.name}" for p in sorted((PACKAGED_ROOT / "demo").glob("*.jsonl")))
+        raise ConfigError(f"{uri}: no such packaged file (known: {known})")
+    return str(target)
+
+
 def resolve_paths(config: JobConfig, base: Path) -> JobConfig:
-    """Relative file paths in a config are relative to the config file, not the shell's cwd."""
+    """Relative file paths in a config are relative to the config file, not the shell's cwd;
+    `distilforge://demo/...` names a file shipped with distilforge."""
 
     def fix(p: str) -> str:
+        if p.startswith(PACKAGED):
+            return packaged_path(p)
         candidate = base / p
         return str(candidate) if not Path(p).is_absolute() and candidate.exists() else p
 
@@ -434,11 +493,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (seeds:, teacher:, ...)")
+    given: dict[str, str] = {}
     for item in overrides or []:
         key, value = parse_override(item)
         _set_dotted(data, key, value)
+        given[key] = item
     try:
         config = JobConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path), root)) from None
+        raise ConfigError(format_validation_error(exc, str(path), root, given)) from None
     return resolve_paths(config, path.parent)

@@ -81,3 +81,25 @@ class ProgressView:
             while True:
                 await asyncio.sleep(every)
                 self.refresh()
+
+
+class LogLines:
+    """Progress for logs (no terminal): one line every `every` seconds, and one at the end.
+
+    For stages that show a bar on a terminal (eval, training): in a log a bar prints nothing until it
+    ends, and a carriage-return bar prints garbage, so they say where they are in plain lines instead.
+    """
+
+    def __init__(self, console: Console, label: str, total: int, unit: str, every: float = 10.0):
+        self.console, self.label, self.total, self.unit, self.every = console, label, total, unit, every
+        self.enabled = not console.is_terminal
+        self._started = self._last = time.monotonic()
+
+    def update(self, done: int, extra: str = "", *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not final and now - self._last < self.every):
+            return
+        self._last = now
+        share = f" ({done / self.total:.0%})" if self.total else ""
+        self.console.print(f"{self.label}: {done}/{self.total} {self.unit}{share}{extra}, "
+                           f"{now - self._started:.0f} s", highlight=False, soft_wrap=True)

@@ -92,6 +92,12 @@ class RunControl:
     def report(self, progress: dict[str, Any]) -> None:
         """Receives the run's progress a few times a second."""
 
+    def response_cache(self) -> Path | None:
+        """The response cache file this run shares with others (None: off); the service's is per owner."""
+        from distilforge.core.response_cache import default_cache_path
+
+        return default_cache_path()
+
     def budget(self, config: JobConfig, spent: float) -> Budget:
         """The run's one budget; `spent` is what earlier runs of this folder already spent (or may have)."""
         from distilforge.core.budget import Budget

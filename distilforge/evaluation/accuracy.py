@@ -12,7 +12,7 @@ from rich.console import Console
 from distilforge.core.config import JobConfig, TeacherConfig
 from distilforge.core.formats import LABEL_PREFIX
 from distilforge.core.grading import canonical, grade, split_answer
-from distilforge.core.progress import progress_bar
+from distilforge.core.progress import LogLines, progress_bar
 from distilforge.core.records import Seed
 from distilforge.core.seeds import SeedError, read_seeds
 from distilforge.prompts import build_messages
@@ -53,22 +53,40 @@ def load_eval_questions(config: JobConfig, run_dir: Path | None = None) -> list[
     return questions
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson's score interval: honest at 0 % and 100 %, where resampling only ever gives the same value."""
+    if not n:
+        return (0.0, 0.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def bootstrap_interval(correct: list[bool], *, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
     if not correct:
         return (0.0, 0.0)
+    if all(correct) or not any(correct):  # 0 % or 100 %: every resample is the same; Wilson's interval
+        return wilson_interval(sum(correct), len(correct))
     rng = random.Random(seed)
     n = len(correct)
     values = sorted(sum(rng.choices(correct, k=n)) / n for _ in range(resamples))
     return values[int(0.025 * resamples)], values[min(resamples - 1, int(0.975 * resamples))]
 
 
-def eval_prompt(config: JobConfig, question: Seed) -> list[dict[str, str]]:
-    """The student is asked as it was trained: the chain-of-thought prompt on the bare question
-    (with the label-task prefix for a step-by-step student)."""
+def eval_prompt(config: JobConfig, question: Seed, *, student: bool = True) -> list[dict[str, str]]:
+    """The student is asked as it was trained: the bare question (`generation.student_prompt: question`)
+    or the chain-of-thought prompt on it (`template`), with the label-task prefix for a step-by-step
+    student. The teacher (`student=False`) is asked with the chain-of-thought prompt."""
     generation = config.generation
-    if generation.mode != "cot":
-        generation = generation.model_copy(update={"mode": "cot", "template": None})
-    messages = list(build_messages(question, generation))
+    if student and generation.student_prompt == "question":
+        messages = [*(question.context or []), {"role": "user", "content": question.question}]
+    else:
+        if generation.mode != "cot":
+            generation = generation.model_copy(update={"mode": "cot", "template": None})
+        messages = list(build_messages(question, generation))
+        if student:  # generation.system_prompt is the teacher's alone
+            messages = [*(question.context or []), messages[-1]]
     if config.train.format == "step-by-step":
         messages[-1] = {"role": "user", "content": LABEL_PREFIX + messages[-1]["content"]}
     return messages
@@ -108,6 +126,7 @@ def evaluate_model(
     student.load()
     results: list[dict[str, Any]] = []
     size = config.eval.batch_size
+    lines = LogLines(console, label, len(questions), "questions")
     with progress_bar(console) as progress:
         task = progress.add_task(label, total=len(questions))
         for start in range(0, len(questions), size):
@@ -117,6 +136,7 @@ def evaluate_model(
                 text = resp.completions[0].text
                 results.append({**score(name, q, text), "completion": text})
             progress.update(task, advance=len(chunk))
+            lines.update(len(results), final=len(results) == len(questions))
     summary = summarize(results, seconds=time.monotonic() - started, model=model, adapter=adapter)
     if details:
         summary["results"] = results
@@ -138,7 +158,7 @@ async def evaluate_teacher(config: JobConfig, questions: list[tuple[str, Seed]],
     whose request failed or was not sent counts as a wrong answer, and is counted as such.
     """
     started = time.monotonic()
-    asks = [(f"eval:{name}:{q.seed_id}", eval_prompt(config, q)) for name, q in questions]
+    asks = [(f"eval:{name}:{q.seed_id}", eval_prompt(config, q, student=False)) for name, q in questions]
     outcomes = await sample_many(sampler, asks)
     texts = [o.samples[0].completion.text if o.samples else "" for o in outcomes]
     results = [score(name, q, text) for (name, q), text in zip(questions, texts, strict=True)]

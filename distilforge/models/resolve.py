@@ -29,10 +29,9 @@ EMBEDDED: dict[str, tuple[str, str, str]] = {
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("DISTILFORGE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "distilforge"
-    )
-    return Path(root)
+    from distilforge.core.response_cache import cache_root
+
+    return cache_root()
 
 
 def embedded_gguf(alias: str) -> Path:
@@ -54,6 +53,22 @@ def gguf_cache_folder(gguf_path: Path) -> Path:
     return cache_dir() / "models" / f"{gguf_path.stem}-{key}"
 
 
+def _quiet_gguf_bar() -> None:
+    """transformers dequantizes GGUF tensors under a plain tqdm bar: in a log (no terminal) it is only
+    carriage returns, so it is switched off there."""
+    import sys
+
+    if sys.stderr.isatty():
+        return
+    import functools
+
+    from tqdm.auto import tqdm
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    if getattr(gguf_utils, "tqdm", None) is tqdm:
+        gguf_utils.tqdm = functools.partial(tqdm, disable=True)
+
+
 def dequantize_gguf(gguf_path: Path) -> Path:
     """Dequantize a GGUF file once into a cached, trainable HF folder; return the folder."""
     target = gguf_cache_folder(gguf_path)
@@ -64,6 +79,7 @@ def dequantize_gguf(gguf_path: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     directory, name = str(gguf_path.parent), gguf_path.name
+    _quiet_gguf_bar()
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
     # Drop the GGUF quantizer: the weights are already plain float tensors after loading.

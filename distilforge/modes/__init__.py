@@ -44,6 +44,9 @@ class Prompter:
             fields["parent_id"] = seed.meta.get("parent_id")
             user = seed.question + (f"\n\n{seed.input}" if seed.input else "")
             fields["student_prompt"] = student_prompt(seed, user)
+        elif self.generation.student_prompt == "question":
+            # The student learns to answer the question as users ask it, not the teacher's instructions.
+            fields["student_prompt"] = student_prompt(seed, seed.question)
         elif seed.context:
             fields["student_prompt"] = student_prompt(seed, messages[-1]["content"])
         return messages, fields

@@ -185,7 +185,8 @@ class BatchRun:
         writer = _Writer(folder, t.batch_max_requests)
         n_per = g.samples_per_seed if t.supports_n else 1
         seeds = shard_seeds(read_seeds(s.path, s.fields, limit=s.limit, answer_type=g.answer_type, split=s.split,
-                                       subset=s.subset, format=s.format), self.rank, self.world_size)
+                                       subset=s.subset, format=s.format, on_bad_line=s.on_bad_line),
+                            self.rank, self.world_size)
         for seed in seeds:
             messages, _ = self.prompter.build(seed)
             keys = self.sampler.keys(messages, range(g.samples_per_seed))

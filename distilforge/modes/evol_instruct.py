@@ -102,7 +102,7 @@ class EvolInstruct(PipelineStep):
         stats = self.stats
         s = self.config.seeds
         parents = [seed for seed in read_seeds(s.path, s.fields, limit=s.limit, answer_type="text", split=s.split,
-                                               subset=s.subset, format=s.format)
+                                               subset=s.subset, format=s.format, on_bad_line=s.on_bad_line)
                    if seed_rank(seed.seed_id, world_size) == rank and self.selection(seed.seed_id)]
         for round_no in range(1, self.config.generation.rounds + 1):
             if not parents or sampler.stopped:

@@ -87,8 +87,10 @@ class IclPrompter(Prompter):
         messages = build_messages(seed, self.generation, demos=demos)
         fields: dict[str, Any] = {"mode": "icl", "template": self.template, "template_sha": self.template_sha,
                                   "demo_ids": [d["id"] for d in demos]}
-        if self.icl.student_format == "zero-shot":
-            # The student learns to answer the bare question, in the same format as chain-of-thought.
+        if self.icl.student_format == "zero-shot" and self.generation.student_prompt == "question":
+            fields["student_prompt"] = student_prompt(seed, seed.question)
+        elif self.icl.student_format == "zero-shot":
+            # The student learns to answer the question in the chain-of-thought prompt, without demonstrations.
             content = render("cot.jinja", question=seed.question,
                              answer_hint=ANSWER_HINTS.get(seed.answer_type, "the final answer"))
             fields["student_prompt"] = student_prompt(seed, content)

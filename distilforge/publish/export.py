@@ -23,6 +23,7 @@ ROLES = ("system", "user", "assistant")
 DEFAULT_MAX_TOKENS = 65_536  # OpenAI's per-example limit for its current fine-tunable models
 MESSAGE_OVERHEAD_TOKENS = 3  # what a chat template adds per message, roughly
 SHOWN_PROBLEMS = 5
+OPENAI_MIN_EXAMPLES = 10  # OpenAI refuses a fine-tuning file with fewer examples
 
 
 class ExportError(ValueError):
@@ -36,6 +37,7 @@ class ExportResult:
     files: list[Path] = field(default_factory=list)
     invalid: int = 0  # rows not written
     problems: list[str] = field(default_factory=list)  # the first few, one line each
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -75,8 +77,12 @@ def check_messages(messages: Any, max_tokens: int = DEFAULT_MAX_TOKENS) -> str |
     return None
 
 
-def _example(messages: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"messages": [{"role": m["role"], "content": m["content"]} for m in messages]}
+def _example(messages: list[dict[str, Any]], seed_id: str | None) -> dict[str, Any]:
+    # metadata.id is the seed id, so a re-import (seeds.format: openai-chat) gives the same seeds.
+    line: dict[str, Any] = {"messages": [{"role": m["role"], "content": m["content"]} for m in messages]}
+    if seed_id is not None:
+        line["metadata"] = {"id": seed_id}
+    return line
 
 
 def export_run(run_dir: Path, fmt: str = "openai-chat", output: Path | None = None,
@@ -114,7 +120,8 @@ def export_run(run_dir: Path, fmt: str = "openai-chat", output: Path | None = No
                     for j, messages in enumerate(batch["messages"]):
                         problem = check_messages(messages, max_tokens)
                         if problem is None:
-                            fh.write(json.dumps(_example(messages), ensure_ascii=False) + "\n")
+                            seed_id = batch["seed_id"][j] if "seed_id" in batch else None
+                            fh.write(json.dumps(_example(messages, seed_id), ensure_ascii=False) + "\n")
                             written += 1
                         else:
                             result.invalid += 1
@@ -123,6 +130,10 @@ def export_run(run_dir: Path, fmt: str = "openai-chat", output: Path | None = No
                                 result.problems.append(f"{split} row {index}{seed}: {problem}")
                         index += 1
             result.written[split] = written
+        for split, n in result.written.items():
+            if 0 < n < OPENAI_MIN_EXAMPLES:
+                result.warnings.append(f"{split}.jsonl has {n} example{'s' if n > 1 else ''}; OpenAI fine-tuning "
+                                       f"needs at least {OPENAI_MIN_EXAMPLES} per file")
         if result.total:
             for split in SPLITS:
                 target = out / f"{split}.jsonl"

@@ -84,9 +84,12 @@ def _facts(run: dict[str, Any]) -> list[tuple[str, str]]:
         ("tokens prompt / completion", f"{tokens.get('prompt', 0):,} / {tokens.get('completion', 0):,}"),
         ("cost", f"${cost:.4f}" if cost is not None else "not priced"),
         ("cost per kept example", f"${cost / kept:.5f}" if cost is not None and kept else "-"),
-        ("stopped", str(run.get("stopped", "done"))),
         ("teacher wall time", f"{run.get('wall_seconds', 0):.1f} s"),
     ]
+    if run.get("stopped") not in (None, "done"):  # only when something stopped the run
+        rows.insert(-1, ("stopped", str(run["stopped"])))
+    if (run.get("requests") or {}).get("cached"):
+        rows.insert(-1, ("samples from the response cache ($0)", str(run["requests"]["cached"])))
     train = run.get("train")
     if train:
         rows.append(("training", f"{train['method']} ({train.get('format', 'chat')}), {train['steps']} steps on "

@@ -15,6 +15,19 @@ def _acc(block: dict[str, Any] | None) -> str:
     return f"{block['accuracy']:.1%} ({block['correct']}/{block['n']}, 95% CI {low:.0%}-{high:.0%})"
 
 
+def print_eval(run: dict[str, Any], console: Console) -> None:
+    """`distilforge eval`'s own table: the student's accuracy per eval set, before and after training."""
+    ev = run.get("eval") or {}
+    table = Table(title=f"distilforge eval {run.get('name') or ''}".strip(), show_header=True)
+    for col in ("set", "before", "after"):
+        table.add_column(col, justify="left" if col == "set" else "right")
+    table.add_row("all", _acc(ev.get("before")), _acc(ev.get("after")))
+    before, after = (ev.get("before") or {}).get("sets") or {}, (ev.get("after") or {}).get("sets") or {}
+    for name in dict.fromkeys([*before, *after]):
+        table.add_row(name, _acc(before.get(name)), _acc(after.get(name)))
+    console.print(table)
+
+
 def print_summary(run: dict[str, Any], console: Console) -> None:
     table = Table(title=f"distilforge run {run.get('name') or ''}".strip(), show_header=True)
     table.add_column("what")
@@ -22,6 +35,8 @@ def print_summary(run: dict[str, Any], console: Console) -> None:
     samples = run.get("samples", {})
     req = run.get("requests", {})
     table.add_row("samples expected", str(samples.get("expected", "-")))
+    if run.get("rejected_seeds"):
+        table.add_row("seed lines skipped (rejected_seeds.jsonl)", f"[yellow]{run['rejected_seeds']}[/yellow]")
     table.add_row("kept", f"[green]{run.get('kept', 0)}[/green]")
     for reason, count in sorted(run.get("rejected", {}).items(), key=lambda kv: -kv[1]):
         table.add_row(f"  rejected: {reason}", str(count))
@@ -30,6 +45,8 @@ def print_summary(run: dict[str, Any], console: Console) -> None:
     table.add_row("requests sent / ok / failed", f"{req.get('sent', 0)} / {req.get('succeeded', 0)} / {req.get('failed', 0)}")
     if samples.get("from_journal"):
         table.add_row("samples reused from journal", str(samples["from_journal"]))
+    if req.get("cached"):
+        table.add_row("samples from the response cache ($0)", str(req["cached"]))
     if req.get("retried"):
         table.add_row("retries (of them 429s)", f"{req['retried']} ({req.get('rate_limited', 0)})")
     tokens = run.get("tokens", {})

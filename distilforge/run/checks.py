@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class Facts:
     n_seeds: int
     expected: int
     eval_questions: int | None = None
+    rejected_seeds: list[dict[str, str]] = field(default_factory=list)  # seeds.on_bad_line: skip
 
 
 def _teacher(config: TeacherConfig, where: str) -> None:
@@ -73,14 +74,17 @@ def check_inputs(config: JobConfig, stages: tuple[str, ...],
             n_seeds = len(load_seed_tasks(config.seeds.path)[: config.seeds.limit])
         else:
             s = config.seeds
+            rejected: list[dict[str, str]] = []
             n_seeds = _count(read_seeds(s.path, s.fields, limit=s.limit, answer_type=g.answer_type, split=s.split,
-                                        subset=s.subset, format=s.format), should_stop)
+                                        subset=s.subset, format=s.format, on_bad_line=s.on_bad_line,
+                                        rejected=rejected), should_stop)
             if config.loop.rounds:  # the probe split is held apart from the first pass
                 from distilforge.run.pipeline import main_selection
 
                 chosen = main_selection(config)
                 n_seeds = sum(1 for seed in read_seeds(s.path, s.fields, limit=s.limit, answer_type=g.answer_type,
-                                                       split=s.split, subset=s.subset, format=s.format)
+                                                       split=s.split, subset=s.subset, format=s.format,
+                                                       on_bad_line=s.on_bad_line)
                               if chosen(seed.seed_id))
         try:
             template_hash(g.template_name)
@@ -108,6 +112,8 @@ def check_inputs(config: JobConfig, stages: tuple[str, ...],
     else:
         n_seeds = 0
     facts = Facts(n_seeds, expected_samples(config, n_seeds))
+    if "generate" in stages and g.mode != "self-instruct":
+        facts.rejected_seeds = rejected
     if config.loop.rounds and ("generate" in stages or "rounds" in stages):
         from distilforge.models.embeddings import minilm_path
 

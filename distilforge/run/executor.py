@@ -158,7 +158,7 @@ async def run_rank(pipeline: Pipeline, run_dir: Path, rank: int, world_size: int
             if pipeline.reads_seeds:
                 s = config.seeds
                 seeds = read_seeds(s.path, s.fields, limit=s.limit, answer_type=config.generation.answer_type,
-                                   split=s.split, subset=s.subset, format=s.format)
+                                   split=s.split, subset=s.subset, format=s.format, on_bad_line=s.on_bad_line)
                 chosen = (seed for seed in seeds if pipeline.selection(seed.seed_id))
                 source: AsyncIterator[Any] = _threaded(shard_seeds(chosen, rank, world_size))
             else:

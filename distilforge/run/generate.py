@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import signal
 import sys
@@ -95,7 +96,7 @@ class _Driver:
     async def watch(self) -> None:
         while True:
             await asyncio.sleep(0.25)
-            self.control.report(self.progress.snapshot())
+            self.control.report({**self.progress.snapshot(), "stage": "generate"})
             if self.control.lost():
                 self.executor.stop("lease_lost")
                 if self.task is not None:
@@ -161,6 +162,19 @@ def _keep_round(run_dir: Path, round: int, parts: dict[str, list[Path]]) -> dict
     return {name: [r / f"{name}.jsonl" for r in rounds if (r / f"{name}.jsonl").exists()] for name in parts}
 
 
+def _write_rejected_seeds(run_dir: Path, rejected: list[dict[str, str]]) -> None:
+    """seeds.on_bad_line: skip: each line left out, with its reason (written whole, then renamed)."""
+    target = run_dir / "rejected_seeds.jsonl"
+    if not rejected:
+        target.unlink(missing_ok=True)
+        return
+    tmp = target.with_name(target.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for row in rejected:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(target)
+
+
 async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, console: Console, executor: Any,
                          facts: Facts, *, pipeline: Pipeline | None = None, round: int = 0) -> dict[str, Any]:
     """Run the ranks, then write the dataset, rejected and failed files, run.json and the card.
@@ -176,6 +190,8 @@ async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, 
     spent, orphans = journal_totals(run_dir)
     budget = control.budget(config, spent)
     snapshot_config(config, run_dir)
+    if not round:
+        _write_rejected_seeds(run_dir, facts.rejected_seeds)
     progress = Progress(total=facts.expected)
     driver = _Driver(executor, control, progress, console)
     driver.task = asyncio.current_task()
@@ -258,6 +274,8 @@ async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, 
 
         await asyncio.to_thread(write_card, config, run_dir, splits)
         return summary
+    if config.seeds.on_bad_line == "skip":
+        summary["rejected_seeds"] = len(facts.rejected_seeds)
     run = update_run(run_dir, **summary)
     from distilforge.publish import write_card
 

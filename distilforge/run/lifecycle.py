@@ -75,6 +75,7 @@ def run_job(config: JobConfig, run_dir: Path, control: RunControl | None = None,
             from distilforge.trainers.sft import TrainingStopped
 
             control.check()
+            control.report({"stage": "train"})
             try:
                 run = train_stage(config, run_dir, control, console)
             except TrainingStopped:  # cancelled (or the lease was lost) during training: nothing saved
@@ -83,6 +84,7 @@ def run_job(config: JobConfig, run_dir: Path, control: RunControl | None = None,
             trained = True
     if "eval" in stages and (explicit or config.train.enabled):
         control.check()
+        control.report({"stage": "eval"})
         run = eval_stage(config, run_dir, control, console, trained=trained)
     if config.loop.rounds and status in ("completed", "stopped") and (
             "rounds" in stages or ("generate" in stages and run.get("kept"))):

@@ -97,11 +97,15 @@ class _BudgetHolder:
 class _RankControl(RunControl):
     """What a rank needs of the driver's control: the journal fence. Stops arrive through `stop`."""
 
-    def __init__(self, fence: int | None):
+    def __init__(self, fence: int | None, cache: str | None = None):
         self._fence = fence
+        self._cache = cache
 
     def fence(self) -> int | None:
         return self._fence
+
+    def response_cache(self) -> Path | None:
+        return None if self._cache is None else Path(self._cache)
 
 
 class _Rank:
@@ -113,10 +117,10 @@ class _Rank:
         self.pending: list[str] = []
 
     async def run(self, pipeline: Pipeline, run_dir: str, rank: int, world_size: int, budget_actor: Any,
-                  prices: Any, max_usd: float | None, fence: int | None) -> dict[str, Any]:
+                  prices: Any, max_usd: float | None, fence: int | None, cache: str | None = None) -> dict[str, Any]:
         budget = RemoteBudget(prices, max_usd, budget_actor)
         result = RankResult(rank)
-        task = asyncio.ensure_future(run_rank(pipeline, Path(run_dir), rank, world_size, budget, _RankControl(fence),
+        task = asyncio.ensure_future(run_rank(pipeline, Path(run_dir), rank, world_size, budget, _RankControl(fence, cache),
                                               self.progress, result=result, contexts=self.contexts))
         while not self.contexts and not task.done():  # the context exists once the rank has opened its files
             await asyncio.sleep(0.01)
@@ -198,8 +202,9 @@ class RayExecutor:
                         for rank in todo]
         for reason in self.stop_reasons:
             self.stop(reason)
+        cache = control.response_cache()
         refs = [actor.run.remote(pipeline, str(run_dir), rank, self.workers, holder, budget.prices, budget.max_usd,
-                                 control.fence()) for rank, actor in zip(todo, self._actors, strict=True)]
+                                 control.fence(), None if cache is None else str(cache)) for rank, actor in zip(todo, self._actors, strict=True)]
         base = sum(1 for r in earlier.values() if r is not None) * progress.total // max(1, self.workers)
         poller = asyncio.create_task(self._poll(progress, base))
         try:

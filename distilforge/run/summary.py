@@ -22,7 +22,7 @@ def status_of(stop_reasons: list[str], stages: dict[str, StageStats]) -> tuple[s
     """(status, stopped, error) of the generate stage."""
     stopped = next((r for r in _STOP_ORDER if r in stop_reasons), stop_reasons[0] if stop_reasons else None)
     gen = stages.get("generate") or StageStats()
-    answered = gen.samples_new + gen.samples_from_journal + gen.succeeded
+    answered = gen.samples_new + gen.samples_from_journal + gen.samples_cached + gen.succeeded
     if stopped in (None, "cancelled") and not answered and gen.samples_failed:
         # Requests were needed and none was answered: not a completed run, whatever was written.
         return "failed", stopped or "failed", gen.first_error
@@ -85,6 +85,7 @@ def summarize(config: JobConfig, pipeline: Pipeline, results: list[RankResult], 
                      "ranks": [{"rank": r.rank, "seconds": r.seconds, "cpu_seconds": r.cpu_seconds, "kept": r.kept}
                                for r in results]},
         "samples": {"expected": expected, "from_journal": gen.samples_from_journal, "new": gen.samples_new,
+                    "cached": gen.samples_cached,
                     "failed": n_failed - not_sent, "not_sent": not_sent},
         "requests_saved": steps.get("generate", StepStats("generate")).counters.get("requests_saved", 0),
         "requests": requests,

@@ -30,6 +30,7 @@ from sqlalchemy import func, select, update
 from distilforge.core.config import JobConfig
 from distilforge.core.run_files import scrub
 from distilforge.service.bodies import BodyError, find_nul, parse_body
+from distilforge.service.browse import add_browse_routes, content_type, job_stage, schedule_timing
 from distilforge.service.budgets import Ledger
 from distilforge.service.db import STATES, Job, Schedule, make_engine, make_sessions
 from distilforge.service.migrate import migrate
@@ -47,6 +48,7 @@ class JobOut(BaseModel):
     id: str
     state: str
     owner: str
+    stage: str | None = None  # generate / train / eval while running
     progress: dict[str, Any] | None = None
     kept: int | None = None
     rejected: dict[str, int] | None = None
@@ -71,15 +73,15 @@ class ScheduleIn(BaseModel):
 
 def job_out(job: Job) -> JobOut:
     summary = job.summary or {}
-    return JobOut(id=job.id, state=job.state, owner=job.owner, progress=public_data(job.progress),
+    return JobOut(id=job.id, state=job.state, owner=job.owner, stage=job_stage(job), progress=public_data(job.progress),
                   kept=summary.get("kept"), rejected=summary.get("rejected"), tokens=summary.get("tokens"),
                   cost_usd=summary.get("cost_usd"), stopped=summary.get("stopped"), error=public_text(job.error),
                   attempts=job.attempts, created=job.created, updated=job.updated, schedule_id=job.schedule_id)
 
 
-def schedule_out(x: Schedule) -> dict[str, Any]:
+def schedule_out(x: Schedule, session: Any = None) -> dict[str, Any]:
     return {"id": x.id, "owner": x.owner, "cron": x.cron, "timezone": x.timezone, "monthly_cap_usd": x.monthly_cap_usd,
-            "paused": bool(x.paused), "paused_reason": public_text(x.paused_reason)}
+            "paused": bool(x.paused), "paused_reason": public_text(x.paused_reason), **schedule_timing(x, session)}
 
 
 def _loc(parts: Any, prefix: str = "") -> str:
@@ -149,7 +151,7 @@ class Service:
     async def body(self, request: Request) -> Any:
         raw = await request.body()
         try:
-            return await self.off_loop(parse_body, raw, request.headers.get("content-type", ""),
+            return await self.off_loop(parse_body, raw, content_type(request.headers.get("content-type")),
                                        self.settings.limits.config_nodes)
         except BodyError as exc:
             raise unprocessable([(exc.loc, exc.msg)]) from None
@@ -314,6 +316,7 @@ def _job_routes(svc: Service) -> APIRouter:
         return FileResponse(parquet / f"{split}.parquet", media_type="application/octet-stream",
                             filename=f"{job_id}-{split}.parquet")
 
+    add_browse_routes(router, authorize, _job, _server_paths)
     return router
 
 
@@ -366,7 +369,7 @@ def _schedule_routes(svc: Service) -> APIRouter:
     @router.get("/v1/schedules")
     def list_schedules(who: Principal = Depends(authorize)) -> list[dict[str, Any]]:
         with store.sessions() as s:
-            return [schedule_out(x) for x in s.scalars(_schedules(who))]
+            return [schedule_out(x, s) for x in s.scalars(_schedules(who))]
 
     def _schedule(s: Any, schedule_id: str, who: Principal) -> Schedule:
         schedule = s.get(Schedule, schedule_id) if _ID.match(schedule_id) else None
@@ -393,7 +396,7 @@ def _schedule_routes(svc: Service) -> APIRouter:
             if problems:
                 raise unprocessable([(loc if loc == "cron" else f"config.{loc}", msg) for loc, msg in problems])
             schedule.paused, schedule.paused_reason, schedule.last_checked = 0, None, now()
-            return schedule_out(schedule)
+            return schedule_out(schedule, s)
 
     return router
 

@@ -25,7 +25,9 @@ from rich.console import Console
 from distilforge.core.budget import Budget
 from distilforge.core.config import JobConfig, Prices
 from distilforge.core.redact import redact
+from distilforge.core.response_cache import owner_cache_path
 from distilforge.core.steps import RunControl
+from distilforge.service.browse import LOG_FILE, release_memory
 from distilforge.service.budgets import Ledger, LedgerBudget, month_scopes
 from distilforge.service.db import Job, Schedule
 from distilforge.service.inputs import InputRefused, materialise, prepare_run_dir
@@ -90,6 +92,7 @@ class JobControl(RunControl):
                  schedule_cap: float | None, schedule_id: str | None, owner: str = "default"):
         self.store, self.ledger, self.settings = store, ledger, settings
         self.job_id, self.epoch = job_id, epoch
+        self.owner = owner
         self.caps: dict[str, float | None] = {}
         for scope in month_scopes(schedule_id, owner):
             if scope.startswith("global:"):
@@ -141,6 +144,10 @@ class JobControl(RunControl):
 
     def fence(self) -> int:
         return self.epoch
+
+    def response_cache(self) -> Path | None:
+        # One cache per owner: an owner never reads an answer another owner paid for.
+        return owner_cache_path(self.owner)
 
     def check(self) -> None:
         if self._lost:
@@ -251,8 +258,9 @@ class Worker:
             if self.settings.ray_address:  # the cluster runs the ranks; lease, fence and cancel stay here
                 executor = config.executor.model_copy(update={"kind": "ray", "address": self.settings.ray_address})
                 config = config.model_copy(update={"executor": executor})
-            with open(os.devnull, "w") as quiet:
-                result = run_job(config, run_dir, control, console=Console(file=quiet))
+            # The job's own log (GET /v1/jobs/{id}/logs): plain lines, a progress line every 10 s.
+            with open(run_dir / LOG_FILE, "a", encoding="utf-8") as job_log:
+                result = run_job(config, run_dir, control, console=Console(file=job_log, width=120))
             if result.status == "lease_lost" or control.lost():
                 return
             state = {"completed": "succeeded", "stopped": "stopped_budget", "cancelled": "cancelled",
@@ -271,6 +279,7 @@ class Worker:
             log.error("job %s %s: %s", job_id, state, public_text(f"{type(exc).__name__}: {exc}"))
         finally:
             control.close()
+            release_memory()
 
     def _finish(self, job_id: str, epoch: int, state: str, *, summary: dict[str, Any] | None = None,
                 error: str | None = None) -> None:

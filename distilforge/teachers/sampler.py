@@ -22,6 +22,7 @@ import asyncio
 import itertools
 import os
 import random
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -31,7 +32,8 @@ from typing import Any
 from distilforge.core.budget import Budget
 from distilforge.core.config import Prices, RetryConfig, TeacherConfig
 from distilforge.core.journal import Journal, request_key
-from distilforge.core.records import Completion
+from distilforge.core.records import Completion, TeacherResponse
+from distilforge.core.response_cache import ResponseCache, cache_key
 from distilforge.core.steps import Progress, RankContext
 from distilforge.core.tokens import prompt_tokens_upper_bound
 from distilforge.teachers.base import AttemptFailed, Teacher
@@ -57,6 +59,7 @@ class StageStats:
     samples_new: int = 0
     samples_failed: int = 0
     samples_not_sent: int = 0
+    samples_cached: int = 0  # answered by the response cache shared across run folders, at $0
     first_error: str | None = None
     first_request: float | None = None  # time.time() of the first attempt
     last_done: float | None = None  # time.time() an attempt last ended, failed ones included
@@ -81,10 +84,11 @@ class StageStats:
             "requests": {"sent": self.sent, "succeeded": self.succeeded, "failed": self.failed,
                          "attempts": self.attempts, "retried": self.retried, "rate_limited": self.rate_limited,
                          "usage_missing": self.usage_missing, "unknown_outcome": self.unknown_outcome,
-                         "errors": dict(self.errors)},
+                         "cached": self.samples_cached, "errors": dict(self.errors)},
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
             "samples": {"from_journal": self.samples_from_journal, "new": self.samples_new,
-                        "failed": self.samples_failed, "not_sent": self.samples_not_sent},
+                        "cached": self.samples_cached, "failed": self.samples_failed,
+                        "not_sent": self.samples_not_sent},
             "wall_seconds": round(self.last_done - self.first_request, 3)
             if self.first_request is not None and self.last_done is not None else 0.0,
         }
@@ -120,7 +124,8 @@ class Sampler:
                  identity: dict[str, Any], completion_budget: int, prices: Prices | None = None,
                  supports_n: bool = True,
                  retry: RetryConfig | None = None, progress: Progress | None = None,
-                 on_budget: Callable[[str], None] | None = None, journal_only: bool = False):
+                 on_budget: Callable[[str], None] | None = None, journal_only: bool = False,
+                 cache: ResponseCache | None = None, endpoint: list[str] | None = None):
         self.teacher = teacher
         self.journal = journal
         self.budget = budget
@@ -133,6 +138,8 @@ class Sampler:
         self.progress = progress or Progress()
         self.on_budget = on_budget or (lambda reason: None)
         self.journal_only = journal_only  # Batch API runs: answers come from the journal only
+        self.cache = cache  # answers shared across run folders; a hit costs nothing and reserves nothing
+        self.endpoint = endpoint or []
         self.stats = StageStats()
         self.stopped: str | None = None
         self._slots = asyncio.Semaphore(teacher.max_concurrency)
@@ -189,6 +196,8 @@ class Sampler:
         """
         found, missing = await self.replay(messages, indices)
         outcome = Outcome(samples=found)
+        if missing and self.cache is not None and not self.cache.empty_at_open and not self.journal_only:
+            missing = await self._from_cache(seed_id, messages, missing, outcome)
         if not missing:
             return outcome
         if self.journal_only:
@@ -202,6 +211,43 @@ class Sampler:
         else:
             await asyncio.gather(*(self._request(seed_id, messages, g, outcome, again) for g in groups))
         return outcome
+
+    def _cache_keys(self, messages: list[dict[str, str]], group: list[tuple[str, int]]) -> list[str]:
+        return [cache_key(self.endpoint, self.identity, messages, i) for _, i in group]
+
+    async def _from_cache(self, seed_id: str, messages: list[dict[str, str]], missing: list[tuple[str, int]],
+                          outcome: Outcome) -> list[tuple[str, int]]:
+        """Answers the cache holds: committed to the journal at $0 (a resume replays them), no reservation."""
+        assert self.cache is not None
+        keys = self._cache_keys(messages, missing)
+        try:
+            hits = await self.cache.lookup_async(keys)
+        except sqlite3.Error:
+            self.cache = None  # an unreadable cache costs money, never the run
+            return missing
+        rest = []
+        for ckey, (key, index) in zip(keys, missing, strict=True):
+            hit = hits.get(ckey)
+            if hit is None:
+                rest.append((key, index))
+                continue
+            comp, p, c, model = hit
+            await self.journal.commit_async(seed_id, [(key, index)], TeacherResponse([comp], p, c, model), cost_usd=0.0)
+            outcome.samples.append(Sample(index, comp, p, c, model))
+            self.stats.samples_cached += 1
+            self.progress.advance(1)
+        return rest
+
+    async def _to_cache(self, messages: list[dict[str, str]], taken: list[tuple[str, int]],
+                        completions: list[Completion], shares: list[tuple[int, int]], model: str) -> None:
+        if self.cache is None:
+            return
+        keys = self._cache_keys(messages, taken)
+        try:
+            await self.cache.put_async([(k, comp, p, c, model) for k, comp, (p, c)
+                                        in zip(keys, completions, shares, strict=True)])
+        except sqlite3.Error:
+            self.cache = None  # the answer is in the journal; only later runs miss it
 
     def _unsent_or_failed(self, outcome: Outcome, missing: list[tuple[str, int]], error: str) -> None:
         if self.stopped:
@@ -309,6 +355,7 @@ class Sampler:
             # Committed before it is used; the same transaction closes the reservation.
             shares = await journal.commit_async(seed_id, taken, response, cost_usd=cost, request_id=request_id)
             await budget.settle(reserve, cost, self.stage)
+            await self._to_cache(messages, taken, completions, shares, response.model)
             stats.prompt_tokens += response.prompt_tokens
             stats.completion_tokens += response.completion_tokens
             stats.samples_new += len(taken)
@@ -330,6 +377,31 @@ class _TokensOnly(Progress):
         self.target.advance(0, tokens, usd)
 
 
+CACHED_BACKENDS = ("openai", "vllm")  # paid or remote; local weights can change under the same path
+OPENAI_URL = "https://api.openai.com/v1"
+
+
+def cache_endpoint(config: TeacherConfig) -> list[str]:
+    """The endpoint part of a cache key: the server (replicas sorted; vLLM and OpenAI-compatible alike)."""
+    return sorted(u.rstrip("/") for u in config.base_urls) or [OPENAI_URL]
+
+
+async def open_response_cache(ctx: RankContext) -> ResponseCache | None:
+    """The rank's response cache (one per rank, shared by its samplers), or None when it is off."""
+    async def opener() -> tuple[ResponseCache | None, Callable[[], Any] | None]:
+        path = ctx.control.response_cache()
+        if path is None:
+            return None, None
+        try:
+            cache = await asyncio.to_thread(ResponseCache, path)
+        except (sqlite3.Error, OSError) as exc:
+            ctx.log(f"response cache {path} not used: {exc}")
+            return None, None
+        return cache, cache.aclose
+
+    return await ctx.resource("response_cache", opener)
+
+
 async def open_sampler(ctx: RankContext, name: str, config: TeacherConfig, *, stage: str,
                        identity: dict[str, Any] | None = None, prices: Prices | None = None,
                        journal_only: bool = False, counts_samples: bool = True) -> Sampler:
@@ -337,13 +409,15 @@ async def open_sampler(ctx: RankContext, name: str, config: TeacherConfig, *, st
     from distilforge.teachers import make_teacher, teacher_identity
 
     async def opener() -> tuple[Sampler, Callable[[], Any]]:
+        cache = await open_response_cache(ctx) if config.cache and config.backend in CACHED_BACKENDS else None
         teacher = make_teacher(config, share=1.0 / ctx.world_size)
         await teacher.start()
         sampler = Sampler(teacher, ctx.journal, ctx.budget, stage=stage,
                           identity=identity or teacher_identity(config),
                           completion_budget=config.completion_budget(), prices=prices, supports_n=config.supports_n,
                           retry=config.retry, progress=ctx.progress if counts_samples else _TokensOnly(ctx.progress),
-                          on_budget=ctx.stop, journal_only=journal_only)
+                          on_budget=ctx.stop, journal_only=journal_only, cache=cache,
+                          endpoint=cache_endpoint(config))
         if ctx.stopped:
             sampler.stop(ctx.stopped)
         ctx.on_stop(sampler.stop)

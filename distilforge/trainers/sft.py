@@ -181,6 +181,48 @@ def _stop_callback(should_stop: Callable[[], bool]) -> Any:
     return Stop()
 
 
+def _log_callback(console: Any) -> Any:
+    """Without a terminal: a formatted line every 10 s (step, loss, learning rate), not raw log dicts."""
+    from transformers import TrainerCallback
+
+    from distilforge.core.progress import LogLines
+
+    class Lines(TrainerCallback):
+        def __init__(self) -> None:
+            self.lines: LogLines | None = None
+            self.last: dict[str, Any] = {}
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+            if not state.is_world_process_zero:
+                return
+            self.last = {**self.last, **{k: v for k, v in (logs or {}).items() if k in ("loss", "learning_rate")}}
+            if self.lines is None:
+                self.lines = LogLines(console, "training", state.max_steps, "steps")
+            self.lines.update(state.global_step, self._extra())
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.lines is not None and state.is_world_process_zero:
+                self.lines.update(state.global_step, self._extra(), final=True)
+
+        def _extra(self) -> str:
+            loss, lr = self.last.get("loss"), self.last.get("learning_rate")
+            return (f", loss {float(loss):.4f}" if loss is not None else "") + (
+                f", lr {float(lr):.2e}" if lr is not None else "")
+
+    return Lines()
+
+
+def quiet_trainer_logs(trainer: Any, console: Any) -> None:
+    """In a log (no terminal), HF's bar and its raw dicts give way to formatted lines every 10 s."""
+    if console.is_terminal:
+        return
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_log_callback(console))
+
+
 class TrainingStopped(RuntimeError):
     """Training was stopped (a cancelled job or a lost lease); nothing was saved."""
 
@@ -192,10 +234,13 @@ def train_student(config: JobConfig, run_dir: Path, should_stop: Callable[[], bo
 
 
 def fit_and_save(trainer: Any, facts: dict[str, Any], run_dir: Path,
-                 should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+                 should_stop: Callable[[], bool] | None = None, console: Any = None) -> dict[str, Any]:
     """Train (stopping within a step when `should_stop`), then write RUN_DIR/student and its loss.json."""
     import shutil
 
+    from rich.console import Console
+
+    quiet_trainer_logs(trainer, console or Console(stderr=True))
     if should_stop is not None:
         trainer.add_callback(_stop_callback(should_stop))
     started = facts.pop("started")
