@@ -282,6 +282,13 @@ def in_probe(seed_id: str, fraction: float, rng_seed: int) -> bool:
     return int.from_bytes(digest, "big") < fraction * 2**64
 
 
+def in_validation(seed_id: str, fraction: float, rng_seed: int) -> bool:
+    """Whether a seed's samples go to the validation split: a stable hash of its id, so every sample
+    of a seed lands on one side (the student is never evaluated on a question it trained on)."""
+    digest = hashlib.blake2b(f"validation:{rng_seed}:{seed_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < fraction * 2**64
+
+
 @dataclass(frozen=True)
 class SeedSelection:
     """Which seeds a pipeline works on: all, all but the probe split, or a targeted round's few."""
