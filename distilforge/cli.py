@@ -67,6 +67,7 @@ def _guard(fn: Any) -> Any:
     from distilforge.core.budget import BudgetError
     from distilforge.core.config import ConfigError
     from distilforge.core.redact import redact
+    from distilforge.core.run_files import RunFolderBusy
     from distilforge.core.seeds import SeedError
     from distilforge.models import ModelError
     from distilforge.publish import PublishError, PublishInputError
@@ -77,7 +78,7 @@ def _guard(fn: Any) -> Any:
     try:
         return fn()
     except (ConfigError, SeedError, ModelError, TeacherError, BudgetError, FileNotFoundError, TrainError,
-            PublishInputError) as exc:
+            PublishInputError, RunFolderBusy) as exc:
         _fail(redact(str(exc)))
     except PublishError as exc:
         _fail(redact(f"publishing failed: {exc}"), code=1)
@@ -96,6 +97,8 @@ def _executor_overrides(executor: str | None) -> list[str]:
 def _job(config: Path, set_: list[str] | None, output: Path | None, stages: tuple[str, ...], *,
          summary: bool = True) -> None:
     """Load the config (or a run folder's), run `stages` through the one lifecycle, exit with its code."""
+    from rich.markup import escape
+
     from distilforge.report.summary import print_summary
     from distilforge.run.lifecycle import run_job
 
@@ -109,8 +112,9 @@ def _job(config: Path, set_: list[str] | None, output: Path | None, stages: tupl
             console.print(f"[yellow]interrupted[/yellow]: paid responses are in the journal; rerun `{again}` to resume")
         elif result.status == "failed":
             error = result.run.get("error") or "no teacher request succeeded"
-            console.print(f"[red]error:[/red] no teacher request succeeded; the first error: {error}",
-                          highlight=False, soft_wrap=True, markup=True)
+            lead = {"failed": "no teacher request succeeded; the first error: ",
+                    "key_refused": "the teacher refused the key; stopped at once: "}.get(result.run.get("stopped"), "")
+            console.print(f"[red]error:[/red] {escape(lead + error)}", highlight=False, soft_wrap=True)
         else:
             report = run_dir / "report.html"
             console.print(f"run folder: {run_dir}" + (f"; report: {report}" if report.exists() else ""))
@@ -136,11 +140,18 @@ def generate(config: ConfigArg, output: OutputOpt = None, set_: SetOpt = None, e
 @app.command()
 def improve(
     run_dir: RunDirArg,
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Targeted rounds to add.")] = 1,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Targeted rounds to run (all of them, whatever "
+                                                               "the gain).")] = 1,
+    probe: Annotated[Path | None, typer.Option("--probe", help="Held-out questions (the seeds' fields) to probe the "
+                                                               "student with, when it trained on every seed.")] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Targeted rounds on a finished run: the student's probe mistakes get new teacher data, then it trains on."""
-    _job(run_dir, [*(set_ or []), f"loop.rounds={rounds}"], None, ("rounds", "report"))
+    """Targeted rounds on a finished run: the student's probe mistakes get new teacher data, then it trains on.
+
+    The probe is the run's own (loop.rounds), else the seeds the student never trained on, else --probe FILE.
+    """
+    extra = [f"loop.probe_file={probe.resolve()}"] if probe else []
+    _job(run_dir, [*(set_ or []), f"loop.rounds={rounds}", *extra], None, ("rounds", "report"))
 
 
 @app.command()

@@ -84,7 +84,16 @@ def _iter_disk(path: Path) -> Iterator[tuple[str, Any]]:
 def _iter_hub(name: str, subset: str | None, split: str) -> Iterator[tuple[str, Any]]:
     import datasets
 
-    ds = datasets.load_dataset(name, subset, split=split, streaming=True)
+    try:
+        ds = datasets.load_dataset(name, subset, split=split, streaming=True)
+    except Exception as exc:  # offline, not on the Hub, gated: one line that says how to get it
+        import os
+
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        how = ("HF_HUB_OFFLINE is set, so the Hub cannot be reached: unset it to download, or give a local "
+               "file or a folder written by save_to_disk" if offline
+               else "check the name (and HF_TOKEN for a gated set), or give a local file or folder")
+        raise SeedError(f"{name}: the Hub dataset could not be loaded ({type(exc).__name__}); {how}") from None
     for i, row in enumerate(ds):
         yield f"{name}:{split}[row {i}]", row
 

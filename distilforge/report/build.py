@@ -88,7 +88,9 @@ def _facts(run: dict[str, Any]) -> list[tuple[str, str]]:
         ("teacher wall time", f"{run.get('wall_seconds', 0):.1f} s"),
     ]
     train = run.get("train")
-    if train:
+    if train and (train.get("skipped") or train.get("error")):  # a stage before may have kept nothing
+        rows.append(("training", f"skipped: {train['skipped']}" if train.get("skipped") else f"failed: {train['error']}"))
+    elif train:
         rows.append(("training", f"{train['method']} ({train.get('format', 'chat')}), {train['steps']} steps on "
                                  f"{train['examples']} examples, {train['seconds']:.0f} s on {train['device']}"))
     ev = run.get("eval") or {}

@@ -42,6 +42,32 @@ def _teacher(config: TeacherConfig, where: str) -> None:
         asyncio.run(check_vllm_servers(config.base_urls, config.model, key))
 
 
+def _probe(config: TeacherConfig, where: str) -> None:
+    if config.backend != "openai":  # vLLM servers are checked above; local backends have no endpoint
+        return
+    from distilforge.teachers.openai_api import OPENAI_URL, probe_endpoints
+
+    key = make_teacher(config)._api_key()  # type: ignore[attr-defined]
+    asyncio.run(probe_endpoints(list(config.base_urls) or [OPENAI_URL], key, config.api_key_env, where))
+
+
+def probe_teachers(config: JobConfig, stages: tuple[str, ...]) -> None:
+    """Every API teacher this run will pay, asked once for its free model list (under the folder's lock,
+    before the first request): a refused key or a server that is down is exit 2, with nothing paid."""
+    if "generate" in stages or "rounds" in stages:
+        _probe(config.teacher, "teacher")
+        if "generate" in stages:
+            from distilforge.quality.judge import judge_teacher
+
+            for i, spec in enumerate(config.filters):
+                if spec.name == "judge":
+                    _probe(judge_teacher(spec), f"filters.{i}.teacher")
+    if config.eval.teacher and "eval" in stages and "generate" not in stages:
+        from distilforge.evaluation.accuracy import eval_teacher_config
+
+        _probe(eval_teacher_config(config), "eval.teacher")
+
+
 def check_inputs(config: JobConfig, stages: tuple[str, ...]) -> Facts:
     from distilforge.core.budget import BudgetError
     from distilforge.run.pipeline import expected_samples
