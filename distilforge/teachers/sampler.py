@@ -264,6 +264,11 @@ class Sampler:
                     failure = None
                 except AttemptFailed as exc:
                     failure = exc
+                    if exc.kind in ("401", "403") and not stats.succeeded and not stats.samples_from_journal:
+                        # The key is refused and nothing was ever answered: every other request would be
+                        # too. Stopped before this slot frees, so no waiting request goes out.
+                        self.stop("key_refused")
+                        self.on_budget("key_refused")
             if failure is not None:
                 stats.last_done = time.time()
                 stats.errors[failure.kind] += 1
@@ -277,11 +282,6 @@ class Sampler:
                 else:
                     await journal.release_async(request_id)
                     await budget.release(reserve)
-                if failure.kind in ("401", "403") and not stats.succeeded and not stats.samples_from_journal:
-                    # The server refuses the key and nothing was ever answered: every other request
-                    # would be refused too. The run stops now and sends nothing more.
-                    self.stop("key_refused")
-                    self.on_budget("key_refused")
                 attempts += 1
                 delay = self._delay(failure, attempts)
                 if (not failure.retryable or attempts >= self.retry.max_attempts
