@@ -174,6 +174,25 @@ def _keep_round(run_dir: Path, round: int, parts: dict[str, list[Path]]) -> dict
     return {name: [r / f"{name}.jsonl" for r in rounds if (r / f"{name}.jsonl").exists()] for name in parts}
 
 
+async def _finish_round(config: JobConfig, run_dir: Path, summary: dict[str, Any], budget: Budget, facts: Facts, *,
+                        round: int, n_kept: int, n_failed_all: int, rejected: list[Path],
+                        splits: dict[str, int]) -> dict[str, Any]:
+    """A targeted round's account goes back to the caller; run.json's counts and money grow by it."""
+    summary["round_kept"] = n_kept
+    summary["round_cost_usd"] = round_usd(budget.spent_this_run) if budget.prices is not None else None
+    # Every count covers one scope, the whole run: the first pass and every round so far.
+    samples = dict(read_run(run_dir).get("samples") or {})
+    samples.update(expected=samples.get("expected", 0) + facts.expected, failed=n_failed_all)
+    update_run(run_dir, kept=summary["kept"], rejected=_count_reasons(rejected), samples=samples,
+               scope=f"whole run: the first pass and targeted rounds 1-{round}", budget=summary["budget"],
+               **money(run_dir))
+    shutil.rmtree(run_dir / ".staging", ignore_errors=True)
+    from distilforge.publish import write_card
+
+    await asyncio.to_thread(write_card, config, run_dir, splits)
+    return summary
+
+
 async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, console: Console, executor: Any,
                          facts: Facts, *, pipeline: Pipeline | None = None, round: int = 0) -> dict[str, Any]:
     """Run the ranks, then write the dataset, rejected and failed files, run.json and the card.
@@ -259,20 +278,8 @@ async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, 
                         n_failed=n_failed, started=started, run_dir=run_dir)
     status = summary["status"]
     if round:  # a targeted round: the caller keeps its account; the run's totals grow by it
-        summary["round_kept"] = n_kept
-        summary["round_cost_usd"] = round_usd(budget.spent_this_run) if budget.prices is not None else None
-        # run.json's cost is the whole folder's, every round included, and its budget the folder's ledger.
-        # Every count covers one scope, the whole run: the first pass and every round so far.
-        samples = dict(read_run(run_dir).get("samples") or {})
-        samples.update(expected=samples.get("expected", 0) + facts.expected, failed=n_failed_all)
-        run = update_run(run_dir, kept=summary["kept"], rejected=_count_reasons(rejected), samples=samples,
-                         scope=f"whole run: the first pass and targeted rounds 1-{round}", budget=summary["budget"],
-                         **money(run_dir))
-        shutil.rmtree(run_dir / ".staging", ignore_errors=True)
-        from distilforge.publish import write_card
-
-        await asyncio.to_thread(write_card, config, run_dir, splits)
-        return summary
+        return await _finish_round(config, run_dir, summary, budget, facts, round=round, n_kept=n_kept,
+                                   n_failed_all=n_failed_all, rejected=rejected, splits=splits)
     run = update_run(run_dir, **summary)
     from distilforge.publish import write_card
 
