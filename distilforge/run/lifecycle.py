@@ -65,24 +65,30 @@ def run_job(config: JobConfig, run_dir: Path, control: RunControl | None = None,
         start_invocation(run_dir, stages, resolve_prices(config) is not None)
         try:
             result = _run_stages(config, run_dir, control, console, stages, executor, facts)
-        except KeyboardInterrupt:  # Ctrl-C outside the generate stage (training, eval): the run says so
-            run = update_run(run_dir, status="interrupted", stopped="interrupted", **money(run_dir))
-            return JobResult(run, "interrupted")
-        except Exception as exc:
-            from distilforge.publish import PublishError
-            from distilforge.trainers.sft import TrainError
-
-            spends = "generate" in stages or "rounds" in stages
-            if not spends or isinstance(exc, PublishError) or not (run_dir / RUN_JSON).exists():
-                raise  # `train DIR` on bad input, a refused upload: the data's status stands
-            # A failure after this invocation spent: the run is not completed; it failed, and says why.
-            run = update_run(run_dir, status="failed", error=redact(str(exc)) or type(exc).__name__, **money(run_dir))
-            if isinstance(exc, (*INPUT_ERRORS, TrainError)):
-                raise  # the CLI's one line and exit 2
-            return JobResult(run, "failed")
-        if result.status != "lease_lost" and (run_dir / RUN_JSON).exists():
+        except (KeyboardInterrupt, Exception) as exc:
+            return _ended_by(exc, run_dir, control, stages)
+        if result.status != "lease_lost" and not control.lost() and (run_dir / RUN_JSON).exists():
             result.run = update_run(run_dir, **money(run_dir))
         return result
+
+
+def _ended_by(exc: BaseException, run_dir: Path, control: RunControl, stages: tuple[str, ...]) -> JobResult:
+    """Ctrl-C outside the generate stage (training, eval) is `interrupted`; a failure after this invocation
+    spent is `failed` with its error, never `completed`. Input errors still reach the CLI (exit 2)."""
+    from distilforge.publish import PublishError
+    from distilforge.trainers.sft import TrainError
+
+    if control.lost() or not (run_dir / RUN_JSON).exists():  # a worker that lost its lease writes nothing
+        raise exc
+    if isinstance(exc, KeyboardInterrupt):
+        return JobResult(update_run(run_dir, status="interrupted", stopped="interrupted", **money(run_dir)),
+                         "interrupted")
+    if not ("generate" in stages or "rounds" in stages) or isinstance(exc, PublishError):
+        raise exc  # `train DIR` on bad input, a refused upload: the data's status stands
+    run = update_run(run_dir, status="failed", error=redact(str(exc)) or type(exc).__name__, **money(run_dir))
+    if isinstance(exc, (*INPUT_ERRORS, TrainError)):
+        raise exc  # the CLI's one line and exit 2
+    return JobResult(run, "failed")
 
 
 def _generate(config: JobConfig, run_dir: Path, control: RunControl, console: Console, stages: tuple[str, ...],
