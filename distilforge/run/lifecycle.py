@@ -9,6 +9,7 @@ report. This module alone decides which stage runs after which outcome, what the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,9 @@ def run_job(config: JobConfig, run_dir: Path, control: RunControl | None = None,
         from distilforge.run.rounds import probe_plan
 
         probe_plan(config, run_dir)
-    with hold_run_folder(run_dir):
+    # One writer per folder: an OS lock, unless the caller fences the journal with a lease epoch (the
+    # service's workers, which may sit on other hosts, where a local lock would not reach).
+    with hold_run_folder(run_dir) if control.fence() is None else contextlib.nullcontext():
         probe_teachers(config, stages)
         start_invocation(run_dir, stages, resolve_prices(config) is not None)
         try:
