@@ -61,7 +61,7 @@ def main() -> None:
             seeds.write_text("".join(json.dumps({"question": f"L{i}: 0 + 1?", "answer": "#### 1"}) + "\n"
                                      for i in range(args.requests)))
             job = {"name": "lag", "seeds": {"path": str(seeds)},
-                   "teacher": {"backend": "openai", "model": "fake-teacher", "base_url": base_url,
+                   "teacher": {"backend": "openai", "model": "fake-teacher", "base_url": base_url, "api_key_env": None,
                                "max_concurrency": args.concurrency, "params": {"max_tokens": 64}},
                    "generation": {"mode": "cot", "samples_per_seed": 1},
                    "budget": {"prices": {"input_per_million": 1.0, "output_per_million": 1.0}, "max_usd": 100.0}}
