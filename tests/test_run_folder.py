@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -172,19 +173,34 @@ def test_an_offline_hub_id_is_exit_2_before_any_request(fake, cli, tmp_path, cas
     assert fake.chat_requests == 0 and not fake.bills and not out.exists()
 
 
-def test_a_failure_after_spending_is_failed_with_the_error_never_completed(fake, cli, tmp_path):
+def test_a_student_folder_without_a_tokenizer_is_exit_2_before_any_request(fake, cli, tmp_path):
     broken = tmp_path / "student"
     broken.mkdir()
-    (broken / "config.json").write_text("{}")  # a folder that looks like a model and is not one
+    (broken / "config.json").write_text("{}")  # looks like a model folder; nothing in it loads
+    data = _job(tmp_path, fake, 3)
+    data["train"] = {"enabled": True, "student": str(broken)}
+    out = tmp_path / "run"
+    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out)
+    assert result.exit_code == 2, result.output
+    assert str(broken) in _one_line(result.output) and "tokenizer" in result.output
+    assert fake.chat_requests == 0 and not out.exists()
+
+
+def test_a_failure_after_spending_is_failed_with_the_error_never_completed(fake, cli, tmp_path, tiny_model):
+    broken = tmp_path / "student"
+    shutil.copytree(tiny_model, broken)
+    for weights in broken.glob("*.safetensors"):
+        weights.write_bytes(b"not weights")  # config and tokenizer load; the weights do not, at training
     data = _job(tmp_path, fake, 4)
     data["train"] = {"enabled": True, "student": str(broken), "max_steps": 1}
     data["eval"] = {"include_validation": False}
     out = tmp_path / "run"
     result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out)
-    assert result.exit_code in (1, 2), result.output
+    assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     run = _run_json(out)
-    assert run["status"] == "failed" and run["error"] and fake.bills
+    assert run["status"] == "failed" and run["error"] and "\n" not in run["error"] and fake.bills
+    assert f"error: {run['error']}"[:60] in " ".join(result.output.split())
     assert run["cost_usd"] == pytest.approx(_billed(fake), abs=1e-6)
 
 

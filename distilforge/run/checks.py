@@ -131,7 +131,9 @@ def check_inputs(config: JobConfig, stages: tuple[str, ...]) -> Facts:
 
             raise BudgetError("loop.per_round_usd needs budget.prices: this model is not in the built-in price table")
     if config.train.enabled and ("train" in stages or "generate" in stages or "rounds" in stages):
-        check_model(config.train.student)
+        from distilforge.models.tokenizer import check_loadable
+
+        check_loadable(config.train.student)  # its config and tokenizer too: training must not fail after paying
     trains = "rounds" in stages or ("train" in stages and (len(stages) == 1 or config.train.enabled)) \
         or (config.train.enabled and "generate" in stages)
     if config.train.method == "gkd" and trains:

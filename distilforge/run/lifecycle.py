@@ -88,7 +88,8 @@ def _ended_by(exc: BaseException, run_dir: Path, control: RunControl, stages: tu
                          "interrupted")
     if not ("generate" in stages or "rounds" in stages) or isinstance(exc, PublishError):
         raise exc  # `train DIR` on bad input, a refused upload: the data's status stands
-    run = update_run(run_dir, status="failed", error=redact(str(exc)) or type(exc).__name__, **money(run_dir))
+    error = " ".join(redact(str(exc)).split()) or type(exc).__name__  # one line
+    run = update_run(run_dir, status="failed", error=error, **money(run_dir))
     if isinstance(exc, (*INPUT_ERRORS, TrainError)):
         raise exc  # the CLI's one line and exit 2
     return JobResult(run, "failed")
