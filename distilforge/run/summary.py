@@ -30,6 +30,7 @@ from distilforge.teachers.sampler import StageStats
 class Invocation:
     """One command on a run folder: what the folder held when it began, and what it spent per stage."""
 
+    run_dir: Path
     stages: list[str]
     priced: bool
     started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -52,7 +53,7 @@ def start_invocation(run_dir: Path, stages: tuple[str, ...], priced: bool) -> In
     """Called by the lifecycle under the folder's lock, before any request of this invocation."""
     run = read_run(run_dir)
     usd, _ = journal_totals(run_dir)
-    invocation = Invocation(list(stages), priced, usd_at_start=usd, tokens_at_start=journal_tokens(run_dir),
+    invocation = Invocation(run_dir, list(stages), priced, usd_at_start=usd, tokens_at_start=journal_tokens(run_dir),
                             earlier_by_stage=dict(run.get("cost_by_stage") or {}),
                             earlier=[*(run.get("invocations") or []), *([run["this_invocation"]]
                                                                      if run.get("this_invocation") else [])])
@@ -62,7 +63,10 @@ def start_invocation(run_dir: Path, stages: tuple[str, ...], priced: bool) -> In
 
 def current_invocation(run_dir: Path, priced: bool = True) -> Invocation:
     """The invocation under way (one is started for a caller outside the lifecycle)."""
-    return _INVOCATION.get() or start_invocation(run_dir, (), priced)
+    invocation = _INVOCATION.get()
+    if invocation is None or invocation.run_dir != run_dir:
+        invocation = start_invocation(run_dir, (), priced)
+    return invocation
 
 
 def money(run_dir: Path) -> dict[str, Any]:
