@@ -80,8 +80,10 @@ def dequantize_gguf(gguf_path: Path) -> Path:
     return target
 
 
-def check_model(spec: str) -> None:
-    """Raise ModelError now if `spec` cannot be resolved, without loading (or dequantizing) anything."""
+def check_model(spec: str, *, hub: bool = True) -> None:
+    """Raise ModelError now if `spec` cannot be resolved, without loading (or dequantizing) anything.
+
+    `hub`: a Hub id must be in the local cache (offline) or known to the Hub (online)."""
     if spec in EMBEDDED:
         embedded_gguf(spec)
         return
@@ -93,7 +95,7 @@ def check_model(spec: str) -> None:
     if not path.exists() and (spec.startswith((".", "/", "~")) or spec.count("/") != 1):
         known = ", ".join(sorted(EMBEDDED))
         raise ModelError(f"model '{spec}' not found: give a folder, a .gguf file, a Hub id, or one of: {known}")
-    if not path.exists():
+    if hub and not path.exists():
         _check_hub_model(spec)
 
 

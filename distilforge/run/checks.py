@@ -33,14 +33,9 @@ def _teacher(config: TeacherConfig, where: str) -> None:
         make_teacher(config)  # an API teacher checks its key variable here
     except TeacherError as exc:
         raise TeacherError(str(exc).replace("teacher.", f"{where}.", 1)) from None
-    if config.backend == "vllm-offline":
-        import importlib.util
-
-        if importlib.util.find_spec("vllm") is None:  # before the model: without vLLM no model helps
-            raise TeacherError(f"{where}.backend vllm-offline needs vLLM on a GPU machine: "
-                               "pip install 'distilforge[vllm]'")
     if config.backend in ("local", "vllm-offline"):
-        check_model(config.model)
+        # vLLM engines load their model where they run (Ray's GPU workers, with their own HF cache).
+        check_model(config.model, hub=config.backend == "local")
     if config.backend == "vllm":
         from distilforge.teachers.openai_api import check_vllm_servers
 

@@ -40,8 +40,11 @@ class Invocation:
     earlier: list[dict[str, Any]] = field(default_factory=list)
     by_stage: Counter[str] = field(default_factory=Counter)
 
-    def add(self, budget: Budget) -> None:
-        """A stage's budget is closed: its spend per stage is this invocation's."""
+    def add(self, budget: Budget, ran: list[str] | None = None) -> None:
+        """A stage's budget is closed: its spend per stage is this invocation's (stages that ran and
+        paid nothing are listed at 0)."""
+        for stage in ran or []:
+            self.by_stage[stage] += 0.0
         for stage, usd in budget.by_stage.items():
             self.by_stage[stage] += usd
 
@@ -146,7 +149,7 @@ def summarize(config: JobConfig, pipeline: Pipeline, results: list[RankResult], 
     per_stage, requests, _ = _stages_report(stages, budget)
     gen = stages.get("generate") or StageStats()
     invocation = current_invocation(run_dir, budget.prices is not None)
-    invocation.add(budget)
+    invocation.add(budget, list(stages))
     not_sent = sum(r.not_sent for r in results)
     summary: dict[str, Any] = {
         "name": config.name,
