@@ -108,6 +108,7 @@ def _guard(fn: Any) -> Any:
     from distilforge.core.budget import BudgetError
     from distilforge.core.config import ConfigError
     from distilforge.core.redact import redact
+    from distilforge.core.run_files import RunFolderBusy
     from distilforge.core.seeds import SeedError
     from distilforge.models import ModelError
     from distilforge.publish import PublishError, PublishInputError
@@ -118,7 +119,7 @@ def _guard(fn: Any) -> Any:
     try:
         return fn()
     except (ConfigError, SeedError, ModelError, TeacherError, BudgetError, FileNotFoundError, TrainError,
-            PublishInputError) as exc:
+            PublishInputError, RunFolderBusy) as exc:
         _fail(redact(str(exc)))
     except PublishError as exc:
         _fail(redact(f"publishing failed: {exc}"), code=1)
@@ -147,6 +148,8 @@ def _job(config: Path, set_: list[str] | None, output: Path | None, stages: tupl
     """Load the config (or a run folder's), run `stages` through the one lifecycle, exit with its code.
 
     `summary`: which table closes the command (`run`: the generation summary, `eval`: accuracy only)."""
+    from rich.markup import escape
+
     from distilforge.report.summary import print_eval, print_summary
     from distilforge.run.lifecycle import run_job
 
@@ -162,8 +165,9 @@ def _job(config: Path, set_: list[str] | None, output: Path | None, stages: tupl
             console.print(f"[yellow]interrupted[/yellow]: paid responses are in the journal; rerun `{again}` to resume")
         elif result.status == "failed":
             error = result.run.get("error") or "no teacher request succeeded"
-            console.print(f"[red]error:[/red] no teacher request succeeded; the first error: {error}",
-                          highlight=False, soft_wrap=True, markup=True)
+            lead = {"failed": "no teacher request succeeded; the first error: ",
+                    "key_refused": "the teacher refused the key; stopped at once: "}.get(result.run.get("stopped"), "")
+            console.print(f"[red]error:[/red] {escape(lead + error)}", highlight=False, soft_wrap=True)
         else:
             report = run_dir / "report.html"
             console.print(f"run folder: {run_dir}" + (f"; report: {report}" if report.exists() else ""))
@@ -189,12 +193,19 @@ def generate(config: ConfigArg, output: OutputOpt = None, set_: SetOpt = None, e
 @app.command()
 def improve(
     run_dir: RunDirArg,
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Targeted rounds to add.")] = 1,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Targeted rounds to run (all of them, whatever "
+                                                               "the gain).")] = 1,
+    probe: Annotated[Path | None, typer.Option("--probe", help="Held-out questions (the seeds' fields) to probe the "
+                                                               "student with, when it trained on every seed.")] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Targeted rounds on a finished run: the student's probe mistakes get new teacher data, then it trains on."""
+    """Targeted rounds on a finished run: the student's probe mistakes get new teacher data, then it trains on.
+
+    The probe is the run's own (loop.rounds), else the seeds the student never trained on, else --probe FILE.
+    """
     _guard(lambda: _need_run_dir(run_dir))
-    _job(run_dir, [*(set_ or []), f"loop.rounds={rounds}"], None, ("rounds", "report"))
+    extra = [f"loop.probe_file={probe.resolve()}"] if probe else []
+    _job(run_dir, [*(set_ or []), f"loop.rounds={rounds}", *extra], None, ("rounds", "report"))
 
 
 @app.command()

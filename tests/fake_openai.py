@@ -135,6 +135,7 @@ class FakeOpenAI:
     # response_format types the server accepts; others get a 500 like llama.cpp's server gives for json_schema
     accepts_formats: tuple[str, ...] = ("json_schema", "json_object", "text")
     _first_chat: float | None = None
+    serves_models: bool = True  # False: /v1/models answers 404 (a server without a model list)
 
     def behaviour_for(self, prompt: str) -> tuple[str, Behaviour]:
         for key, behaviour in self.script.items():
@@ -226,7 +227,12 @@ class FakeOpenAI:
         """Serve on 127.0.0.1 (`port` 0: any free port; a stopped server can come back on its old port)."""
         from aiohttp import web
 
-        async def models(_request: web.Request) -> web.Response:
+        async def models(request: web.Request) -> web.Response:
+            if not self.serves_models:  # some servers have no model list
+                return web.json_response({"error": {"message": "not found"}}, status=404)
+            auth = request.headers.get("Authorization")
+            if self.require_key and auth != f"Bearer {self.require_key}":
+                return web.json_response({"error": {"message": "Incorrect API key provided"}}, status=401)
             return web.json_response({"object": "list", "data": [{"id": m, "object": "model"} for m in self.model_ids]})
 
         async def health(_request: web.Request) -> web.Response:

@@ -97,4 +97,6 @@ def test_reservations_of_a_killed_run_count_at_worst_case(fake, tmp_path):
     assert result.returncode == 0, result.stderr
     run = json.loads((out / "run.json").read_text())
     assert run["budget"]["orphaned_requests"] == orphans
-    assert run["budget"]["spent_usd_total"] == pytest.approx(billed + worst + run["cost_usd"])
+    # cost_usd is the whole folder's (the killed run's orphans at worst case included); this command's share apart.
+    assert run["cost_usd"] == pytest.approx(run["budget"]["spent_usd_total"])
+    assert run["budget"]["spent_usd_total"] == pytest.approx(billed + worst + run["this_invocation"]["cost_usd"])

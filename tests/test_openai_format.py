@@ -168,10 +168,12 @@ def test_round_trip_seeds_run_export_seeds(fake, cli, tmp_path, template):
     result = cli("export", run_dir, "--format", "openai-chat")
     assert result.exit_code == 0, result.output
     out = run_dir / "export" / "openai-chat"
-    assert "wrote train.jsonl 18, validation.jsonl 6 lines" in result.output
     import datasets
 
     splits = datasets.load_from_disk(str(run_dir / "dataset"))
+    n_train, n_val = len(splits["train"]), len(splits["validation"])  # split by seed: every sample on one side
+    assert n_train + n_val == 24 and n_val and not set(splits["train"]["seed_id"]) & set(splits["validation"]["seed_id"])
+    assert f"wrote train.jsonl {n_train}, validation.jsonl {n_val} lines" in result.output
     exported = {}
     for split in ("train", "validation"):
         lines = _read_jsonl(out / f"{split}.jsonl")

@@ -91,19 +91,43 @@ def test_rounds_target_the_failed_probe_questions_and_their_neighbours(fake, cli
     assert "<h2>Targeted rounds</h2>" in page and "gained no more" in page
 
 
-def test_improve_adds_rounds_and_refuses_a_run_without_a_probe_split(fake, cli, tmp_path, tiny_model):
-    data, _, _ = _job(tmp_path, fake, tiny_model, rounds=1, min_gain=0.0)
+def test_improve_runs_the_rounds_asked_for_on_any_finished_run(fake, cli, tmp_path, tiny_model):
+    data, _, _ = _job(tmp_path, fake, tiny_model, rounds=1, min_gain=-0.5)  # min_gain may go below 0
     out = tmp_path / "run"
     assert cli("run", write_config(tmp_path / "job.yaml", data), "--output", out).exit_code == 0
-    before = json.loads((out / "run.json").read_text())["rounds"]
-    assert len(before) == 2
+    assert len(json.loads((out / "run.json").read_text())["rounds"]) == 2
     result = cli("improve", out, "--rounds", "1")
     assert result.exit_code == 0, result.output
-    assert len(json.loads((out / "run.json").read_text())["rounds"]) == 2  # stopped: no gain
+    run = json.loads((out / "run.json").read_text())
+    assert len(run["rounds"]) == 3  # asked for by name: run, whatever the last round gained
+    # Every count covers one scope, the whole run, and says so.
+    samples = run["samples"]
+    assert run["scope"].startswith("whole run") and run["kept"] == len(load_kept(out))
+    assert run["kept"] + sum(run["rejected"].values()) + samples["failed"] + samples["not_sent"] == samples["expected"]
 
-    plain = dict(data)
-    plain.pop("loop")
+    # A plain run (no loop.rounds): the probe is held apart from the seeds the student never trained on.
+    plain = {k: v for k, v in data.items() if k != "loop"}
+    plain["output"] = {"validation_fraction": 0.25}
     other = tmp_path / "plain"
     assert cli("run", write_config(tmp_path / "plain.yaml", plain), "--output", other).exit_code == 0
-    refused = cli("improve", other, "--rounds", "1")
-    assert refused.exit_code == 2 and "probe split" in refused.output
+    improved = cli("improve", other, "--rounds", "1")
+    assert improved.exit_code == 0, improved.output
+    probe = {json.loads(line)["id"] for line in (other / "rounds" / "probe.jsonl").read_text().splitlines()}
+    trained = set(datasets.load_from_disk(str(other / "dataset"))["train"]["seed_id"])
+    assert probe and not probe & trained
+    assert len(json.loads((other / "run.json").read_text())["rounds"]) == 2
+
+    # The student trained on every seed: improve asks for held-out questions, then takes them.
+    plain["output"] = {"validation_fraction": 0.0}
+    every = tmp_path / "every"
+    assert cli("run", write_config(tmp_path / "every.yaml", plain), "--output", every).exit_code == 0
+    refused = cli("improve", every, "--rounds", "1")
+    assert refused.exit_code == 2 and "--probe" in refused.output, refused.output
+    assert not (every / "rounds").exists()
+    held = write_jsonl(tmp_path / "held.jsonl", [{"id": f"H{i}", "question": f"H{i}: Bo has {i} cups and gets one "
+                                                   "more. How many cups does he have?", "answer": f"#### {i + 1}"}
+                                                  for i in range(3)])
+    taken = cli("improve", every, "--rounds", "1", "--probe", held)
+    assert taken.exit_code == 0, taken.output
+    assert {json.loads(line)["id"] for line in (every / "rounds" / "probe.jsonl").read_text().splitlines()} == \
+        {"H0", "H1", "H2"}

@@ -302,7 +302,10 @@ class LoopConfig(Strict):
     neighbours: int = Field(default=4, ge=0, description="nearest seeds (MiniLM) of each failed probe question")
     samples: int = Field(default=2, ge=1, description="new samples per targeted seed")
     strategy: Literal["resample", "evolve"] = "resample"
-    min_gain: float = Field(default=0.0, ge=0, description="stop when probe accuracy gains no more than this")
+    min_gain: float = Field(default=0.0, ge=-1, le=1, description="stop when probe accuracy gains no more than this "
+                            "(below 0: go on through a round that lost accuracy)")
+    probe_file: str | None = Field(default=None, description="held-out questions (the seeds' fields) to probe the "
+                                   "student with, when it trained on every seed (`improve --probe FILE`)")
 
 
 class ExecutorConfig(Strict):

@@ -161,13 +161,18 @@ def jsonl_to_dataset(paths: list[Path], columns: list[str], target: Path, parque
 
 
 def write_dataset(kept: list[Path], run_dir: Path, validation_fraction: float, seed: int) -> dict[str, int]:
-    """DIR/dataset as a DatasetDict (train + seeded validation), DIR/parquet/{train,validation}.parquet.
+    """DIR/dataset as a DatasetDict (train + validation), DIR/parquet/{train,validation}.parquet.
 
-    Rows are in (seed_id, sample_index) order in both splits; the validation rows are drawn with `seed`.
-    Everything goes through Arrow files on disk in batches, so memory does not grow with the rows.
+    The split is by seed, not by row: a seed's samples all go to validation when a stable hash of its
+    `seed_id` (salted with `seed`) falls below `validation_fraction` (`in_validation`), so no question
+    is in both splits. Fewer than 20 rows, or a hash that would leave train empty, give no validation.
+    Rows are in (seed_id, sample_index) order in both splits. Everything goes through Arrow files on
+    disk in batches, so memory does not grow with the rows.
     """
     import numpy as np
     from datasets import DatasetDict
+
+    from distilforge.core.seeds import in_validation
 
     cache = Path(tempfile.mkdtemp(prefix="arrow-", dir=run_dir))
     target = run_dir / "dataset"
@@ -176,10 +181,12 @@ def write_dataset(kept: list[Path], run_dir: Path, validation_fraction: float, s
     try:
         ds = _sorted(load_jsonl(kept, REJECTED_COLUMNS, cache)).remove_columns(["reject_reason", "reject_detail"])
         n = len(ds)
-        n_val = round(n * validation_fraction) if n >= 20 else 0
         held = np.zeros(n, dtype=bool)
-        if n_val:
-            held[np.random.default_rng(seed).choice(n, size=n_val, replace=False)] = True
+        if n >= 20 and validation_fraction > 0:
+            ids = (i for batch in ds.select_columns(["seed_id"]).iter(batch_size=10_000) for i in batch["seed_id"])
+            held = np.fromiter((in_validation(i, validation_fraction, seed) for i in ids), dtype=bool, count=n)
+            if held.all():
+                held[:] = False
         splits = DatasetDict({"train": ds.select(np.flatnonzero(~held)), "validation": ds.select(np.flatnonzero(held))})
         shutil.rmtree(tmp, ignore_errors=True)
         splits.save_to_disk(str(tmp), num_shards={k: 1 for k in splits})

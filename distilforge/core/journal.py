@@ -368,6 +368,22 @@ def journal_totals(run_dir: Path) -> tuple[float, int]:
     return spent, orphans
 
 
+def journal_tokens(run_dir: Path) -> tuple[int, int]:
+    """(prompt, completion) tokens of every answer in every journal shard: the folder's whole usage."""
+    prompt = completion = 0
+    for path in journal_paths(run_dir):
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "responses" in tables:
+                p, c = db.execute("SELECT COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) "
+                                  "FROM responses").fetchone()
+                prompt, completion = prompt + int(p), completion + int(c)
+        finally:
+            db.close()
+    return prompt, completion
+
+
 def journal_paths(run_dir: Path) -> list[Path]:
     """Every journal shard of a run folder (and the single-file journal of older runs)."""
     paths = sorted((run_dir / "journal").glob("rank-*.sqlite")) if (run_dir / "journal").is_dir() else []

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,42 @@ from distilforge.core.redact import redact, strip_userinfo
 
 RUN_JSON = "run.json"
 CONFIG_SNAPSHOT = "config.yaml"
+LOCK_FILE = ".lock"
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process holds the run folder's lock: one writer at a time."""
+
+
+@contextlib.contextmanager
+def hold_run_folder(run_dir: Path) -> Iterator[None]:
+    """An exclusive OS lock (flock) on RUN_DIR/.lock for as long as this process writes the folder.
+
+    The kernel releases it when the process exits or crashes, so a stale lock cannot outlive its
+    holder. A second writer is refused at once with the holder's pid. A folder this call created is
+    removed again if nothing but the lock file was written in it (an input error after the lock).
+    """
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunFolderBusy(f"{run_dir}: another distilforge process (pid {holder}) is writing this run folder; "
+                            "wait for it to finish or stop it, then rerun") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        if created and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        os.close(fd)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -119,7 +119,16 @@ def _iter_disk(path: Path) -> Iterator[tuple[str, Any]]:
 def _iter_hub(name: str, subset: str | None, split: str) -> Iterator[tuple[str, Any]]:
     import datasets
 
-    ds = datasets.load_dataset(name, subset, split=split, streaming=True)
+    try:
+        ds = datasets.load_dataset(name, subset, split=split, streaming=True)
+    except Exception as exc:  # offline, not on the Hub, gated: one line that says how to get it
+        import os
+
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        how = ("HF_HUB_OFFLINE is set, so the Hub cannot be reached: unset it to download, or give a local "
+               "file or a folder written by save_to_disk" if offline
+               else "check the name (and HF_TOKEN for a gated set), or give a local file or folder")
+        raise SeedError(f"{name}: the Hub dataset could not be loaded ({type(exc).__name__}); {how}") from None
     for i, row in enumerate(ds):
         yield f"{name}:{split}[row {i}]", row
 
@@ -365,6 +374,13 @@ def seed_rank(seed_id: str, world_size: int) -> int:
 def in_probe(seed_id: str, fraction: float, rng_seed: int) -> bool:
     """Whether a seed belongs to the probe split (held apart from training): a stable hash of its id."""
     digest = hashlib.blake2b(f"probe:{rng_seed}:{seed_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < fraction * 2**64
+
+
+def in_validation(seed_id: str, fraction: float, rng_seed: int) -> bool:
+    """Whether a seed's samples go to the validation split: a stable hash of its id, so every sample
+    of a seed lands on one side (the student is never evaluated on a question it trained on)."""
+    digest = hashlib.blake2b(f"validation:{rng_seed}:{seed_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") < fraction * 2**64
 
 

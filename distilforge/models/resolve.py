@@ -96,8 +96,10 @@ def dequantize_gguf(gguf_path: Path) -> Path:
     return target
 
 
-def check_model(spec: str) -> None:
-    """Raise ModelError now if `spec` cannot be resolved, without loading (or dequantizing) anything."""
+def check_model(spec: str, *, hub: bool = True) -> None:
+    """Raise ModelError now if `spec` cannot be resolved, without loading (or dequantizing) anything.
+
+    `hub`: a Hub id must be in the local cache (offline) or known to the Hub (online)."""
     if spec in EMBEDDED:
         embedded_gguf(spec)
         return
@@ -109,6 +111,32 @@ def check_model(spec: str) -> None:
     if not path.exists() and (spec.startswith((".", "/", "~")) or spec.count("/") != 1):
         known = ", ".join(sorted(EMBEDDED))
         raise ModelError(f"model '{spec}' not found: give a folder, a .gguf file, a Hub id, or one of: {known}")
+    if hub and not path.exists():
+        _check_hub_model(spec)
+
+
+def _check_hub_model(repo_id: str) -> None:
+    """A Hub id must be in the local cache when the Hub is off (HF_HUB_OFFLINE), and known to the Hub
+    otherwise: a run fails here, before its first request, not after paying the teacher."""
+    import os
+
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(repo_id, allow_patterns=["config.json"], local_files_only=True)
+        return  # cached
+    except Exception:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise ModelError(f"model '{repo_id}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set: unset "
+                         f"HF_HUB_OFFLINE to download it, or download it elsewhere and give its local folder")
+    from huggingface_hub import model_info
+
+    try:
+        model_info(repo_id, timeout=10)
+    except Exception as exc:
+        raise ModelError(f"model '{repo_id}' could not be found on the Hub ({type(exc).__name__}): check the id "
+                         "(and HF_TOKEN for a gated model), or give a local folder") from None
 
 
 def resolve_model(spec: str) -> str:

@@ -31,6 +31,24 @@ def load_tokenizer(spec: str) -> Any:
     return AutoTokenizer.from_pretrained(spec)  # a Hub id: from the HF cache when offline
 
 
+def check_loadable(spec: str) -> None:
+    """A folder or Hub id whose tokenizer and config load (no weights), checked before the first paid
+    request; the embedded aliases and GGUF files are checked by `check_model`. Raises ModelError."""
+    from distilforge.models.resolve import ModelError
+
+    check_model(spec)
+    if spec in EMBEDDED or Path(spec).expanduser().is_file():
+        return
+    try:
+        from transformers import AutoConfig
+
+        AutoConfig.from_pretrained(str(Path(spec).expanduser()) if Path(spec).expanduser().is_dir() else spec)
+        load_tokenizer(spec)
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise ModelError(f"model '{spec}': its config or tokenizer cannot be loaded ({reason})") from None
+
+
 def vocabulary(tokenizer: Any) -> tuple[int, str]:
     """(number of tokens, hash of the token -> id map), added tokens included."""
     items = sorted(tokenizer.get_vocab().items())

@@ -50,6 +50,11 @@ Distilled from a teacher model by black-box knowledge distillation with
 
 {chr(10).join(f"- `{name}`: {n} rows" for name, n in splits.items())}
 
+The split is by seed, never by row: every sample of a seed is on the same side. A seed goes to
+`validation` when a stable hash of its `seed_id` (salted with `generation.rng_seed`
+= {g.rng_seed}) falls below `output.validation_fraction` = {config.output.validation_fraction}
+(no validation below 20 rows), so no validation question is one the student trained on.
+
 Each row has `messages` (chat format, ready for TRL's `SFTTrainer`) and its provenance: `seed_id`,
 `question`, `rationale`, `answer`, `gold`, `teacher_model`, `mode`, `template`, `template_sha`, token counts,
 and `round` (0: the first pass; N: the targeted round that asked for it).

@@ -91,7 +91,9 @@ def _facts(run: dict[str, Any]) -> list[tuple[str, str]]:
     if (run.get("requests") or {}).get("cached"):
         rows.insert(-1, ("samples from the response cache ($0)", str(run["requests"]["cached"])))
     train = run.get("train")
-    if train:
+    if train and (train.get("skipped") or train.get("error")):  # a stage before may have kept nothing
+        rows.append(("training", f"skipped: {train['skipped']}" if train.get("skipped") else f"failed: {train['error']}"))
+    elif train:
         rows.append(("training", f"{train['method']} ({train.get('format', 'chat')}), {train['steps']} steps on "
                                  f"{train['examples']} examples, {train['seconds']:.0f} s on {train['device']}"))
     ev = run.get("eval") or {}

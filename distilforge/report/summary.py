@@ -29,7 +29,8 @@ def print_eval(run: dict[str, Any], console: Console) -> None:
 
 
 def print_summary(run: dict[str, Any], console: Console) -> None:
-    table = Table(title=f"distilforge run {run.get('name') or ''}".strip(), show_header=True)
+    scope = f" ({run['scope']})" if run.get("scope") and run.get("rounds") else ""
+    table = Table(title=f"distilforge run {run.get('name') or ''}".strip() + scope, show_header=True)
     table.add_column("what")
     table.add_column("value", justify="right")
     samples = run.get("samples", {})
@@ -54,7 +55,10 @@ def print_summary(run: dict[str, Any], console: Console) -> None:
     if run.get("cost_usd") is not None:
         kept = run.get("kept") or 0
         per = f" (${run['cost_usd'] / kept:.5f} per kept)" if kept else ""
-        table.add_row("cost", f"${run['cost_usd']:.4f}{per}")
+        table.add_row("cost (whole run folder)", f"${run['cost_usd']:.4f}{per}")
+        mine = (run.get("this_invocation") or {}).get("cost_usd")
+        if mine is not None and abs(mine - run["cost_usd"]) > 1e-9:
+            table.add_row("  of it, this command", f"${mine:.4f}")
         cap = (run.get("budget") or {}).get("max_usd")
         if cap:
             table.add_row("budget used (all runs)", f"${run['budget']['spent_usd_total']:.4f} of ${cap}")
@@ -64,7 +68,9 @@ def print_summary(run: dict[str, Any], console: Console) -> None:
         table.add_row("samples not sent (stop)", str(samples["not_sent"]))
     table.add_row("teacher wall time", f"{run.get('wall_seconds', 0):.1f} s")
     train = run.get("train")
-    if train:
+    if train and train.get("skipped"):
+        table.add_row("training", f"skipped: {train['skipped']}")
+    elif train:
         table.add_row("training", f"{train['steps']} steps, loss {train.get('first_loss')} -> {train.get('last_loss')}")
     ev = run.get("eval") or {}
     if ev:

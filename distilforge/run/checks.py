@@ -37,7 +37,8 @@ def _teacher(config: TeacherConfig, where: str) -> None:
     except TeacherError as exc:
         raise TeacherError(str(exc).replace("teacher.", f"{where}.", 1)) from None
     if config.backend in ("local", "vllm-offline"):
-        check_model(config.model)
+        # vLLM engines load their model where they run (Ray's GPU workers, with their own HF cache).
+        check_model(config.model, hub=config.backend == "local")
     if config.backend == "vllm":
         from distilforge.teachers.openai_api import check_vllm_servers
 
@@ -59,6 +60,32 @@ def _count(seeds: Any, should_stop: Callable[[], str | None] | None) -> int:
             if reason:
                 raise ChecksStopped(reason)
     return n
+
+
+def _probe(config: TeacherConfig, where: str) -> None:
+    if config.backend != "openai":  # vLLM servers are checked above; local backends have no endpoint
+        return
+    from distilforge.teachers.openai_api import OPENAI_URL, probe_endpoints
+
+    key = make_teacher(config)._api_key()  # type: ignore[attr-defined]
+    asyncio.run(probe_endpoints(list(config.base_urls) or [OPENAI_URL], key, config.api_key_env, where))
+
+
+def probe_teachers(config: JobConfig, stages: tuple[str, ...]) -> None:
+    """Every API teacher this run will pay, asked once for its free model list (under the folder's lock,
+    before the first request): a refused key or a server that is down is exit 2, with nothing paid."""
+    if "generate" in stages or "rounds" in stages:
+        _probe(config.teacher, "teacher")
+        if "generate" in stages:
+            from distilforge.quality.judge import judge_teacher
+
+            for i, spec in enumerate(config.filters):
+                if spec.name == "judge":
+                    _probe(judge_teacher(spec), f"filters.{i}.teacher")
+    if config.eval.teacher and "eval" in stages and "generate" not in stages:
+        from distilforge.evaluation.accuracy import eval_teacher_config
+
+        _probe(eval_teacher_config(config), "eval.teacher")
 
 
 def check_inputs(config: JobConfig, stages: tuple[str, ...],
@@ -123,7 +150,9 @@ def check_inputs(config: JobConfig, stages: tuple[str, ...],
 
             raise BudgetError("loop.per_round_usd needs budget.prices: this model is not in the built-in price table")
     if config.train.enabled and ("train" in stages or "generate" in stages or "rounds" in stages):
-        check_model(config.train.student)
+        from distilforge.models.tokenizer import check_loadable
+
+        check_loadable(config.train.student)  # its config and tokenizer too: training must not fail after paying
     trains = "rounds" in stages or ("train" in stages and (len(stages) == 1 or config.train.enabled)) \
         or (config.train.enabled and "generate" in stages)
     if config.train.method == "gkd" and trains:

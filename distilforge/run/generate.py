@@ -39,7 +39,7 @@ from distilforge.core.steps import Progress, RankContext, RunControl, StepStats,
 from distilforge.run.checks import Facts
 from distilforge.run.executor import LocalExecutor, RankResult, merge_results, staging_dir
 from distilforge.run.pipeline import Pipeline, build_pipeline
-from distilforge.run.summary import summarize
+from distilforge.run.summary import money, summarize
 from distilforge.teachers import display_model
 
 
@@ -136,6 +136,19 @@ def _lines(paths: list[Path]) -> int:
     return total
 
 
+def _count_reasons(paths: list[Path]) -> dict[str, int]:
+    """Rejected rows by reason over rejected files, streamed."""
+    import json
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    for path in paths:
+        if path.exists():
+            with path.open(encoding="utf-8") as fh:
+                counts.update(json.loads(line).get("reject_reason") or "unknown" for line in fh if line.strip())
+    return dict(counts.most_common())
+
+
 def round_usd(usd: float) -> float:
     """Dollars to six places (here, where `generate_stage`'s `round` parameter does not hide the builtin)."""
     return round(usd, 6)
@@ -173,6 +186,25 @@ def _write_rejected_seeds(run_dir: Path, rejected: list[dict[str, str]]) -> None
         for row in rejected:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     tmp.replace(target)
+
+
+async def _finish_round(config: JobConfig, run_dir: Path, summary: dict[str, Any], budget: Budget, facts: Facts, *,
+                        round: int, n_kept: int, n_failed_all: int, rejected: list[Path],
+                        splits: dict[str, int]) -> dict[str, Any]:
+    """A targeted round's account goes back to the caller; run.json's counts and money grow by it."""
+    summary["round_kept"] = n_kept
+    summary["round_cost_usd"] = round_usd(budget.spent_this_run) if budget.prices is not None else None
+    # Every count covers one scope, the whole run: the first pass and every round so far.
+    samples = dict(read_run(run_dir).get("samples") or {})
+    samples.update(expected=samples.get("expected", 0) + facts.expected, failed=n_failed_all)
+    update_run(run_dir, kept=summary["kept"], rejected=_count_reasons(rejected), samples=samples,
+               scope=f"whole run: the first pass and targeted rounds 1-{round}", budget=summary["budget"],
+               **money(run_dir))
+    shutil.rmtree(run_dir / ".staging", ignore_errors=True)
+    from distilforge.publish import write_card
+
+    await asyncio.to_thread(write_card, config, run_dir, splits)
+    return summary
 
 
 async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, console: Console, executor: Any,
@@ -251,6 +283,7 @@ async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, 
     if config.loop.rounds:
         every = _keep_round(run_dir, round, {"kept": kept, "rejected": rejected, "failed": failed})
         kept, rejected, failed = every["kept"], every["rejected"], every["failed"]
+    n_failed_all = _lines(failed)
     splits = await asyncio.to_thread(write_dataset, kept, run_dir, config.output.validation_fraction, g.rng_seed)
     await asyncio.to_thread(jsonl_to_dataset, rejected, REJECTED_COLUMNS, run_dir / "rejected",
                             run_dir / "parquet" / "rejected.parquet")
@@ -258,22 +291,11 @@ async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, 
 
     summary = summarize(config, pipeline, results, steps, stages, stop_reasons, budget, executor=executor,
                         n_seeds=facts.n_seeds, expected=facts.expected, orphans=orphans, splits=splits,
-                        n_failed=n_failed, started=started)
+                        n_failed=n_failed, started=started, run_dir=run_dir)
     status = summary["status"]
     if round:  # a targeted round: the caller keeps its account; the run's totals grow by it
-        summary["round_kept"] = n_kept
-        before = read_run(run_dir)
-        by_stage = dict(before.get("cost_by_stage") or {})
-        for stage, usd in (summary.get("cost_by_stage") or {}).items():
-            by_stage[stage] = round_usd(by_stage.get(stage, 0.0) + usd)
-        # run.json's cost is the whole run's, every round included, and its budget the folder's ledger.
-        run = update_run(run_dir, kept=summary["kept"], cost_by_stage=by_stage,
-                         cost_usd=round_usd(sum(by_stage.values())), budget=summary["budget"])
-        shutil.rmtree(run_dir / ".staging", ignore_errors=True)
-        from distilforge.publish import write_card
-
-        await asyncio.to_thread(write_card, config, run_dir, splits)
-        return summary
+        return await _finish_round(config, run_dir, summary, budget, facts, round=round, n_kept=n_kept,
+                                   n_failed_all=n_failed_all, rejected=rejected, splits=splits)
     if config.seeds.on_bad_line == "skip":
         summary["rejected_seeds"] = len(facts.rejected_seeds)
     run = update_run(run_dir, **summary)

@@ -16,6 +16,7 @@ longer helps), or when the budget is spent. Each round's records carry its numbe
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -46,20 +47,94 @@ def with_probe_guard(config: JobConfig, run_dir: Path) -> JobConfig:
     return config.model_copy(update={"filters": [*config.filters, guard]}, deep=True)
 
 
-def write_probe(config: JobConfig, run_dir: Path) -> int:
-    """The probe split's questions (with gold), kept in the run folder so every round uses the same."""
-    s, g, loop = config.seeds, config.generation, config.loop
-    rows = [{"id": seed.seed_id, "question": seed.question, "answer": seed.meta.get("raw_answer", seed.gold),
+def _seed_rows(config: JobConfig, path: str, keep: Any) -> list[dict[str, Any]]:
+    s, g = config.seeds, config.generation
+    same = path == s.path
+    return [{"id": seed.seed_id, "question": seed.question, "answer": seed.meta.get("raw_answer", seed.gold),
              "gold": seed.gold}
-            for seed in read_seeds(s.path, s.fields, limit=s.limit, answer_type=g.answer_type, split=s.split,
-                                   subset=s.subset, format=s.format)
-            if in_probe(seed.seed_id, loop.probe_fraction, g.rng_seed)]
-    if not rows:
-        raise ConfigError(f"loop.probe_fraction: {loop.probe_fraction} of these seeds leaves no probe question")
+            for seed in read_seeds(path, s.fields, limit=s.limit if same else None, answer_type=g.answer_type,
+                                   split=s.split if same else None, subset=s.subset if same else None,
+                                   format=s.format if same else None)
+            if keep(seed.seed_id)]
+
+
+def _write_probe_rows(run_dir: Path, rows: list[dict[str, Any]]) -> int:
     path = probe_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return len(rows)
+
+
+def write_probe(config: JobConfig, run_dir: Path) -> int:
+    """The probe split's questions (with gold), kept in the run folder so every round uses the same."""
+    loop, g = config.loop, config.generation
+    rows = _seed_rows(config, config.seeds.path, lambda i: in_probe(i, loop.probe_fraction, g.rng_seed))
+    if not rows:
+        raise ConfigError(f"loop.probe_fraction: {loop.probe_fraction} of these seeds leaves no probe question")
+    return _write_probe_rows(run_dir, rows)
+
+
+def _trained_ids(run_dir: Path) -> set[str]:
+    """The seeds of the dataset's train split: what the student trains on (or would)."""
+    import datasets
+
+    if not (run_dir / "dataset").exists():
+        return set()
+    train = datasets.load_from_disk(str(run_dir / "dataset"))["train"].select_columns(["seed_id"])
+    return {i for batch in train.iter(batch_size=10_000) for i in batch["seed_id"]}
+
+
+def probe_plan(config: JobConfig, run_dir: Path) -> tuple[str, list[dict[str, Any]] | None]:
+    """Where `improve` takes its probe from, checked before anything is written: ("kept", None) for a
+    run that held one apart, ("file", rows) for `--probe FILE`, ("untrained", rows) for the seeds
+    the student never trained on (at most `loop.probe_fraction` of the seeds, by a stable hash)."""
+    run = read_run(run_dir)
+    if run.get("status") not in ("completed", "stopped"):
+        raise ConfigError(f"{run_dir}: this run is {run.get('status') or 'not started'}; finish it first "
+                          "(rerun `distilforge generate` on it), then improve it")
+    if config.loop.probe_file:
+        rows = _seed_rows(config, config.loop.probe_file, lambda i: True)
+        if not rows:
+            raise ConfigError(f"loop.probe_file: {config.loop.probe_file} holds no question")
+        return "file", rows
+    if probe_path(run_dir).exists():
+        return "kept", None
+    trained = _trained_ids(run_dir)
+    untrained = _seed_rows(config, config.seeds.path, lambda i: i not in trained)
+    if not untrained:
+        raise ConfigError(f"{run_dir}: the student trained on every seed, so none is left to probe it with; "
+                          "give held-out questions with --probe FILE")
+    g = config.generation
+    size = max(1, round(config.loop.probe_fraction * (len(untrained) + len(trained))))
+    untrained.sort(key=lambda r: hashlib.blake2b(f"probe:{g.rng_seed}:{r['id']}".encode(), digest_size=8).digest())
+    return "untrained", untrained[:size]
+
+
+def _first_pass_as_round_zero(run_dir: Path) -> None:
+    """A run without `loop.rounds` kept no round 0: its dataset, rejects and failures become it, so
+    every round's dataset is built from the first pass's rows and the rounds'."""
+    import datasets
+
+    folder = run_dir / "rounds" / "round-00"
+    if folder.exists():
+        return
+    tmp = folder.with_name("round-00.tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    kept = datasets.load_from_disk(str(run_dir / "dataset"))
+    datasets.concatenate_datasets([kept["train"], kept["validation"]]).to_json(str(tmp / "kept.jsonl"), lines=True)
+    if (run_dir / "rejected").exists():
+        datasets.load_from_disk(str(run_dir / "rejected")).to_json(str(tmp / "rejected.jsonl"), lines=True)
+    if (run_dir / "failed.jsonl").exists():
+        (tmp / "failed.jsonl").write_bytes((run_dir / "failed.jsonl").read_bytes())
+    tmp.rename(folder)
+
+
+def prepare_probe(config: JobConfig, run_dir: Path) -> None:
+    """Under the folder's lock, before the first round: the probe file, and round 0."""
+    _, rows = probe_plan(config, run_dir)
+    if rows is not None:
+        _write_probe_rows(run_dir, rows)
+    _first_pass_as_round_zero(run_dir)
 
 
 def _probe_questions(config: JobConfig, run_dir: Path) -> list[tuple[str, Any]]:
@@ -91,10 +166,11 @@ class _Neighbours:
 
         from distilforge.models.embeddings import Embedder
 
-        s, g, loop = config.seeds, config.generation, config.loop
+        s, g = config.seeds, config.generation
+        probe = {seed.seed_id for _, seed in _probe_questions(config, run_dir)}
         train = [(seed.seed_id, seed.question) for seed in read_seeds(
             s.path, s.fields, limit=s.limit, answer_type=g.answer_type, split=s.split, subset=s.subset, format=s.format)
-            if not in_probe(seed.seed_id, loop.probe_fraction, g.rng_seed)]
+            if seed.seed_id not in probe]
         self.ids = [i for i, _ in train]
         self.embedder = Embedder()
         cache = run_dir / "rounds" / "index.npy"
@@ -135,13 +211,29 @@ def _round_config(config: JobConfig, run_dir: Path) -> JobConfig:
     return with_probe_guard(config.model_copy(update=update, deep=True), run_dir)
 
 
-def run_rounds(config: JobConfig, run_dir: Path, control: RunControl, console: Console, rounds: int) -> dict[str, Any]:
-    """Run up to `rounds` targeted rounds after what the run folder already holds; returns run.json."""
+def _stop_reason(history: list[dict[str, Any]], min_gain: float, explicit: bool) -> str | None:
+    """The stopping rule. An explicit `improve --rounds N` runs its N rounds whatever the gain."""
+    last = history[-1]
+    if not last["probe"]["failed_ids"]:
+        return "no probe question answered wrong"
+    if last.get("stopped") == "budget":
+        return "the budget is spent"
+    if not explicit and len(history) >= 2 and last["probe"]["accuracy"] <= history[-2]["probe"]["accuracy"] + min_gain:
+        return f"probe accuracy gained no more than {min_gain} over the round before"
+    return None
+
+
+def run_rounds(config: JobConfig, run_dir: Path, control: RunControl, console: Console, rounds: int, *,
+               explicit: bool = False) -> dict[str, Any]:
+    """Run up to `rounds` targeted rounds after what the run folder already holds; returns run.json.
+
+    `explicit` (`distilforge improve --rounds N`): N rounds are run unless nothing is left to target
+    (no probe question wrong) or the budget is spent; `loop.min_gain` governs only `loop.rounds`.
+    """
+    if explicit:
+        prepare_probe(config, run_dir)
     run = read_run(run_dir)
     history: list[dict[str, Any]] = list(run.get("rounds") or [])
-    if not probe_path(run_dir).exists():
-        raise ConfigError(f"{run_dir}: this run held no probe split apart (set loop.rounds before the first "
-                          "pass); the student has trained on every seed")
     if not history:  # round 0: the first pass, trained; its probe accuracy is the baseline
         history.append({"round": 0, "new_records": run.get("kept", 0), "cost_usd": run.get("cost_usd"),
                         "probe": _evaluate_probe(config, run_dir, console), "eval": (run.get("eval") or {}).get("after")})
@@ -150,13 +242,7 @@ def run_rounds(config: JobConfig, run_dir: Path, control: RunControl, console: C
     loop = config.loop
     offset = config.generation.samples_per_seed + loop.samples * (len(history) - 1)
     for _ in range(rounds):
-        last, stop = history[-1], None
-        if not last["probe"]["failed_ids"]:
-            stop = "no probe question answered wrong"
-        elif len(history) >= 2 and last["probe"]["accuracy"] <= history[-2]["probe"]["accuracy"] + loop.min_gain:
-            stop = f"probe accuracy gained no more than {loop.min_gain} over the round before"
-        elif last.get("stopped") == "budget":
-            stop = "the budget is spent"
+        last, stop = history[-1], _stop_reason(history, loop.min_gain, explicit)
         if stop:
             run = update_run(run_dir, rounds_stopped=stop)
             console.print(f"[dim]targeted rounds stop: {stop}[/dim]")
@@ -168,7 +254,7 @@ def run_rounds(config: JobConfig, run_dir: Path, control: RunControl, console: C
         targets = neighbours.nearest([probe[i] for i in failed if i in probe], loop.neighbours)
         console.print(f"[bold]round {number}[/bold]: {len(failed)} probe questions wrong -> {len(targets)} seeds")
         round_config = _round_config(config, run_dir)
-        selection = SeedSelection(only=frozenset(targets), probe=(loop.probe_fraction, config.generation.rng_seed))
+        selection = SeedSelection(only=frozenset(targets))  # the targets are training seeds, never probe ones
         pipeline = build_pipeline(round_config, selection, round=number, first_sample=offset)
         facts = Facts(len(targets), len(targets) * round_config.generation.samples_per_seed)
         summary = asyncio.run(generate_stage(round_config, run_dir, control, console, make_executor(config), facts,
@@ -176,7 +262,7 @@ def run_rounds(config: JobConfig, run_dir: Path, control: RunControl, console: C
         offset += loop.samples
         entry: dict[str, Any] = {"round": number, "targets": {"failed_probe": failed, "seeds": targets},
                                  "new_records": summary.get("round_kept", 0), "rejected": summary.get("rejected"),
-                                 "cost_usd": summary.get("cost_usd"), "stopped": summary.get("stopped")}
+                                 "cost_usd": summary.get("round_cost_usd"), "stopped": summary.get("stopped")}
         if summary.get("status") not in ("completed", "stopped") or not summary.get("round_kept"):
             entry["probe"] = last["probe"]
             history.append(entry)

@@ -14,7 +14,7 @@ from distilforge.core.config import JobConfig
 from distilforge.core.journal import journal_totals, shard_path
 from distilforge.core.run_files import read_run, update_run, write_atomic
 from distilforge.core.steps import Progress, RankContext, RunControl, use_context
-from distilforge.teachers.sampler import StageStats
+from distilforge.run.summary import current_invocation, money
 
 
 def report_stage(run_dir: Path, console: Console) -> None:
@@ -92,21 +92,15 @@ async def _eval_teacher(config: JobConfig, run_dir: Path, control: RunControl, q
     stage = sampler.stats.report()
     stage["cost_usd"] = round(budget.by_stage.get("eval_teacher", 0.0), 6)
     stages = {**(run.get("stages") or {}), "eval_teacher": stage}
-    by_stage = {**(run.get("cost_by_stage") or {}), "eval_teacher": stage["cost_usd"]}
-    totals = StageStats()
-    for block in stages.values():
-        totals.prompt_tokens += block["tokens"]["prompt"]
-        totals.completion_tokens += block["tokens"]["completion"]
+    current_invocation(run_dir, budget.prices is not None).add(budget)
     requests = dict(run.get("requests") or {})
     for key, value in stage["requests"].items():
         if isinstance(value, int):
             requests[key] = requests.get(key, 0) + value
     sections = {
         "stages": stages,
-        "cost_by_stage": by_stage,
-        "cost_usd": round(sum(by_stage.values()), 6) if run.get("cost_usd") is not None else None,
         "requests": requests,
-        "tokens": {"prompt": totals.prompt_tokens, "completion": totals.completion_tokens},
+        **money(run_dir),
         "budget": {**(run.get("budget") or {}), **budget.report(),
                    "unknown_outcome_usd": round((run.get("budget") or {}).get("unknown_outcome_usd", 0.0)
                                                 + budget.unknown_outcome_usd, 6)},

@@ -313,6 +313,10 @@ class OpenAITeacher(Teacher):
                         endpoint.structured = following
                         continue
                     failure = classify(exc)
+                    if failure.kind in ("401", "403"):  # name the variable that holds the refused key
+                        failure = AttemptFailed(failure.kind, f"{str(failure).split(': ', 1)[-1]} (the key in "
+                                                f"{self.config.api_key_env or 'no api_key_env'} was refused)",
+                                                retryable=False)
                     limiter.refund(reserved)
                     if failure.kind == "429":
                         limiter.observe_headers(exc.headers)  # type: ignore[attr-defined]
@@ -364,3 +368,28 @@ async def check_vllm_servers(urls: list[str], model: str, api_key: str) -> None:
                 raise TeacherError(f"teacher.base_url {shown}: /v1/models is not an OpenAI-compatible model list") from None
             if model not in served:
                 raise TeacherError(f"teacher.model {model!r} is not served by {shown}")
+
+
+async def probe_endpoints(urls: list[str], api_key: str, key_env: str | None, where: str) -> None:
+    """One free GET /models per server before the run: a refused key or a server that is down stops the
+    run before anything is sent or paid. A server without /models (404, 405) passes: its first chat
+    requests are the probe (a run whose first requests all get 401 stops at once, see the Sampler).
+
+    Errors name the variable or the URL (without credentials), never the key or the server's answer.
+    """
+    import httpx
+
+    async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as http:
+        for url in urls:
+            shown = strip_userinfo(url)
+            try:
+                answer = await http.get(f"{url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"})
+            except httpx.ConnectError:
+                raise TeacherError(f"{where}.base_url {shown}: connection refused; start the server or fix the "
+                                   "URL") from None
+            except httpx.HTTPError as exc:
+                raise TeacherError(f"{where}.base_url {shown}: unreachable ({type(exc).__name__})") from None
+            if answer.status_code in (401, 403):
+                variable = f"the key in {key_env}" if key_env else f"no key ({where}.api_key_env is not set)"
+                raise TeacherError(f"{where}.api_key_env: {shown} refused {variable} (HTTP {answer.status_code}); "
+                                   f"set {key_env or f'{where}.api_key_env'} to a valid key") from None

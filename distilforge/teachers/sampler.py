@@ -153,6 +153,12 @@ class Sampler:
         if self.stopped is None:
             self.stopped = reason
 
+    def _stop_if_key_refused(self, failure: AttemptFailed) -> None:
+        """The key is refused and nothing was ever answered: every other request would be too."""
+        if failure.kind in ("401", "403") and not self.stats.succeeded and not self.stats.samples_from_journal:
+            self.stop("key_refused")
+            self.on_budget("key_refused")
+
     def replay_from_journal(self) -> None:
         """Look answers up again (the Batch API path filled the journal after this sampler opened)."""
         self._replay = True
@@ -310,6 +316,7 @@ class Sampler:
                     failure = None
                 except AttemptFailed as exc:
                     failure = exc
+                    self._stop_if_key_refused(exc)  # before this slot frees, so no waiting request goes out
             if failure is not None:
                 stats.last_done = time.time()
                 stats.errors[failure.kind] += 1
