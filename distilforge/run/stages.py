@@ -97,6 +97,8 @@ async def _eval_teacher(config: JobConfig, run_dir: Path, control: RunControl, q
     for block in stages.values():
         totals.prompt_tokens += block["tokens"]["prompt"]
         totals.completion_tokens += block["tokens"]["completion"]
+        totals.reasoning_tokens += block["tokens"].get("reasoning", 0)
+        totals.cached_prompt_tokens += block["tokens"].get("cached_prompt", 0)
     requests = dict(run.get("requests") or {})
     for key, value in stage["requests"].items():
         if isinstance(value, int):
@@ -106,7 +108,7 @@ async def _eval_teacher(config: JobConfig, run_dir: Path, control: RunControl, q
         "cost_by_stage": by_stage,
         "cost_usd": round(sum(by_stage.values()), 6) if run.get("cost_usd") is not None else None,
         "requests": requests,
-        "tokens": {"prompt": totals.prompt_tokens, "completion": totals.completion_tokens},
+        "tokens": totals.report()["tokens"],
         "budget": {**(run.get("budget") or {}), **budget.report(),
                    "unknown_outcome_usd": round((run.get("budget") or {}).get("unknown_outcome_usd", 0.0)
                                                 + budget.unknown_outcome_usd, 6)},
