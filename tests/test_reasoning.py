@@ -112,7 +112,8 @@ def test_o_series_refused_params_fail_before_anything_is_sent(fake, cli, tmp_pat
     data["teacher"]["params"] = {"temperature": 0.5, "top_p": 0.9, "max_completion_tokens": 100}
     result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", tmp_path / "run")
     assert result.exit_code == 2, result.output
-    assert "temperature, top_p" in result.output and "o3-mini" in result.output
+    assert "refuses params.temperature, params.top_p" in result.output and "o3-mini" in result.output
+    assert len(result.output.strip().splitlines()) == 1
     assert fake.chat_requests == 0 and not (tmp_path / "run" / "run.json").exists()
 
 

@@ -120,8 +120,10 @@ class TeacherConfig(Strict):
         given = self.params.model_fields_set
         refused = [k for k in HIDDEN_REFUSES if k in given and not (k == "temperature" and self.params.temperature == 1)]
         if refused:
-            raise ValueError(f"{self.model} is a reasoning model and refuses {', '.join(refused)}: remove them "
-                             "(use params.reasoning_effort and params.max_completion_tokens)")
+            names = ", ".join(f"params.{k}" for k in refused)
+            raise ValueError(f"{self.model} is a reasoning model and refuses {names}: remove "
+                             f"{'it' if len(refused) == 1 else 'them'} (it takes params.reasoning_effort and "
+                             "params.max_completion_tokens)")
         return self
 
     @field_validator("api_key_env")
