@@ -46,7 +46,7 @@ def run_shape(shape: str, seeds: int, work: Path, *, stream: bool) -> dict:
     try:
         rows = [{"question": f"[{kinds[i % len(kinds)]}] #{i}: Tim buys 3 dozen eggs at $.50 each. How much?",
                  "answer": "#### 18"} for i in range(seeds)]
-        seeds_path = work / f"{shape}.jsonl"
+        seeds_path = work / f"{shape}-{stream}.jsonl"
         seeds_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         job = {"seeds": {"path": str(seeds_path), "fields": {"question": "question", "answer": "answer"}},
                "teacher": {"backend": "openai", "model": "deepseek-reasoner", "base_url": url, "api_key_env": None,
@@ -54,9 +54,9 @@ def run_shape(shape: str, seeds: int, work: Path, *, stream: bool) -> dict:
                "generation": {"mode": "cot", "system_prompt": "You are a careful teacher. Think it through, then "
                                                                "state the final answer."},
                "budget": {"prices": PRICES}, "train": {"format": "thinking"}}
-        config = work / f"{shape}.yaml"
+        config = work / f"{shape}-{stream}.yaml"
         config.write_text(yaml.safe_dump(job))
-        out = work / f"run-{shape}"
+        out = work / f"run-{shape}-{'stream' if stream else 'plain'}"
         done = subprocess.run([sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)],
                               capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         assert done.returncode == 0, done.stdout + done.stderr
