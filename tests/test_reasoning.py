@@ -261,3 +261,18 @@ def test_cached_input_prices_from_the_environment():
 
     teacher = TeacherConfig(backend="openai", model="deepseek-reasoner", base_url="https://api.deepseek.com/v1")
     assert teacher_price(teacher, prices).cached_input_per_million == 0.07
+
+
+def test_trace_checks_follow_their_knobs(fake, cli, tmp_path):
+    fake.script = dict(SCRIPT)
+    data = _config(tmp_path, fake)
+    data["thinking"] = {"max_tokens": 10, "loop_repeats": None, "other_script_share": None, "answer_supported": False}
+    out = tmp_path / "run"
+    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out)
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["rejected"] == {"unfinished_thinking": 2, "thinking_length": 5}
+    assert sorted(_by_question(load_kept(out))) == ["Q-mixed", "Q-unsupported", "[hidden]"]
+    data["thinking"] = {"bogus": 1}
+    result = cli("run", write_config(tmp_path / "bad.yaml", data), "--output", tmp_path / "bad")
+    assert result.exit_code == 2 and "thinking.bogus" in result.output
