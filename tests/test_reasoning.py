@@ -276,3 +276,17 @@ def test_trace_checks_follow_their_knobs(fake, cli, tmp_path):
     data["thinking"] = {"bogus": 1}
     result = cli("run", write_config(tmp_path / "bad.yaml", data), "--output", tmp_path / "bad")
     assert result.exit_code == 2 and "thinking.bogus" in result.output
+
+
+def test_a_template_that_opens_the_thinking_makes_a_cut_trace_unfinished(fake, cli, tmp_path):
+    """R1-distill without a parser: the content starts inside the thinking; cut before </think>, it has no tag."""
+    fake.script = {"[think_no_open]": Behaviour([ANSWER], reasoning=[TRACE, LONG_TRACE], shape="think_no_open")}
+    data = _config(tmp_path, fake, opens_thinking=True)
+    data["seeds"]["path"] = str(write_jsonl(tmp_path / "one.jsonl", [SEEDS[3]]))
+    data["generation"]["samples_per_seed"] = 2
+    out = tmp_path / "run"
+    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out)
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["kept"] == 1 and run["rejected"] == {"unfinished_thinking": 1}
+    assert load_kept(out)[0]["reasoning"] == TRACE + "\n"

@@ -77,6 +77,9 @@ class TeacherConfig(Strict):
     max_concurrency: int = Field(default=16, ge=1)
     timeout: float = Field(default=120.0, gt=0, description="seconds; with stream: the longest silence between chunks")
     stream: bool = Field(default=False, description="stream answers (server-sent events, usage in the last chunk)")
+    opens_thinking: bool = Field(default=False, description="the served chat template opens <think> itself "
+                                                            "(R1-distill without a reasoning parser): an answer "
+                                                            "with no </think> is a thinking that never finished")
     min_tokens_per_second: float = Field(
         default=10.0, gt=0, description="the slowest generation a request is given time for: with max_completion_tokens, a "
                                         "request not streamed (or a hidden trace) may take max(timeout, "

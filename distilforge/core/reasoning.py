@@ -30,10 +30,13 @@ def hidden_trace_model(model: str) -> bool:
     return bool(_HIDDEN.match(model.rsplit("/", 1)[-1].lower()))
 
 
-def split_reasoning(content: str | None, reasoning: str | None = None) -> tuple[str, str | None]:
+def split_reasoning(content: str | None, reasoning: str | None = None, *,
+                    opened: bool = False) -> tuple[str, str | None]:
     """(final answer, trace or None) from a message's content and its reasoning field, if any.
 
     A thinking that never closed (cut by the token limit) leaves the whole trace and an empty answer.
+    `opened`: the chat template opens the thinking itself (R1-distill), so content with no tag at all is
+    a thinking that never closed.
     """
     text = content or ""
     if reasoning is not None and reasoning.strip():
@@ -53,6 +56,8 @@ def split_reasoning(content: str | None, reasoning: str | None = None) -> tuple[
         # No opening tag: the template opened the thinking, the content starts inside it.
         end = text.find(CLOSE)
         trace, text = text[:end], text[end + len(CLOSE):]
+    elif opened and text.strip():
+        return "", text
     else:
         return text, None
     # An empty block (Qwen3 with thinking off) is no trace.

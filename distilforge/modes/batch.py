@@ -155,7 +155,7 @@ class BatchRun:
                                                                   f"{message}", True)
                     failed += 1
                     continue
-                resp = response_from_body(body, self.config.teacher.model)
+                resp = response_from_body(body, self.config.teacher.model, self.config.teacher.opens_thinking)
                 resp.completions = resp.completions[: len(pairs)]
                 if not resp.usage_reported:
                     stats.usage_missing += 1

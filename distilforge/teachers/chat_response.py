@@ -15,18 +15,20 @@ from distilforge.core.reasoning import split_reasoning, usage_details
 from distilforge.core.records import Completion, TeacherResponse
 
 
-def completion_of(message: dict[str, Any], finish_reason: str | None) -> Completion:
-    """One choice: the final answer, and the trace from whichever shape the server used."""
+def completion_of(message: dict[str, Any], finish_reason: str | None, opened: bool = False) -> Completion:
+    """One choice: the final answer, and the trace from whichever shape the server used (`opened`: the
+    chat template opens the thinking, `teacher.opens_thinking`)."""
     field_trace = message.get("reasoning_content")
     if field_trace is None:
         field_trace = message.get("reasoning")
-    text, trace = split_reasoning(message.get("content"), field_trace if isinstance(field_trace, str) else None)
+    text, trace = split_reasoning(message.get("content"), field_trace if isinstance(field_trace, str) else None,
+                                  opened=opened)
     return Completion(text, finish_reason, trace)
 
 
-def response_from_body(data: dict[str, Any], model: str) -> TeacherResponse:
+def response_from_body(data: dict[str, Any], model: str, opened: bool = False) -> TeacherResponse:
     """A chat.completion object (raises ValueError/KeyError/TypeError when it is not one)."""
-    completions = [completion_of(c.get("message") or {}, c.get("finish_reason"))
+    completions = [completion_of(c.get("message") or {}, c.get("finish_reason"), opened)
                    for c in sorted(data["choices"], key=lambda c: c.get("index", 0))]
     if not completions:
         raise ValueError("response has no choices")

@@ -304,7 +304,7 @@ class OpenAITeacher(Teacher):
                 data = await self._read_stream(resp)
             else:  # not streamed, or a server that answers `stream: true` with one plain body
                 data = json.loads(await resp.read())
-        return response_from_body(data, self.model)
+        return response_from_body(data, self.model, self.config.opens_thinking)
 
     async def _read_stream(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
         """The streamed answer: each chunk must come within `timeout` of the last (the session's
