@@ -290,3 +290,32 @@ def test_a_template_that_opens_the_thinking_makes_a_cut_trace_unfinished(fake, c
     run = json.loads((out / "run.json").read_text())
     assert run["kept"] == 1 and run["rejected"] == {"unfinished_thinking": 1}
     assert load_kept(out)[0]["reasoning"] == TRACE + "\n"
+
+
+QWEN3_LIKE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['role'] == 'assistant' and m['reasoning_content'] is defined %}"
+    "<think>\n{{ m['reasoning_content'] }}\n</think>\n\n{% endif %}{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_a_student_template_with_reasoning_content_gets_the_trace_there(fake, cli, tmp_path, tiny_model):
+    import shutil
+
+    student = tmp_path / "student-qwen3-like"
+    shutil.copytree(tiny_model, student)
+    config_path = student / "tokenizer_config.json"
+    tok_config = json.loads(config_path.read_text())
+    tok_config["chat_template"] = QWEN3_LIKE
+    config_path.write_text(json.dumps(tok_config))
+    (student / "chat_template.jinja").unlink(missing_ok=True)
+    fake.script = {"[reasoning_content]": SCRIPT["[reasoning_content]"]}
+    data = _config(tmp_path, fake)
+    data["seeds"]["path"] = str(write_jsonl(tmp_path / "one.jsonl", [SEEDS[0]] * 1))
+    data["train"] = {"enabled": True, "format": "thinking", "student": str(student), "method": "lora", "max_steps": 1}
+    out = tmp_path / "run"
+    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out)
+    assert result.exit_code == 0, result.output
+    train = json.loads((out / "run.json").read_text())["train"]
+    assert train["steps"] == 1 and any("reasoning_content" in note for note in train["notes"])
