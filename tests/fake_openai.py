@@ -162,6 +162,7 @@ class FakeOpenAI:
     tokens_per_second: float | None = None  # generation pace (None: instant)
     time_scale: float = 1.0  # real seconds per simulated second of generation
     stream_chunk_words: int = 16
+    stream_finish_reason: bool = True  # False: chunks never say finish_reason, only [DONE] ends (llama-cpp-python)
     _first_chat: float | None = None
     _prompts: list[list[str]] = field(default_factory=list)
 
@@ -559,7 +560,7 @@ class FakeOpenAI:
                 for at in range(0, len(words) if message.get(name) else 0, size):
                     part = " ".join(words[at:at + size]) + (" " if at + size < len(words) else "")
                     yield index, {name: part}, None, len(words[at:at + size])
-            yield index, {}, choice["finish_reason"], 0
+            yield index, {}, choice["finish_reason"] if self.stream_finish_reason else None, 0
 
     # -- Batch API -------------------------------------------------------------------------------
     def _batch_view(self, batch_id: str) -> dict[str, Any]:

@@ -194,6 +194,19 @@ def test_a_server_answering_a_stream_request_with_one_json_body_still_works(fake
     assert load_kept(out)[0]["reasoning"] == TRACE
 
 
+def test_a_stream_ended_by_done_without_finish_reason_is_complete(fake, cli, tmp_path):
+    """llama-cpp-python 0.3.36 ends some streams with [DONE] and no finish_reason, and sends no usage."""
+    fake.script = {"[reasoning]": SCRIPT["[reasoning]"]}
+    fake.stream_finish_reason = False
+    data = _config(tmp_path, fake, stream=True)
+    data["seeds"]["path"] = str(write_jsonl(tmp_path / "one.jsonl", [SEEDS[1]]))
+    out = tmp_path / "run"
+    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out)
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["kept"] == 1 and run["requests"]["attempts"] == 1
+
+
 def test_estimate_uses_max_completion_tokens_and_says_what_thinking_may_take(fake, cli, tmp_path):
     data = _config(tmp_path, fake)
     data["teacher"]["params"] = {"max_tokens": 64, "max_completion_tokens": 8000}

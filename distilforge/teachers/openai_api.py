@@ -312,7 +312,10 @@ class OpenAITeacher(Teacher):
         stream = StreamAssembler(self.model)
         async for line in resp.content:
             stream.feed_line(line)
-        if not stream.choices or not all(c["finish_reason"] for c in stream.choices.values()):
+        # Complete when the server said so ([DONE]; llama.cpp's Python server may then leave finish_reason
+        # out) or when every choice finished; otherwise the stream was cut.
+        finished = stream.choices and all(c["finish_reason"] for c in stream.choices.values())
+        if not finished and not (stream.done and stream.choices):
             raise aiohttp.ClientPayloadError("the stream ended before the answer did")
         return stream.body()
 
