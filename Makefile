@@ -36,12 +36,13 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 # llama-cpp-python compiles llama.cpp from source (CPU build): about 6 minutes on 2 cores, up to 25 on a
-# busy machine; only the first time.
+# busy machine; only the first time. GGML_NATIVE=OFF: the -march=native build (AVX-512 here) crashed with a
+# general protection fault in libggml-cpu on the first chat request; the portable build serves fine.
 $(COMPAT_STAMP):
 	test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
 	$(COMPAT_VENV)/bin/python -m pip install -q --upgrade pip
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc 2>/dev/null || echo 2) \
-	CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
 	$(COMPAT_VENV)/bin/python -m pip install -q 'llama-cpp-python[server]==$(LLAMA_CPP_PYTHON_VERSION)'
 	touch $(COMPAT_STAMP)
 

@@ -244,8 +244,11 @@ def estimate(
             print(f"prices from {est['prices_source']}: ${est['prices']['input_per_million']}/M input, "
                   f"${est['prices']['output_per_million']}/M output"
                   + (f", batch discount x{est['batch_discount']}" if est["batch_discount"] else ""))
+        cap_name = "max_completion_tokens" if cfg.teacher.params.max_completion_tokens else "max_tokens"
         print(f"expected assumes {est['assumed_completion_tokens_per_sample']} completion tokens per sample; "
-              "worst case assumes every sample uses max_tokens")
+              f"worst case assumes every sample uses {cap_name} ({est['completion_cap_per_sample']:,})")
+        if est["thinking"]:
+            print(est["thinking"])
         if est["max_usd"] is not None and est["worst_case"]["usd"] is not None and est["worst_case"]["usd"] > est["max_usd"]:
             print(f"budget.max_usd ${est['max_usd']} is below the worst case: the run may stop early (stopped: budget)")
 
@@ -285,6 +288,9 @@ def export(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder (default: RUN_DIR/export/FORMAT).")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Approximate token limit per example "
                                                                        "(4 characters a token).")] = 65_536,
+    include_reasoning: Annotated[bool, typer.Option(
+        "--include-reasoning", help="Put the teacher's thinking in the answer as <think>...</think> before it "
+                                    "(default: the final answer only).")] = False,
 ) -> None:
     """The kept data as fine-tuning JSONL (train.jsonl, validation.jsonl), each line checked; bad rows are skipped."""
     from rich.markup import escape
@@ -293,7 +299,7 @@ def export(
 
     def go() -> None:
         try:
-            result = export_run(run_dir, format_, output, max_tokens)
+            result = export_run(run_dir, format_, output, max_tokens, include_reasoning=include_reasoning)
         except ExportError as exc:
             _fail(str(exc))
         for problem in result.problems:

@@ -26,11 +26,24 @@ answers every chat request with 429 from `start` seconds after the first chat re
 seconds, Retry-After saying when it ends. `hang_seconds` is how much longer "slow" / "hang" take.
 `faults` counts what was served; `in_flight_keys`, `last_kind`, `open_keys()` and `snapshot(action)`
 give the server's view of what a client still waits on (e.g. at the instant it is killed).
+
+Reasoning models: a Behaviour's `reasoning` (traces, cycled like `answers`) is answered in its `shape`:
+`reasoning_content` (DeepSeek, vLLM/SGLang parsers), `reasoning` (OpenRouter, Ollama, llama.cpp),
+`think` (`<think>...</think>` in the content), `think_no_open` (the template opened it: no `<think>`),
+`hidden` (o-series: only `usage.completion_tokens_details.reasoning_tokens`). A word is a token; the
+trace counts against max_(completion_)tokens first, so a small cap cuts inside the thinking
+(`finish_reason: length`, no answer). `prompt_cache` bills the prompt's prefix shared with an earlier
+request (in `cache_block`-word blocks) as `prompt_tokens_details.cached_tokens`. `stream: true` is
+answered as server-sent events (usage last, with `stream_options.include_usage`) unless
+`plain_streams` (one JSON body, as some servers do); `tokens_per_second` paces every answer, times
+`time_scale` (0.01: a 400 s generation takes 4 s). A `stall` stops a stream half-way for
+`hang_seconds` (the client abandons it; billed in full).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import threading
@@ -42,9 +55,11 @@ from typing import Any
 
 # Every kind a Behaviour or `fault_rates` may name.
 FAULT_KINDS = ("429", "500", "502", "503", "5xx", "400", "401", "malformed", "cut", "drop", "drop_after",
-               "slow", "hang", "no_usage")
+               "slow", "hang", "no_usage", "stall")
 # Kinds the server processes (and bills) before misbehaving; the others are refused before processing.
-BILLED_KINDS = frozenset({"ok", "no_usage", "slow", "hang", "drop", "drop_after", "malformed", "cut", "batch"})
+BILLED_KINDS = frozenset({"ok", "no_usage", "slow", "hang", "drop", "drop_after", "malformed", "cut", "batch", "stall"})
+# Shapes whose servers count reasoning tokens (a model served without a parser does not).
+_REPORTS_REASONING = frozenset({"reasoning_content", "reasoning", "hidden"})
 # Kinds after which the client has no answer it can use (it will retry, or give up).
 _NO_ANSWER = frozenset(FAULT_KINDS) - {"no_usage"} | {"storm"}
 
@@ -59,9 +74,14 @@ class Bill:
     n: int  # choices actually generated
     key: str  # the script key of the question ("" for the default behaviour)
     kind: str  # "ok", "batch", or the fault served after billing ("no_usage", "hang", "drop_after", "cut", ...)
+    reasoning_tokens: int = 0  # part of completion_tokens
+    cached_tokens: int = 0  # part of prompt_tokens
 
-    def usd(self, input_per_million: float, output_per_million: float) -> float:
-        return (self.prompt_tokens * input_per_million + self.completion_tokens * output_per_million) / 1e6
+    def usd(self, input_per_million: float, output_per_million: float,
+            cached_input_per_million: float | None = None) -> float:
+        cached = self.cached_tokens if cached_input_per_million is not None else 0
+        return ((self.prompt_tokens - cached) * input_per_million + cached * (cached_input_per_million or 0.0)
+                + self.completion_tokens * output_per_million) / 1e6
 
 
 @dataclass
@@ -74,6 +94,8 @@ class Behaviour:
     # "400", "drop", "slow", "no_usage", "hang", "drop_after", "cut", ...).
     failures: list[str] = field(default_factory=list)
     always: str | None = None  # fail every time with this kind
+    reasoning: list[str] = field(default_factory=list)  # traces, cycled like answers (empty: no thinking)
+    shape: str = "reasoning_content"  # reasoning_content | reasoning | think | think_no_open | hidden
 
 
 class ServerBucket:
@@ -134,8 +156,16 @@ class FakeOpenAI:
     chat_requests: int = 0  # every chat request received (also when `log_requests` is off)
     # response_format types the server accepts; others get a 500 like llama.cpp's server gives for json_schema
     accepts_formats: tuple[str, ...] = ("json_schema", "json_object", "text")
+    prompt_cache: bool = False  # bill a prefix shared with an earlier prompt as cached tokens
+    cache_block: int = 4  # cached tokens come in blocks of this many words
+    plain_streams: bool = False  # answer `stream: true` with one plain JSON body
+    tokens_per_second: float | None = None  # generation pace (None: instant)
+    time_scale: float = 1.0  # real seconds per simulated second of generation
+    stream_chunk_words: int = 16
+    stream_finish_reason: bool = True  # False: chunks never say finish_reason, only [DONE] ends (llama-cpp-python)
     _first_chat: float | None = None
     serves_models: bool = True  # False: /v1/models answers 404 (a server without a model list)
+    _prompts: list[list[str]] = field(default_factory=list)
 
     def behaviour_for(self, prompt: str) -> tuple[str, Behaviour]:
         for key, behaviour in self.script.items():
@@ -153,16 +183,21 @@ class FakeOpenAI:
         with self.lock:
             return list(self.bills[since:])
 
+    def billed_details(self, since: int = 0) -> tuple[int, int]:
+        """(reasoning, cached prompt) tokens billed."""
+        bills = self.ledger(since)
+        return sum(b.reasoning_tokens for b in bills), sum(b.cached_tokens for b in bills)
+
     def billed_tokens(self, since: int = 0) -> tuple[int, int]:
         """(prompt, completion) tokens billed."""
         bills = self.ledger(since)
         return sum(b.prompt_tokens for b in bills), sum(b.completion_tokens for b in bills)
 
     def billed_usd(self, input_per_million: float, output_per_million: float, since: int = 0, *,
-                   batch_multiplier: float = 0.5) -> float:
+                   batch_multiplier: float = 0.5, cached_input_per_million: float | None = None) -> float:
         """What the server charged, at these prices (Batch API rows at `batch_multiplier` of them)."""
-        return sum(b.usd(input_per_million, output_per_million) * (batch_multiplier if b.kind == "batch" else 1.0)
-                   for b in self.ledger(since))
+        return sum(b.usd(input_per_million, output_per_million, cached_input_per_million)
+                   * (batch_multiplier if b.kind == "batch" else 1.0) for b in self.ledger(since))
 
     def billed_keys(self, since: int = 0) -> Counter[str]:
         """Question key -> how many of its requests were billed."""
@@ -242,6 +277,13 @@ class FakeOpenAI:
             body = await request.json()
             status, payload, headers, delay, key = self.handle(body, dict(request.headers))
             try:
+                stall = headers.pop("x-fake-stall", None) is not None
+                if status == 200 and payload is not None and body.get("stream") and not self.plain_streams:
+                    with contextlib.suppress(ValueError):  # a cut body goes out as it is, below
+                        return await self._stream(request, body, json.loads(payload), delay, stall)
+                elif stall:
+                    delay += self.hang_seconds
+                delay += self._pace(payload) if status == 200 else 0.0
                 if delay:
                     await asyncio.sleep(delay)
                 if payload is None:  # "drop" / "drop_after": close the socket without answering
@@ -363,6 +405,8 @@ class FakeOpenAI:
             delay += self.hang_seconds
         status, payload, extra = self._answer(body, headers, key, behaviour, kind, number=number,
                                               retry_after=storm_left or None)
+        if kind == "stall" and status == 200:
+            extra["x-fake-stall"] = "1"
         return status, payload, extra, delay, key
 
     @staticmethod
@@ -390,19 +434,21 @@ class FakeOpenAI:
         # From here on the request is processed, so it is billed, whatever the client then gets.
         n = int(body.get("n") or 1) if self.supports_n else 1
         prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
+        cached_tokens = self._cached(body)
         cap = body.get("max_completion_tokens") or body.get("max_tokens") or 10**9
-        choices, completion_tokens = [], 0
+        choices, completion_tokens, reasoning_tokens = [], 0, 0
         for i in range(n):
             # Choice i of this request answers sample (earlier successes for this key + i).
-            text = behaviour.answers[(self.served[key] + i) % len(behaviour.answers)]
-            words = text.split(" ")
-            finish = behaviour.finish_reason
-            if len(words) > cap:  # a real server stops at max_tokens (a word is a token here)
-                text, finish = " ".join(words[:cap]), "length"
-            completion_tokens += min(len(words), cap)
-            choices.append({"index": i, "message": {"role": "assistant", "content": text},
-                            "finish_reason": finish, "logprobs": None})
+            choice, used, thought = self._choice(behaviour, self.served[key] + i, cap)
+            choices.append({"index": i, **choice, "logprobs": None})
+            completion_tokens += used
+            reasoning_tokens += thought
         self._bill(number, prompt_tokens, completion_tokens, n, key, bill_kind or kind or "ok")
+        with self.lock:
+            last = self.bills[-1]
+            self.bills[-1] = Bill(last.request, last.prompt_tokens, last.completion_tokens, last.n, last.key,
+                                  last.kind, reasoning_tokens if behaviour.shape in _REPORTS_REASONING else 0,
+                                  cached_tokens)
         if kind in ("drop", "drop_after"):  # processed, then the connection is closed without an answer
             return 0, None, {}
         if kind not in ("malformed", "cut"):
@@ -417,12 +463,110 @@ class FakeOpenAI:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
+        if behaviour.reasoning or self.prompt_cache:  # usage details, as reasoning servers and caches report them
+            payload["usage"]["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+            payload["usage"]["completion_tokens_details"] = {
+                "reasoning_tokens": reasoning_tokens if behaviour.shape in _REPORTS_REASONING else 0}
         if kind == "no_usage":
             del payload["usage"]
         data = json.dumps(payload).encode()
         if kind in ("malformed", "cut"):  # a 200 whose body stops in the middle of the JSON
             return 200, data[: max(1, min(len(data) // 2, data.index(b'"choices"') + 20))], {}
         return 200, data, self._limit_headers()
+
+    # -- reasoning, caching, streaming -------------------------------------------------------------
+    @staticmethod
+    def _choice(behaviour: Behaviour, number: int, cap: int) -> tuple[dict[str, Any], int, int]:
+        """(choice without its index, completion tokens, reasoning tokens): the trace comes first and counts
+        against the cap, so a small cap cuts inside the thinking."""
+        words = behaviour.answers[number % len(behaviour.answers)].split(" ")
+        trace = behaviour.reasoning[number % len(behaviour.reasoning)].split(" ") if behaviour.reasoning else []
+        finish = behaviour.finish_reason
+        if len(trace) >= cap and trace:
+            trace, words, finish = trace[:cap], [], "length"
+        elif len(trace) + len(words) > cap:  # a real server stops at max_tokens (a word is a token here)
+            words, finish = words[: cap - len(trace)], "length"
+        text, thought = " ".join(words), " ".join(trace)
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        shape = behaviour.shape if trace else "none"
+        if shape in ("reasoning_content", "reasoning"):
+            message[shape] = thought
+            message["content"] = text or None  # vLLM sends null content when it stopped inside the thinking
+        elif shape == "think":
+            message["content"] = f"<think>\n{thought}" + (f"\n</think>\n\n{text}" if words else "")
+        elif shape == "think_no_open":
+            message["content"] = thought + (f"\n</think>\n\n{text}" if words else "")
+        return {"message": message, "finish_reason": finish}, len(words) + len(trace), len(trace)
+
+    def _cached(self, body: dict[str, Any]) -> int:
+        """Prompt words shared with an earlier prompt's start, in whole blocks (a provider's prompt cache)."""
+        if not self.prompt_cache:
+            return 0
+        words = [w for m in body["messages"] for w in m["content"].split()]
+        with self.lock:
+            best = 0
+            for earlier in self._prompts[-64:]:
+                same = 0
+                for a, b in zip(words, earlier, strict=False):
+                    if a != b:
+                        break
+                    same += 1
+                best = max(best, same)
+            self._prompts.append(words)
+        return best // self.cache_block * self.cache_block
+
+    def _pace(self, payload: bytes | None) -> float:
+        """Seconds a plain answer takes to generate at `tokens_per_second` (scaled)."""
+        if not self.tokens_per_second or not payload:
+            return 0.0
+        try:
+            tokens = json.loads(payload)["usage"]["completion_tokens"]
+        except (ValueError, KeyError, TypeError):
+            return 0.0
+        return tokens / self.tokens_per_second * self.time_scale
+
+    async def _stream(self, request: Any, body: dict[str, Any], data: dict[str, Any], delay: float,
+                      stall: bool) -> Any:
+        """The answer as chat.completion.chunk events, paced; usage last when asked for."""
+        from aiohttp import web
+
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        if delay:
+            await asyncio.sleep(delay)
+        head = {k: data[k] for k in ("id", "created", "model")}
+        pieces = list(self._pieces(data))
+        for i, (index, delta, finish, words) in enumerate(pieces):
+            if self.tokens_per_second and words:
+                await asyncio.sleep(words / self.tokens_per_second * self.time_scale)
+            if stall and i == len(pieces) // 2:
+                await asyncio.sleep(self.hang_seconds)
+            chunk = {**head, "object": "chat.completion.chunk",
+                     "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
+            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        if "usage" in data and (body.get("stream_options") or {}).get("include_usage"):
+            chunk = {**head, "object": "chat.completion.chunk", "choices": [], "usage": data["usage"]}
+            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    def _pieces(self, data: dict[str, Any]) -> Any:
+        """(choice index, delta, finish_reason, words) per chunk: the trace first, then the answer."""
+        hidden = (data.get("usage") or {}).get("completion_tokens_details", {}).get("reasoning_tokens", 0)
+        size = self.stream_chunk_words
+        for choice in data["choices"]:
+            message, index = choice["message"], choice["index"]
+            yield index, {"role": "assistant"}, None, 0
+            fields = [f for f in ("reasoning_content", "reasoning") if f in message] + ["content"]
+            if not any(f in message for f in ("reasoning_content", "reasoning")) and hidden:
+                yield index, {}, None, hidden  # an o-series model thinks in silence
+            for name in fields:
+                words = (message.get(name) or "").split(" ")
+                for at in range(0, len(words) if message.get(name) else 0, size):
+                    part = " ".join(words[at:at + size]) + (" " if at + size < len(words) else "")
+                    yield index, {name: part}, None, len(words[at:at + size])
+            yield index, {}, choice["finish_reason"] if self.stream_finish_reason else None, 0
 
     # -- Batch API -------------------------------------------------------------------------------
     def _batch_view(self, batch_id: str) -> dict[str, Any]:

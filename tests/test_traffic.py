@@ -133,7 +133,7 @@ def test_estimate_bounds_the_real_cost(fake, cli, tmp_path):
     result = cli("estimate", config, "--json")
     assert result.exit_code == 0, result.output
     est = json.loads(result.output)
-    assert est["prices"] == {"input_per_million": 0.15, "output_per_million": 0.6}
+    assert est["prices"] == {"input_per_million": 0.15, "output_per_million": 0.6, "cached_input_per_million": 0.075}
     assert est["requests"] == 10 and est["samples"] == 20
     assert est["expected"]["usd"] < est["worst_case"]["usd"]
     assert fake.requests == []  # nothing was sent

@@ -60,11 +60,8 @@ class Budget:
             self._changed.clear()
             await self._changed.wait()
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        if self.prices is None:
-            return 0.0
-        usd = prompt_tokens * self.prices.input_per_million + completion_tokens * self.prices.output_per_million
-        return usd / 1e6
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        return self.prices.cost(prompt_tokens, completion_tokens, cached_tokens) if self.prices else 0.0
 
     def fits(self, usd: float) -> bool:
         return self.max_usd is None or self.spent + self.reserved + usd <= self.max_usd + 1e-12

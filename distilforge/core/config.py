@@ -58,6 +58,8 @@ class TeacherParams(Strict):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     response_format: dict[str, Any] | None = Field(default=None, description="OpenAI/vLLM structured output")
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = Field(
+        default=None, description="reasoning models (o-series, gpt-5, ...): passed through as reasoning_effort")
     extra_body: dict[str, Any] = Field(default_factory=dict, description="passed verbatim to the server")
 
 
@@ -76,7 +78,15 @@ class TeacherConfig(Strict):
         default="OPENAI_API_KEY", description="name of the env var holding the key; null for keyless servers"
     )
     max_concurrency: int = Field(default=16, ge=1)
-    timeout: float = Field(default=120.0, gt=0)
+    timeout: float = Field(default=120.0, gt=0, description="seconds; with stream: the longest silence between chunks")
+    stream: bool = Field(default=False, description="stream answers (server-sent events, usage in the last chunk)")
+    opens_thinking: bool = Field(default=False, description="the served chat template opens <think> itself "
+                                                            "(R1-distill without a reasoning parser): an answer "
+                                                            "with no </think> is a thinking that never finished")
+    min_tokens_per_second: float = Field(
+        default=10.0, gt=0, description="the slowest generation a request is given time for: with max_completion_tokens, a "
+                                        "request not streamed (or a hidden trace) may take max(timeout, "
+                                        "max_completion_tokens / this) seconds")
     retry: RetryConfig = RetryConfig()
     supports_n: bool = Field(default=True, description="send n samples in one request")
     rpm: float | None = Field(default=None, gt=0, description="requests per minute this endpoint allows")
@@ -101,6 +111,28 @@ class TeacherConfig(Strict):
     def completion_budget(self) -> int:
         """Tokens one sample may produce: what we reserve for rate limits and budget."""
         return self.params.max_completion_tokens or self.params.max_tokens
+
+    def request_timeout(self) -> float:
+        """Seconds an answer may take. With max_completion_tokens (reasoning models) never less than the
+        longest generation at the floor rate: a long thinking must not time out for being long."""
+        if self.params.max_completion_tokens is None:
+            return self.timeout
+        return max(self.timeout, self.params.max_completion_tokens / self.min_tokens_per_second)
+
+    @model_validator(mode="after")
+    def _hidden_trace_params(self) -> TeacherConfig:
+        from distilforge.core.reasoning import HIDDEN_REFUSES, hidden_trace_model
+
+        if self.backend != "openai" or not hidden_trace_model(self.model):
+            return self
+        given = self.params.model_fields_set
+        refused = [k for k in HIDDEN_REFUSES if k in given and not (k == "temperature" and self.params.temperature == 1)]
+        if refused:
+            names = ", ".join(f"params.{k}" for k in refused)
+            raise ValueError(f"{self.model} is a reasoning model and refuses {names}: remove "
+                             f"{'it' if len(refused) == 1 else 'them'} (it takes params.reasoning_effort and "
+                             "params.max_completion_tokens)")
+        return self
 
     @field_validator("api_key_env")
     @classmethod
@@ -164,6 +196,15 @@ class GenerationConfig(Strict):
 class Prices(Strict):
     input_per_million: float = Field(ge=0)
     output_per_million: float = Field(ge=0)
+    cached_input_per_million: float | None = Field(
+        default=None, ge=0, description="prompt tokens served from the provider's cache; default: the input price")
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        """USD. Cached tokens are part of prompt_tokens; reasoning tokens are part of completion_tokens."""
+        cached = min(max(cached_tokens, 0), prompt_tokens)
+        cached_price = self.input_per_million if self.cached_input_per_million is None else self.cached_input_per_million
+        return ((prompt_tokens - cached) * self.input_per_million + cached * cached_price
+                + completion_tokens * self.output_per_million) / 1e6
 
 
 class BudgetConfig(Strict):
@@ -194,7 +235,8 @@ class GKDSettings(Strict):
 
 class TrainConfig(Strict):
     enabled: bool = False
-    format: Literal["chat", "step-by-step"] = "chat"
+    format: Literal["chat", "step-by-step", "thinking"] = Field(
+        default="chat", description="thinking: the answer turn is <think>\\n{reasoning}\\n</think>\\n\\n{answer}")
     alpha: float = Field(default=0.5, gt=0, lt=1, description="step-by-step: share of label-task examples")
     student: str = EMBEDDED_STUDENT
     method: Literal["lora", "full", "qlora", "gkd"] = "lora"
@@ -203,7 +245,9 @@ class TrainConfig(Strict):
     learning_rate: float = Field(default=2e-4, gt=0)
     batch_size: int = Field(default=4, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
-    max_length: int = Field(default=1024, ge=16)
+    max_length: int | None = Field(default=None, ge=16, description="tokens per example; default: the longest "
+                                                                       "kept example, up to max_length_cap")
+    max_length_cap: int = Field(default=8192, ge=16, description="the default max_length's ceiling")
     packing: bool = Field(default=False, description="pack examples (needs FlashAttention on a GPU; else padded)")
     gradient_checkpointing: bool = False
     lr_scheduler: str = Field(default="cosine", description="linear | cosine | constant | ...")
@@ -293,6 +337,23 @@ FilterSpec = Annotated[
 ]
 
 
+class ThinkingConfig(Strict):
+    """Checks on a reasoning teacher's trace (records without one pass them). The defaults keep any
+    finished, well-formed trace, however short; each check has its own reject reason."""
+
+    min_tokens: int = Field(default=0, ge=0, description="thinking_length: fewer trace tokens are rejected")
+    max_tokens: int | None = Field(default=None, ge=1, description="thinking_length: more trace tokens are rejected")
+    loop_ngram: int = Field(default=8, ge=2, description="thinking_loop: words per repeated n-gram")
+    loop_repeats: int | None = Field(default=10, ge=2, description="thinking_loop: an n-gram seen this often "
+                                                                    "(and covering loop_share of the trace); null: off")
+    loop_share: float = Field(default=0.3, gt=0, le=1)
+    other_script_share: float | None = Field(
+        default=0.3, gt=0, le=1, description="language_mixing: letters in a script other than the question's, "
+                                             "above this share of the trace's (and 50 letters); null: off")
+    answer_supported: bool = Field(default=True, description="answer_not_in_thinking: the trace's last stated "
+                                                             "answer must agree with the final one (when both parse)")
+
+
 class LoopConfig(Strict):
     """Targeted rounds: the student's mistakes on a held-out probe split steer new teacher data."""
 
@@ -319,6 +380,7 @@ class JobConfig(Strict):
     seeds: SeedsConfig
     teacher: TeacherConfig = TeacherConfig()
     generation: GenerationConfig = GenerationConfig()
+    thinking: ThinkingConfig = ThinkingConfig()
     budget: BudgetConfig = BudgetConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()

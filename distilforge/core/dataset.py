@@ -21,7 +21,7 @@ from distilforge.core.records import Record
 KEPT_COLUMNS = [
     "messages", "seed_id", "sample_index", "question", "rationale", "answer", "gold", "answer_type",
     "teacher_model", "text", "finish_reason", "prompt_tokens", "completion_tokens",
-    "mode", "template", "template_sha", "demo_ids", "vote_share",
+    "reasoning", "reasoning_tokens", "mode", "template", "template_sha", "demo_ids", "vote_share",
     "instruction", "input", "output", "parent_id", "rouge_l_max", "judge_score", "judge_scores", "round",
 ]
 REJECTED_COLUMNS = [*KEPT_COLUMNS, "reject_reason", "reject_detail"]
@@ -40,6 +40,7 @@ def features(columns: list[str]) -> Any:
         "round": Value("int64"),
         "prompt_tokens": Value("int64"),
         "completion_tokens": Value("int64"),
+        "reasoning_tokens": Value("int64"),
     }
     return Features({c: types.get(c, Value("string")) for c in columns})
 

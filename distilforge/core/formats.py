@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from distilforge.core.reasoning import parse_think_turn
+
 LABEL_PREFIX = "[label] "
 RATIONALE_PREFIX = "[rationale] "
 
@@ -17,6 +19,16 @@ RATIONALE_PREFIX = "[rationale] "
 def chat_example(row: dict[str, Any]) -> dict[str, Any]:
     messages = row["messages"]
     return {"prompt": messages[:-1], "completion": messages[-1:]}
+
+
+def thinking_example(row: dict[str, Any], native: bool) -> dict[str, Any]:
+    """`train.format: thinking`: the answer turn holds one think block. `native`: the student's chat template
+    renders `reasoning_content` itself (Qwen3, SmolLM3), so the trace goes there and the answer in content."""
+    example = chat_example(row)
+    if native:
+        trace, answer = parse_think_turn(example["completion"][0]["content"])
+        example["completion"] = [{"role": "assistant", "content": answer, "reasoning_content": trace or ""}]
+    return example
 
 
 def step_by_step_examples(rows: list[dict[str, Any]], alpha: float, seed: int) -> list[dict[str, Any]]:

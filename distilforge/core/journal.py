@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from distilforge.core.reasoning import split_reasoning
 from distilforge.core.records import Completion, TeacherResponse
 
 _SCHEMA = """
@@ -45,7 +46,10 @@ CREATE TABLE IF NOT EXISTS responses (
     completion_tokens INTEGER NOT NULL,
     model TEXT NOT NULL,
     created REAL NOT NULL,
-    cost_usd REAL NOT NULL DEFAULT 0
+    cost_usd REAL NOT NULL DEFAULT 0,
+    reasoning TEXT,
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+    cached_tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS inflight (
     request_id TEXT PRIMARY KEY,
@@ -99,6 +103,13 @@ def _split(total: int | float, n: int, j: int) -> Any:
     return total // n + (1 if j < total % n else 0)
 
 
+def _stored_completion(text: str, finish_reason: str | None, reasoning: str | None,
+                       reasoning_tokens: int | None) -> Completion:
+    if reasoning is None:  # an answer stored before traces were split out: split it now
+        text, reasoning = split_reasoning(text)
+    return Completion(text, finish_reason, reasoning, int(reasoning_tokens or 0))
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -108,6 +119,16 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+def _add_reasoning_columns(db: sqlite3.Connection) -> None:
+    """A journal written before reasoning teachers were supported gets their columns (empty)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(responses)")}
+    for column, kind in (("reasoning", "TEXT"), ("reasoning_tokens", "INTEGER NOT NULL DEFAULT 0"),
+                         ("cached_tokens", "INTEGER NOT NULL DEFAULT 0")):
+        if column not in have:
+            with contextlib.suppress(sqlite3.OperationalError):  # another rank added it meanwhile
+                db.execute(f"ALTER TABLE responses ADD COLUMN {column} {kind}")
+
+
 class Journal:
     def __init__(self, path: Path, fence: int | None = None):
         self.path = path
@@ -115,6 +136,7 @@ class Journal:
         self._db = _connect(path)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        _add_reasoning_columns(self._db)
         self._read_lock = threading.Lock()
         self.fence = fence
         if fence is not None:
@@ -157,9 +179,9 @@ class Journal:
         if not keys:
             return {}
         marks = ",".join("?" * len(keys))
-        rows = self._query("SELECT key, text, finish_reason, prompt_tokens, completion_tokens, model FROM responses "
-                           f"WHERE key IN ({marks})", keys)
-        return {r[0]: (Completion(r[1], r[2]), r[3], r[4], r[5]) for r in rows}
+        rows = self._query("SELECT key, text, finish_reason, prompt_tokens, completion_tokens, model, reasoning, "
+                           f"reasoning_tokens FROM responses WHERE key IN ({marks})", keys)
+        return {r[0]: (_stored_completion(r[1], r[2], r[6], r[7]), r[3], r[4], r[5]) for r in rows}
 
     async def lookup_async(self, keys: list[str]) -> dict[str, Found]:
         if not keys:
@@ -244,11 +266,15 @@ class Journal:
         for j, ((key, index), comp) in enumerate(zip(keys_and_indices, response.completions, strict=False)):
             p, c = _split(response.prompt_tokens, n, j), _split(response.completion_tokens, n, j)
             shares.append((p, c))
+            comp.reasoning_tokens = _split(response.reasoning_tokens, n, j)  # each sample's share, like p and c
             rows.append((key, seed_id, index, comp.text, comp.finish_reason, p, c, response.model, now,
-                         _split(float(cost_usd), n, j)))
+                         _split(float(cost_usd), n, j), comp.reasoning, comp.reasoning_tokens,
+                         _split(response.cached_tokens, n, j)))
 
         def op(conn: sqlite3.Connection) -> list[tuple[int, int]]:
-            conn.executemany("INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            conn.executemany("INSERT OR REPLACE INTO responses (key, seed_id, sample_index, text, finish_reason, "
+                             "prompt_tokens, completion_tokens, model, created, cost_usd, reasoning, "
+                             "reasoning_tokens, cached_tokens) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
             conn.executemany("DELETE FROM dead_letters WHERE key = ?", [(r[0],) for r in rows])
             if request_id is not None:
                 conn.execute("DELETE FROM inflight WHERE request_id = ?", (request_id,))
@@ -368,20 +394,27 @@ def journal_totals(run_dir: Path) -> tuple[float, int]:
     return spent, orphans
 
 
-def journal_tokens(run_dir: Path) -> tuple[int, int]:
-    """(prompt, completion) tokens of every answer in every journal shard: the folder's whole usage."""
-    prompt = completion = 0
+TOKEN_KINDS = ("prompt", "completion", "reasoning", "cached_prompt")
+
+
+def journal_tokens(run_dir: Path) -> dict[str, int]:
+    """Tokens of every answer in every journal shard, the folder's whole usage: prompt, completion, and
+    the reasoning (part of completion) and cached prompt (part of prompt) tokens the server reported."""
+    totals = dict.fromkeys(TOKEN_KINDS, 0)
     for path in journal_paths(run_dir):
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if "responses" in tables:
-                p, c = db.execute("SELECT COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) "
-                                  "FROM responses").fetchone()
-                prompt, completion = prompt + int(p), completion + int(c)
+            if "responses" not in tables:
+                continue
+            have = {row[1] for row in db.execute("PRAGMA table_info(responses)")}
+            columns = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens")
+            sums = ", ".join(f"COALESCE(SUM({c}), 0)" if c in have else "0" for c in columns)
+            for kind, value in zip(TOKEN_KINDS, db.execute(f"SELECT {sums} FROM responses").fetchone(), strict=True):
+                totals[kind] += int(value)
         finally:
             db.close()
-    return prompt, completion
+    return totals
 
 
 def journal_paths(run_dir: Path) -> list[Path]:

@@ -11,21 +11,21 @@ from distilforge.core.config import JobConfig, JudgeFilterSpec, Prices, TeacherC
 
 PRICES_CHECKED = "2025-08-15"  # OpenAI's published list prices on that day (standard tier)
 
-# model prefix -> (input, output); the longest matching prefix wins ("gpt-4o-mini" before "gpt-4o").
-_TABLE: dict[str, tuple[float, float]] = {
-    "gpt-5-nano": (0.05, 0.40),
-    "gpt-5-mini": (0.25, 2.00),
-    "gpt-5": (1.25, 10.00),
-    "gpt-4.1-nano": (0.10, 0.40),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4o": (2.50, 10.00),
-    "o4-mini": (1.10, 4.40),
-    "o3-mini": (1.10, 4.40),
-    "o3": (2.00, 8.00),
-    "o1": (15.00, 60.00),
-    "gpt-3.5-turbo": (0.50, 1.50),
+# model prefix -> (input, output, cached input); the longest matching prefix wins ("gpt-4o-mini" before "gpt-4o").
+_TABLE: dict[str, tuple[float, float, float | None]] = {
+    "gpt-5-nano": (0.05, 0.40, 0.005),
+    "gpt-5-mini": (0.25, 2.00, 0.025),
+    "gpt-5": (1.25, 10.00, 0.125),
+    "gpt-4.1-nano": (0.10, 0.40, 0.025),
+    "gpt-4.1-mini": (0.40, 1.60, 0.10),
+    "gpt-4.1": (2.00, 8.00, 0.50),
+    "gpt-4o-mini": (0.15, 0.60, 0.075),
+    "gpt-4o": (2.50, 10.00, 1.25),
+    "o4-mini": (1.10, 4.40, 0.275),
+    "o3-mini": (1.10, 4.40, 0.55),
+    "o3": (2.00, 8.00, 0.50),
+    "o1": (15.00, 60.00, 7.50),
+    "gpt-3.5-turbo": (0.50, 1.50, None),
 }
 
 
@@ -34,8 +34,8 @@ def lookup_price(model: str) -> Prices | None:
     best = max((p for p in _TABLE if name.startswith(p)), key=len, default=None)
     if best is None:
         return None
-    inp, out = _TABLE[best]
-    return Prices(input_per_million=inp, output_per_million=out)
+    inp, out, cached = _TABLE[best]
+    return Prices(input_per_million=inp, output_per_million=out, cached_input_per_million=cached)
 
 
 def teacher_prices(teacher: TeacherConfig, given: Prices | None = None) -> Prices | None:

@@ -15,8 +15,10 @@ from typing import Any
 class Completion:
     """One choice of a teacher answer."""
 
-    text: str
+    text: str  # the final answer (a reasoning model's trace is taken out into `reasoning`)
     finish_reason: str | None  # "stop", "length", ...
+    reasoning: str | None = None  # the thinking, whitespace kept; None when the server sent none
+    reasoning_tokens: int = 0  # this choice's share of usage.completion_tokens_details.reasoning_tokens
 
 
 @dataclass(slots=True)
@@ -28,6 +30,8 @@ class TeacherResponse:
     completion_tokens: int
     model: str
     usage_reported: bool = True  # False when the server sent no usage (the cost is then unknown)
+    reasoning_tokens: int = 0  # part of completion_tokens (billed as output)
+    cached_tokens: int = 0  # part of prompt_tokens, billed at the cached-input price
 
 
 @dataclass(slots=True)
@@ -60,6 +64,8 @@ class Record:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning: str | None = None  # the teacher's thinking (whitespace kept), None when there was none
+    reasoning_tokens: int = 0
     rationale: str = ""
     answer: str | None = None
     reject_reason: str | None = None
@@ -78,25 +84,30 @@ class Record:
     judge_scores: str | None = None  # the judge's JSON verdict
     round: int = 0  # which targeted round produced it (0: the first pass)
     student_prompt: list[dict[str, str]] | None = None  # what the student sees; default: the prompt
+    assistant: str | None = None  # the student's answer turn when shaped (train.format thinking); default: text
     meta: dict[str, Any] = field(default_factory=dict)
 
     def messages(self) -> list[dict[str, str]]:
         """The student's view: its prompt (the teacher's, unless the mode says otherwise) and the answer."""
         user = self.student_prompt or [m for m in self.prompt if m["role"] != "system"]
-        answer = self.output if self.output is not None else self.text.strip()
+        answer = self.assistant if self.assistant is not None else (
+            self.output if self.output is not None else self.text.strip())
         return [*user, {"role": "assistant", "content": answer}]
 
     def to_row(self) -> dict[str, Any]:
         # Shallow on purpose (asdict deep-copies the prompt): rows are serialized straight away.
-        row = {name: getattr(self, name) for name in self.__slots__ if name not in ("meta", "student_prompt")}  # type: ignore[attr-defined]
+        row = {name: getattr(self, name) for name in self.__slots__
+               if name not in ("meta", "student_prompt", "assistant")}  # type: ignore[attr-defined]
         row["messages"] = self.messages()
         return row
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Record:
         """A stored row back as a Record (the second stage filters kept rows); `to_row` gives it back."""
-        names = set(cls.__slots__) - {"meta", "student_prompt", "prompt"}  # type: ignore[attr-defined]
+        names = set(cls.__slots__) - {"meta", "student_prompt", "prompt", "assistant"}  # type: ignore[attr-defined]
         record = cls(**{k: v for k, v in row.items() if k in names}, prompt=[])  # type: ignore[arg-type]
         messages = row.get("messages") or []
         record.student_prompt = messages[:-1]
+        if messages:  # the answer turn as it was shaped (a think block stays a think block)
+            record.assistant = messages[-1]["content"]
         return record

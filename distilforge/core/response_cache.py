@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS responses (
     completion_tokens INTEGER NOT NULL,
     model TEXT NOT NULL,
     created REAL NOT NULL,
-    used REAL NOT NULL
+    used REAL NOT NULL,
+    reasoning TEXT,
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS responses_used ON responses (used);
 """
@@ -97,6 +99,11 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(_SCHEMA)
+    have = {row[1] for row in db.execute("PRAGMA table_info(responses)")}
+    for column, kind in (("reasoning", "TEXT"), ("reasoning_tokens", "INTEGER NOT NULL DEFAULT 0")):
+        if column not in have:  # a cache written before reasoning traces were kept
+            with contextlib.suppress(sqlite3.OperationalError):  # another process added it meanwhile
+                db.execute(f"ALTER TABLE responses ADD COLUMN {column} {kind}")
     return db
 
 
@@ -122,22 +129,26 @@ class ResponseCache:
             return {}
         marks = ",".join("?" * len(keys))
         with self._lock:
-            rows = self._db.execute("SELECT key, text, finish_reason, prompt_tokens, completion_tokens, model "
-                                    f"FROM responses WHERE key IN ({marks})", keys).fetchall()
+            rows = self._db.execute("SELECT key, text, finish_reason, prompt_tokens, completion_tokens, model, "
+                                    f"reasoning, reasoning_tokens FROM responses WHERE key IN ({marks})",
+                                    keys).fetchall()
             if rows:
                 self._write(lambda db: db.executemany("UPDATE responses SET used = ? WHERE key = ?",
                                                       [(time.time(), r[0]) for r in rows]))
         self.hits += len(rows)
-        return {r[0]: (Completion(r[1], r[2]), r[3], r[4], r[5]) for r in rows}
+        return {r[0]: (Completion(r[1], r[2], r[6], int(r[7] or 0)), r[3], r[4], r[5]) for r in rows}
 
     def put(self, rows: list[tuple[str, Completion, int, int, str]]) -> None:
         """Store answers; a key already there keeps its first answer (INSERT OR IGNORE)."""
         if not rows:
             return
         now = time.time()
-        values = [(k, c.text, c.finish_reason, p, t, m, now, now) for k, c, p, t, m in rows]
+        values = [(k, c.text, c.finish_reason, p, t, m, now, now, c.reasoning, c.reasoning_tokens)
+                  for k, c, p, t, m in rows]
         with self._lock:
-            self._write(lambda db: db.executemany("INSERT OR IGNORE INTO responses VALUES (?,?,?,?,?,?,?,?)", values))
+            self._write(lambda db: db.executemany("INSERT OR IGNORE INTO responses (key, text, finish_reason, prompt_tokens, "
+                                                  "completion_tokens, model, created, used, reasoning, "
+                                                  "reasoning_tokens) VALUES (?,?,?,?,?,?,?,?,?,?)", values))
         self.stored += len(rows)
 
     def _write(self, op: Any) -> None:

@@ -13,6 +13,7 @@ from distilforge.core.config import JobConfig, TeacherConfig
 from distilforge.core.formats import LABEL_PREFIX
 from distilforge.core.grading import canonical, grade, split_answer
 from distilforge.core.progress import LogLines, progress_bar
+from distilforge.core.reasoning import split_reasoning
 from distilforge.core.records import Seed
 from distilforge.core.seeds import SeedError, read_seeds
 from distilforge.prompts import build_messages
@@ -93,7 +94,9 @@ def eval_prompt(config: JobConfig, question: Seed, *, student: bool = True) -> l
 
 
 def score(name: str, question: Seed, text: str) -> dict[str, Any]:
-    """One answer, judged with the filters' parser and equivalence rules."""
+    """One answer, judged with the filters' parser and equivalence rules. A thinking student is judged on
+    its final answer: what it states inside an unfinished think block does not count."""
+    text, _ = split_reasoning(text)
     _, raw = split_answer(text)
     answer = canonical(raw, question.answer_type) if raw is not None else None
     correct = grade(raw, question.gold, question.answer_type)

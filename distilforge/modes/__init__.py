@@ -6,14 +6,16 @@ and `evol-instruct` produce instruction data, checked for completeness and novel
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from distilforge.core.config import GenerationConfig
 from distilforge.core.grading import canonical, split_answer
+from distilforge.core.reasoning import think_turn
 from distilforge.core.records import Record, Seed
 from distilforge.core.steps import Filter, Map
 from distilforge.prompts import build_messages, template_hash
-from distilforge.quality.checks import Empty, Refusal, Truncated, default_filters
+from distilforge.quality.checks import Empty, Refusal, Truncated, UnfinishedThinking, default_filters
 
 ANSWERABLE = ("cot", "icl")
 
@@ -66,15 +68,21 @@ def make_prompter(generation: GenerationConfig) -> Prompter:
     return Prompter(generation)
 
 
-def parse_record(record: Record) -> Record:
-    """Answerable modes: rationale + canonical final answer. Instruction modes: the output text."""
+def parse_record(record: Record, thinking: bool = False) -> Record:
+    """Answerable modes: rationale + canonical final answer. Instruction modes: the output text.
+
+    Both come from the final answer only (the trace is `record.reasoning`). `thinking`
+    (`train.format: thinking`): the student's answer turn is the think block, then the answer.
+    """
     if record.mode not in ANSWERABLE:
         record.output = record.text.strip()
-        return record
-    rationale, raw = split_answer(record.text)
-    record.rationale = rationale
-    record.meta["answer_raw"] = raw
-    record.answer = canonical(raw, record.answer_type) if raw is not None else None
+    else:
+        rationale, raw = split_answer(record.text)
+        record.rationale = rationale
+        record.meta["answer_raw"] = raw
+        record.answer = canonical(raw, record.answer_type) if raw is not None else None
+    if thinking:
+        record.assistant = think_turn(record.reasoning, record.output if record.output is not None else record.text)
     return record
 
 
@@ -82,9 +90,9 @@ def filters_for(mode: str) -> list[Filter]:
     """The built-in checks of a mode, before the configured filters (`duplicate` goes after them)."""
     if mode in ANSWERABLE:
         return default_filters()
-    return [Truncated(), Empty(), Refusal()]
+    return [UnfinishedThinking(), Truncated(), Empty(), Refusal()]
 
 
-def ParseAnswer() -> Map:
+def ParseAnswer(thinking: bool = False) -> Map:
     """The parse step: each mode reads its answers (rationale + final answer, or an instruction's output)."""
-    return Map("parse", parse_record)
+    return Map("parse", functools.partial(parse_record, thinking=True) if thinking else parse_record)

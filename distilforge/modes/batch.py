@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from distilforge.core.config import JobConfig
-from distilforge.core.records import Completion, TeacherResponse
 from distilforge.core.seeds import read_seeds, shard_seeds
 from distilforge.core.tokens import prompt_tokens_upper_bound
 from distilforge.modes import Prompter
+from distilforge.teachers.chat_response import response_from_body
 from distilforge.teachers.sampler import Sampler
 
 MAX_FILE_BYTES = 190 * 1024 * 1024  # the API takes 200 MB per input file; keep a margin
@@ -78,8 +78,8 @@ class BatchRun:
         self.client: Any = sampler.teacher.batch_client()  # type: ignore[attr-defined]
         self.report: dict[str, Any] = {"batches": [], "rows_ok": 0, "rows_failed": 0}
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return self.sampler.cost(prompt_tokens, completion_tokens) * self.discount
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        return self.sampler.cost(prompt_tokens, completion_tokens, cached_tokens) * self.discount
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep in short steps; False as soon as the run is told to stop."""
@@ -155,21 +155,19 @@ class BatchRun:
                                                                   f"{message}", True)
                     failed += 1
                     continue
-                usage = body.get("usage")
-                completions = [Completion((c.get("message") or {}).get("content") or "", c.get("finish_reason"))
-                               for c in sorted(body["choices"], key=lambda c: c.get("index", 0))][: len(pairs)]
-                resp = TeacherResponse(completions, int((usage or {}).get("prompt_tokens", 0)),
-                                       int((usage or {}).get("completion_tokens", 0)), body.get("model") or self.config.teacher.model,
-                                       usage_reported=usage is not None)
-                if usage is None:
+                resp = response_from_body(body, self.config.teacher.model, self.config.teacher.opens_thinking)
+                resp.completions = resp.completions[: len(pairs)]
+                if not resp.usage_reported:
                     stats.usage_missing += 1
                     cost = groups[cid][2] if len(groups[cid]) > 2 else row["reserved_usd"] / len(groups)  # never 0
                 else:
-                    cost = self.cost(resp.prompt_tokens, resp.completion_tokens)
+                    cost = self.cost(resp.prompt_tokens, resp.completion_tokens, resp.cached_tokens)
                 await self.journal.commit_async(seed_id, pairs[: len(resp.completions)], resp, cost_usd=cost)
                 actual += cost
                 stats.prompt_tokens += resp.prompt_tokens
                 stats.completion_tokens += resp.completion_tokens
+                stats.reasoning_tokens += resp.reasoning_tokens
+                stats.cached_prompt_tokens += resp.cached_tokens
                 ok += 1
         for cid in set(groups) - seen:  # expired or cancelled before these rows ran
             seed_id, pairs = groups[cid][0], [(k, i) for k, i in groups[cid][1]]

@@ -42,6 +42,8 @@ def build_record(seed: Seed, sample: Sample, messages: list[dict[str, str]], fie
         finish_reason=sample.completion.finish_reason,
         prompt_tokens=sample.prompt_tokens,
         completion_tokens=sample.completion_tokens,
+        reasoning=sample.completion.reasoning,
+        reasoning_tokens=sample.completion.reasoning_tokens,
     )
     for name, value in fields.items():
         setattr(record, name, value)

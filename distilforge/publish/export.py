@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distilforge.core.reasoning import parse_think_turn, think_turn
+
 FORMATS = ("openai-chat",)
 SPLITS = ("train", "validation")
 ROLES = ("system", "user", "assistant")
@@ -85,8 +87,18 @@ def _example(messages: list[dict[str, Any]], seed_id: str | None) -> dict[str, A
     return line
 
 
+def answer_turn(messages: list[dict[str, Any]], reasoning: str | None, include: bool) -> list[dict[str, Any]]:
+    """The final answer alone, or (`include`) one think block with the trace, then the answer."""
+    if not messages or not isinstance(messages[-1].get("content"), str):
+        return messages
+    trace, answer = parse_think_turn(messages[-1]["content"])
+    trace = trace or reasoning
+    content = think_turn(trace, answer) if include and trace and trace.strip() else answer
+    return [*messages[:-1], {**messages[-1], "content": content}]
+
+
 def export_run(run_dir: Path, fmt: str = "openai-chat", output: Path | None = None,
-               max_tokens: int = DEFAULT_MAX_TOKENS) -> ExportResult:
+               max_tokens: int = DEFAULT_MAX_TOKENS, *, include_reasoning: bool = False) -> ExportResult:
     """Write `output` (default RUN_DIR/export/FORMAT)/{train,validation}.jsonl from RUN_DIR/dataset.
 
     A split with no valid row gets no file (an empty file is refused by fine-tuning uploads). When no
@@ -111,13 +123,15 @@ def export_run(run_dir: Path, fmt: str = "openai-chat", output: Path | None = No
             if split not in splits or "messages" not in splits[split].column_names:
                 continue
             ds = splits[split]
-            columns = ["messages"] + (["seed_id"] if "seed_id" in ds.column_names else [])
+            columns = ["messages"] + [c for c in ("seed_id", "reasoning") if c in ds.column_names]
             tmp = out / f".{split}.jsonl.tmp-{os.getpid()}"
             temps[split] = tmp
             written, index = 0, 0
             with tmp.open("w", encoding="utf-8") as fh:
                 for batch in ds.select_columns(columns).iter(batch_size=512):
                     for j, messages in enumerate(batch["messages"]):
+                        trace = batch["reasoning"][j] if "reasoning" in batch else None
+                        messages = answer_turn(messages, trace, include_reasoning)
                         problem = check_messages(messages, max_tokens)
                         if problem is None:
                             seed_id = batch["seed_id"][j] if "seed_id" in batch else None

@@ -6,8 +6,21 @@ import hashlib
 from collections import OrderedDict
 
 from distilforge.core.grading import grade, is_refusal
+from distilforge.core.reasoning import unfinished
 from distilforge.core.records import Record
 from distilforge.core.steps import Filter
+
+
+class UnfinishedThinking(Filter):
+    """A thinking with no final answer after it: cut by the token limit inside the trace, or never answered."""
+
+    name = "unfinished_thinking"
+
+    def check(self, record: Record) -> str | None:
+        if not unfinished(record.text, record.reasoning):
+            return None
+        cut = " (hit the token limit)" if record.finish_reason == "length" else ""
+        return f"{len(record.reasoning or '')} characters of thinking and no final answer{cut}"
 
 
 class Truncated(Filter):
@@ -92,4 +105,4 @@ class ExactDuplicate(Filter):
 
 def default_filters() -> list[Filter]:
     """The checks that always run first, cheapest and most certain first (`duplicate` runs last of all)."""
-    return [Truncated(), Empty(), Refusal(), Unparseable(), WrongAnswer()]
+    return [UnfinishedThinking(), Truncated(), Empty(), Refusal(), Unparseable(), WrongAnswer()]

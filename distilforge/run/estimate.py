@@ -7,6 +7,7 @@ from typing import Any
 from distilforge.core.budget import Budget
 from distilforge.core.config import ConfigError, JobConfig
 from distilforge.core.prices import PRICES_CHECKED, resolve_prices
+from distilforge.core.reasoning import hidden_trace_model
 from distilforge.core.seeds import read_seeds
 from distilforge.core.tokens import estimate_prompt_tokens, prompt_tokens_upper_bound
 from distilforge.modes import make_prompter
@@ -52,4 +53,21 @@ def estimate_cost(config: JobConfig, expected_completion_tokens: int | None = No
         "worst_case": {**worst, "usd": budget.cost(worst["prompt_tokens"], worst["completion_tokens"]) * multiplier
                        if prices else None},
         "max_usd": config.budget.max_usd,
+        "completion_cap_per_sample": completion_cap,
+        "thinking": thinking_note(config),
     }
+
+
+def thinking_note(config: JobConfig) -> str | None:
+    """How much of the completion budget a reasoning teacher's thinking may take (it is billed as output)."""
+    t = config.teacher
+    cap = t.completion_budget()
+    if t.params.max_completion_tokens is None and not hidden_trace_model(t.model):
+        return None
+    note = (f"thinking may take up to all {cap:,} completion tokens of a sample (reasoning tokens are billed as "
+            "output and count against max_completion_tokens)")
+    if config.thinking.max_tokens is not None:
+        note += f"; traces over thinking.max_tokens {config.thinking.max_tokens:,} are paid for, then rejected"
+    if t.params.max_completion_tokens is None:
+        note += "; set teacher.params.max_completion_tokens to bound it"
+    return note

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from distilforge.core.config import JobConfig
 from distilforge.core.seeds import SeedSelection
 from distilforge.core.steps import Filter, PipelineStep
-from distilforge.modes import ParseAnswer, filters_for
+from distilforge.modes import ANSWERABLE, ParseAnswer, filters_for
 from distilforge.quality import build_filters
 from distilforge.quality.checks import ExactDuplicate
 from distilforge.quality.policy import SeedPolicy
+from distilforge.quality.thinking import thinking_filters
 
 
 @dataclass
@@ -41,6 +42,7 @@ def build_pipeline(config: JobConfig, selection: SeedSelection | None = None, *,
     selection = selection if selection is not None else main_selection(config)
     g = config.generation
     quality, final = build_filters(config)
+    thinking = config.train.format == "thinking"  # shapes dataset/'s messages even when train is off
     # `duplicate` runs after every other per-record filter: what it remembers was kept.
     tail: list[PipelineStep] = [*quality, ExactDuplicate()]
     if g.mode == "self-instruct":
@@ -50,12 +52,13 @@ def build_pipeline(config: JobConfig, selection: SeedSelection | None = None, *,
     if g.mode == "evol-instruct":
         from distilforge.modes.evol_instruct import EvolInstruct
 
-        steps: list[PipelineStep] = [EvolInstruct(config, selection=selection, round=round), ParseAnswer(),
-                                     *filters_for("instruct"), *tail]
+        steps: list[PipelineStep] = [EvolInstruct(config, selection=selection, round=round), ParseAnswer(thinking),
+                                     *filters_for("instruct"), *thinking_filters(config.thinking, False), *tail]
         return Pipeline(config, steps, final, reads_seeds=False, selection=selection)
     from distilforge.modes.generate import Generate
 
-    steps = [Generate(config, round=round, first_sample=first_sample), ParseAnswer(), *filters_for(g.mode), *tail]
+    steps = [Generate(config, round=round, first_sample=first_sample), ParseAnswer(thinking), *filters_for(g.mode),
+             *thinking_filters(config.thinking, g.mode in ANSWERABLE), *tail]
     if g.self_consistency or g.keep != "all" or g.max_per_seed:
         steps.append(SeedPolicy(g))
     return Pipeline(config, steps, final, selection=selection)

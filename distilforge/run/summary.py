@@ -35,7 +35,7 @@ class Invocation:
     priced: bool
     started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     usd_at_start: float = 0.0
-    tokens_at_start: tuple[int, int] = (0, 0)
+    tokens_at_start: dict[str, int] = field(default_factory=dict)
     earlier_by_stage: dict[str, float] = field(default_factory=dict)
     earlier: list[dict[str, Any]] = field(default_factory=list)
     by_stage: Counter[str] = field(default_factory=Counter)
@@ -76,7 +76,7 @@ def money(run_dir: Path) -> dict[str, Any]:
     """run.json's money sections: the whole folder's totals, and this invocation's share."""
     inv = current_invocation(run_dir)
     usd, _ = journal_totals(run_dir)
-    prompt, completion = journal_tokens(run_dir)
+    tokens = journal_tokens(run_dir)
     by_stage = Counter({k: float(v) for k, v in inv.earlier_by_stage.items() if k != "earlier_unrecorded"})
     by_stage.update(inv.by_stage)
     # Spend the journal holds but no run.json recorded (a run killed before it wrote one).
@@ -84,14 +84,13 @@ def money(run_dir: Path) -> dict[str, Any]:
     if gap > 1e-6:
         by_stage["earlier_unrecorded"] = gap
     mine_usd = usd - inv.usd_at_start
-    p0, c0 = inv.tokens_at_start
     return {
         "cost_usd": round(usd, 6) if inv.priced else None,
-        "tokens": {"prompt": prompt, "completion": completion},
+        "tokens": tokens,
         "cost_by_stage": {k: round(v, 6) for k, v in by_stage.items()},
         "this_invocation": {"stages": inv.stages, "started_at": inv.started_at,
                             "cost_usd": round(mine_usd, 6) if inv.priced else None,
-                            "tokens": {"prompt": prompt - p0, "completion": completion - c0},
+                            "tokens": {k: v - inv.tokens_at_start.get(k, 0) for k, v in tokens.items()},
                             "cost_by_stage": {k: round(v, 6) for k, v in inv.by_stage.items()}},
         "invocations": inv.earlier,
     }

@@ -54,8 +54,12 @@ def teacher_price(teacher: TeacherConfig, table: dict[str, Prices]) -> Prices | 
     prices = [_for_url(url, teacher.model, table) for url in (teacher.base_urls or [OPENAI_DEFAULT])]
     if any(p is None for p in prices):
         return None
+    cached = [p.cached_input_per_million for p in prices]  # type: ignore[union-attr]
     return Prices(input_per_million=max(p.input_per_million for p in prices),  # type: ignore[union-attr]
-                  output_per_million=max(p.output_per_million for p in prices))  # type: ignore[union-attr]
+                  output_per_million=max(p.output_per_million for p in prices),  # type: ignore[union-attr]
+                  # the dearest replica's cached price; a replica without one bills cached input as input
+                  cached_input_per_million=None if all(c is None for c in cached) else
+                  max(c if c is not None else p.input_per_million for c, p in zip(cached, prices, strict=True)))  # type: ignore[union-attr]
 
 
 def paid_teachers(config: JobConfig) -> list[tuple[str, TeacherConfig]]:

@@ -103,10 +103,10 @@ def parse_tokens(entries: list[str], bare_owner: str = "default") -> dict[str, s
 
 
 def parse_prices(text: str) -> dict[str, Prices]:
-    """DISTILFORGE_PRICES: `KEY=IN/OUT` entries, comma-separated, or a JSON object {KEY: [IN, OUT]}.
+    """DISTILFORGE_PRICES: `KEY=IN/OUT[/CACHED]` entries, comma-separated, or a JSON object {KEY: [IN, OUT(, CACHED)]}.
 
     KEY is a model name, a teacher endpoint URL, or `*` (the default for anything else); IN and OUT are
-    USD per million input and output tokens.
+    USD per million input and output tokens; CACHED, for cached input tokens, defaults to IN.
     """
     text = text.strip()
     if not text:
@@ -117,17 +117,20 @@ def parse_prices(text: str) -> dict[str, Prices]:
             if isinstance(value, dict):
                 out[key] = Prices.model_validate(value)
             else:
-                inp, outp = value
-                out[key] = Prices(input_per_million=float(inp), output_per_million=float(outp))
+                inp, outp, *cached = value
+                out[key] = Prices(input_per_million=float(inp), output_per_million=float(outp),
+                                  cached_input_per_million=float(cached[0]) if cached else None)
         return out
     for entry in text.split(","):
         if not entry.strip():
             continue
         key, sep, value = entry.strip().rpartition("=")
-        inp, slash, outp = value.partition("/")
+        inp, slash, rest = value.partition("/")
+        outp, _, cached = rest.partition("/")  # an optional third figure: the cached-input price
         if not sep or not slash or not key:
-            raise SettingsError(f"DISTILFORGE_PRICES: {entry.strip()!r} is not KEY=INPUT/OUTPUT")
-        out[key.strip()] = Prices(input_per_million=float(inp), output_per_million=float(outp))
+            raise SettingsError(f"DISTILFORGE_PRICES: {entry.strip()!r} is not KEY=INPUT/OUTPUT[/CACHED_INPUT]")
+        out[key.strip()] = Prices(input_per_million=float(inp), output_per_million=float(outp),
+                                  cached_input_per_million=float(cached) if cached else None)
     return out
 
 

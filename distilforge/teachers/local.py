@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from distilforge.core.records import Completion, TeacherResponse
+from distilforge.core.records import TeacherResponse
 from distilforge.teachers.base import TeacherError
 from distilforge.teachers.batched import BatchedTeacher
+from distilforge.teachers.chat_response import completion_of
 
 
 def pick_device(requested: str) -> str:
@@ -107,7 +108,7 @@ class LocalTeacher(BatchedTeacher):
                 end = ids.index(eos) if eos in ids else len(ids)
                 finished = end < len(ids)
                 text = tok.decode(ids[:end], skip_special_tokens=True)
-                completions.append(Completion(text, "stop" if finished else "length"))
+                completions.append(completion_of({"content": text}, "stop" if finished else "length"))
                 p_tokens += int(prompt_lens[row])
                 c_tokens += end + (1 if finished else 0)
                 row += 1

@@ -29,10 +29,12 @@ from typing import Any
 import aiohttp
 
 from distilforge.core.config import TeacherConfig
-from distilforge.core.records import Completion, TeacherResponse
+from distilforge.core.reasoning import hidden_trace_model
+from distilforge.core.records import TeacherResponse
 from distilforge.core.redact import redact, register_secret, strip_userinfo
 from distilforge.core.tokens import estimate_prompt_tokens
 from distilforge.teachers.base import AttemptFailed, Teacher, TeacherError
+from distilforge.teachers.chat_response import StreamAssembler, response_from_body
 from distilforge.teachers.ratelimit import RateLimiter
 
 OPENAI_URL = "https://api.openai.com/v1"
@@ -163,6 +165,8 @@ class OpenAITeacher(Teacher):
         fmt = config.params.response_format
         self._negotiates = fmt is not None and fmt.get("type") == "json_schema"
         self._batch_client: Any = None
+        self._hidden = config.backend == "openai" and hidden_trace_model(config.model)
+        self._timeout = self._request_timeout()
 
     def _api_key(self) -> str:
         name = self.config.api_key_env
@@ -190,8 +194,7 @@ class OpenAITeacher(Teacher):
         for url in urls:
             # One pooled session per endpoint, sized to the concurrency, so connections are reused.
             connector = aiohttp.TCPConnector(limit=self.config.max_concurrency, ttl_dns_cache=300)
-            session = aiohttp.ClientSession(connector=connector, headers=self._headers(),
-                                            timeout=aiohttp.ClientTimeout(total=self.config.timeout))
+            session = aiohttp.ClientSession(connector=connector, headers=self._headers(), timeout=self._timeout)
             limiter = RateLimiter(self.config.rpm, self.config.tpm, share=self.share)
             self.endpoints.append(Endpoint(url, session, limiter))
 
@@ -223,10 +226,26 @@ class OpenAITeacher(Teacher):
         healthy = [e for e in self.endpoints if e.unhealthy_until <= now] or self.endpoints
         return min(healthy, key=lambda e: (e.in_flight, e.sent))
 
+    def _request_timeout(self) -> aiohttp.ClientTimeout:
+        """Long generations never time out for being long. Streamed: `timeout` is the longest silence
+        between chunks (a hidden trace streams nothing while it thinks, so it gets the floor-rate time).
+        Not streamed: the whole answer gets max(timeout, max tokens / min_tokens_per_second)."""
+        c = self.config
+        if c.stream:
+            silence = c.request_timeout() if self._hidden else c.timeout
+            return aiohttp.ClientTimeout(total=None, sock_connect=c.timeout, sock_read=silence)
+        return aiohttp.ClientTimeout(total=c.request_timeout())
+
     def request_body(self, messages: list[dict[str, str]], n: int, structured: str = "json_schema") -> dict[str, Any]:
         p = self.config.params
         body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": p.temperature}
-        if p.max_completion_tokens is not None:
+        if self._hidden:
+            # OpenAI's reasoning models: max_completion_tokens (the trace included), no sampling parameters
+            # unless given and accepted (checked with the config), reasoning_effort passed through.
+            if "temperature" not in p.model_fields_set:
+                del body["temperature"]
+            body["max_completion_tokens"] = self.config.completion_budget()
+        elif p.max_completion_tokens is not None:
             body["max_completion_tokens"] = p.max_completion_tokens
             if not self._openai_host:
                 # Servers other than OpenAI's may ignore max_completion_tokens (llama.cpp does): the
@@ -246,6 +265,11 @@ class OpenAITeacher(Teacher):
                 body["response_format"] = fmt
             elif structured == "json_object":
                 body["response_format"] = {"type": "json_object", "schema": fmt["json_schema"]["schema"]}
+        if p.reasoning_effort is not None:
+            body["reasoning_effort"] = p.reasoning_effort
+        if self.config.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}  # the bill comes in the last chunk
         # A raw JSON body carries vendor fields (vLLM's structured_outputs, top_k, ...) inline.
         body.update(p.extra_body)
         return body
@@ -280,14 +304,30 @@ class OpenAITeacher(Teacher):
             probe, endpoint.probe = endpoint.probe, None
             probe.set()
 
-    @staticmethod
-    async def _post(endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
-        async with endpoint.session.post(endpoint.chat_url, data=json.dumps(body).encode(), allow_redirects=False) as resp:
-            raw = await resp.read()
+    async def _post(self, endpoint: Endpoint, body: dict[str, Any]) -> TeacherResponse:
+        async with endpoint.session.post(endpoint.chat_url, data=json.dumps(body).encode(),
+                                       allow_redirects=False) as resp:
             if resp.status != 200:
-                raise HttpError(resp.status, resp.headers, raw)
+                raise HttpError(resp.status, resp.headers, await resp.read())
             endpoint.limiter.observe_headers(resp.headers)
-        return json.loads(raw)
+            if "text/event-stream" in resp.headers.get("Content-Type", ""):
+                data = await self._read_stream(resp)
+            else:  # not streamed, or a server that answers `stream: true` with one plain body
+                data = json.loads(await resp.read())
+        return response_from_body(data, self.model, self.config.opens_thinking)
+
+    async def _read_stream(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
+        """The streamed answer: each chunk must come within `timeout` of the last (the session's
+        sock_read); a stream that ends before its last chunk is cut (maybe billed, like a dropped one)."""
+        stream = StreamAssembler(self.model)
+        async for line in resp.content:
+            stream.feed_line(line)
+        # Complete when the server said so ([DONE]; llama.cpp's Python server may then leave finish_reason
+        # out) or when every choice finished; otherwise the stream was cut.
+        finished = stream.choices and all(c["finish_reason"] for c in stream.choices.values())
+        if not finished and not (stream.done and stream.choices):
+            raise aiohttp.ClientPayloadError("the stream ended before the answer did")
+        return stream.body()
 
     async def _attempt(self, endpoint: Endpoint, messages: list[dict[str, str]], n: int) -> TeacherResponse:
         limiter = endpoint.limiter
@@ -298,11 +338,7 @@ class OpenAITeacher(Teacher):
         try:
             while True:
                 try:
-                    data = await self._post(endpoint, self.request_body(messages, n, endpoint.structured))
-                    completions = [Completion((c.get("message") or {}).get("content") or "", c.get("finish_reason"))
-                                   for c in sorted(data["choices"], key=lambda c: c.get("index", 0))]
-                    if not completions:
-                        raise ValueError("response has no choices")
+                    response = await self._post(endpoint, self.request_body(messages, n, endpoint.structured))
                     break
                 except Exception as exc:
                     if self._format_refused(exc, endpoint):
@@ -327,14 +363,9 @@ class OpenAITeacher(Teacher):
                     raise failure from exc
         finally:
             endpoint.in_flight -= 1
-        usage = data.get("usage")
-        model = data.get("model") or self.model
-        if not isinstance(usage, dict) or "prompt_tokens" not in usage:
-            limiter.reconcile(reserved, reserved)
-            return TeacherResponse(completions, 0, 0, model, usage_reported=False)
-        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        limiter.reconcile(reserved, prompt + completion)
-        return TeacherResponse(completions, prompt, completion, model)
+        used = response.prompt_tokens + response.completion_tokens if response.usage_reported else reserved
+        limiter.reconcile(reserved, used)
+        return response
 
     def notes(self) -> list[str]:
         """What this teacher learnt about its servers (structured-output fallbacks), for run.json."""

@@ -26,7 +26,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from distilforge.core.budget import Budget
@@ -55,6 +55,8 @@ class StageStats:
     unknown_outcome: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0  # part of completion_tokens, as the server reported them
+    cached_prompt_tokens: int = 0  # part of prompt_tokens, as the server reported them
     samples_from_journal: int = 0
     samples_new: int = 0
     samples_failed: int = 0
@@ -85,7 +87,8 @@ class StageStats:
                          "attempts": self.attempts, "retried": self.retried, "rate_limited": self.rate_limited,
                          "usage_missing": self.usage_missing, "unknown_outcome": self.unknown_outcome,
                          "cached": self.samples_cached, "errors": dict(self.errors)},
-            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
+            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens,
+                       "reasoning": self.reasoning_tokens, "cached_prompt": self.cached_prompt_tokens},
             "samples": {"from_journal": self.samples_from_journal, "new": self.samples_new,
                         "cached": self.samples_cached, "failed": self.samples_failed,
                         "not_sent": self.samples_not_sent},
@@ -166,11 +169,8 @@ class Sampler:
     def keys(self, messages: list[dict[str, str]], indices: range | list[int]) -> list[tuple[str, int]]:
         return [(request_key(self.identity, messages, i), i) for i in indices]
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        if self.prices is None:
-            return 0.0
-        return (prompt_tokens * self.prices.input_per_million
-                + completion_tokens * self.prices.output_per_million) / 1e6
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        return self.prices.cost(prompt_tokens, completion_tokens, cached_tokens) if self.prices else 0.0
 
     def worst_case_usd(self, messages: list[dict[str, str]], n: int) -> float:
         return self.cost(prompt_tokens_upper_bound(messages), self.completion_budget * n)
@@ -238,7 +238,9 @@ class Sampler:
                 rest.append((key, index))
                 continue
             comp, p, c, model = hit
-            await self.journal.commit_async(seed_id, [(key, index)], TeacherResponse([comp], p, c, model), cost_usd=0.0)
+            # Journalled with no tokens: the folder's token totals are what its teachers billed.
+            await self.journal.commit_async(seed_id, [(key, index)], TeacherResponse([replace(comp)], 0, 0, model),
+                                            cost_usd=0.0)
             outcome.samples.append(Sample(index, comp, p, c, model))
             self.stats.samples_cached += 1
             self.progress.advance(1)
@@ -354,7 +356,7 @@ class Sampler:
             completions = response.completions[:n]
             response.completions = completions
             if response.usage_reported:
-                cost = self.cost(response.prompt_tokens, response.completion_tokens)
+                cost = self.cost(response.prompt_tokens, response.completion_tokens, response.cached_tokens)
             else:
                 stats.usage_missing += 1
                 cost = reserve  # unknown usage: the worst case, never 0
@@ -365,6 +367,8 @@ class Sampler:
             await self._to_cache(messages, taken, completions, shares, response.model)
             stats.prompt_tokens += response.prompt_tokens
             stats.completion_tokens += response.completion_tokens
+            stats.reasoning_tokens += response.reasoning_tokens
+            stats.cached_prompt_tokens += response.cached_tokens
             stats.samples_new += len(taken)
             self.progress.advance(len(taken), response.prompt_tokens + response.completion_tokens, cost)
             for (_, index), comp, (p, c) in zip(taken, completions, shares, strict=True):

@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from distilforge.core.config import TeacherConfig
-from distilforge.core.records import Completion, TeacherResponse
+from distilforge.core.records import TeacherResponse
 from distilforge.teachers.base import TeacherError
 from distilforge.teachers.batched import BatchedTeacher
+from distilforge.teachers.chat_response import completion_of
 
 
 class VllmOfflineTeacher(BatchedTeacher):
@@ -50,7 +51,8 @@ class VllmOfflineTeacher(BatchedTeacher):
                                  use_tqdm=False)
         responses = []
         for out in outputs:
-            completions = [Completion(o.text, o.finish_reason) for o in out.outputs]
+            completions = [completion_of({"content": o.text}, o.finish_reason, self.config.opens_thinking)
+                           for o in out.outputs]
             prompt_tokens = len(out.prompt_token_ids or []) * len(out.outputs)
             completion_tokens = sum(len(o.token_ids) for o in out.outputs)
             responses.append(TeacherResponse(completions, prompt_tokens, completion_tokens, self.model))

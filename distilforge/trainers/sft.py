@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from distilforge.core.config import JobConfig
-from distilforge.core.formats import chat_example, step_by_step_examples
+from distilforge.core.formats import chat_example, step_by_step_examples, thinking_example
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
@@ -37,7 +37,12 @@ class TrainError(RuntimeError):
     """Training cannot start (no dataset, nothing kept); the message says what to do."""
 
 
-def training_examples(config: JobConfig, run_dir: Path) -> Any:
+def native_thinking(tokenizer: Any) -> bool:
+    """The student's chat template has its own thinking convention (it renders `reasoning_content`)."""
+    return "reasoning_content" in str(tokenizer.chat_template or "")
+
+
+def training_examples(config: JobConfig, run_dir: Path, tokenizer: Any = None) -> Any:
     """RUN_DIR/dataset's train split as conversational prompt/completion examples (`train.format`)."""
     import datasets
 
@@ -55,7 +60,24 @@ def training_examples(config: JobConfig, run_dir: Path) -> Any:
         if not examples:
             raise TrainError(f"{dataset_dir}: train.format step-by-step needs rows with answers and rationales")
         return datasets.Dataset.from_list(examples)
+    if t.format == "thinking":
+        native = tokenizer is not None and native_thinking(tokenizer)
+        return ds.map(thinking_example, fn_kwargs={"native": native}, remove_columns=ds.column_names)
     return ds.map(chat_example, remove_columns=ds.column_names)
+
+
+def fit_max_length(config: JobConfig, ds: Any, tokenizer: Any) -> tuple[int, int, int]:
+    """(max_length, longest example, examples cut): `train.max_length` if set, else the longest kept example
+    up to `train.max_length_cap`, so long traces are not cut silently."""
+    t = config.train
+    longest, lengths = 0, []
+    for example in ds:
+        ids = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True)
+        length = len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        lengths.append(length)
+        longest = max(longest, length)
+    limit = t.max_length if t.max_length is not None else max(16, min(longest, t.max_length_cap))
+    return limit, longest, sum(1 for n in lengths if n > limit)
 
 
 def start_point(config: JobConfig, run_dir: Path, resume: bool) -> tuple[str, Path | None]:
@@ -69,7 +91,8 @@ def start_point(config: JobConfig, run_dir: Path, resume: bool) -> tuple[str, Pa
     return resolve_model(config.train.student), adapter
 
 
-def training_arguments(config: JobConfig, run_dir: Path, *, bf16: bool, on_gpu: bool) -> dict[str, Any]:
+def training_arguments(config: JobConfig, run_dir: Path, *, bf16: bool, on_gpu: bool,
+                       max_length: int | None = None) -> dict[str, Any]:
     """The `train:` options every TRL trainer here shares (SFT and GKD take the same schedule)."""
     t = config.train
     return {
@@ -79,7 +102,7 @@ def training_arguments(config: JobConfig, run_dir: Path, *, bf16: bool, on_gpu: 
         "learning_rate": t.learning_rate,
         "per_device_train_batch_size": t.batch_size,
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
-        "max_length": t.max_length,
+        "max_length": max_length or t.max_length or 1024,
         "seed": t.seed,
         "logging_steps": 1,
         "save_strategy": "no",
@@ -104,7 +127,6 @@ def build_trainer(config: JobConfig, run_dir: Path, resume: bool = False) -> tup
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    ds = training_examples(config, run_dir)
     t = config.train
     started = time.monotonic()
     model_path, adapter = start_point(config, run_dir, resume)
@@ -121,6 +143,12 @@ def build_trainer(config: JobConfig, run_dir: Path, resume: bool = False) -> tup
         notes.append("the student had no chat template: ChatML added" + (" with new tokens" if added else ""))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    ds = training_examples(config, run_dir, tokenizer)
+    max_length, longest, cut = fit_max_length(config, ds, tokenizer)
+    if cut:
+        notes.append(f"{cut} of {len(ds)} examples are longer than max_length {max_length} and were cut")
+    if t.format == "thinking" and native_thinking(tokenizer):
+        notes.append("the think block goes into the chat template's reasoning_content")
     load: dict[str, Any] = {"dtype": torch.bfloat16 if bf16 else torch.float32}
     if t.method == "qlora":
         from transformers import BitsAndBytesConfig
@@ -139,7 +167,7 @@ def build_trainer(config: JobConfig, run_dir: Path, resume: bool = False) -> tup
         notes.append("packing needs FlashAttention on a GPU; trained padded instead")
 
     args = SFTConfig(
-        **training_arguments(config, run_dir, bf16=bf16, on_gpu=on_gpu),
+        **training_arguments(config, run_dir, bf16=bf16, on_gpu=on_gpu, max_length=max_length),
         completion_only_loss=True,
         packing=packing,
         packing_strategy="bfd",
@@ -163,6 +191,7 @@ def build_trainer(config: JobConfig, run_dir: Path, resume: bool = False) -> tup
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
                          peft_config=peft_config)
     facts = {"student": t.student, "method": t.method, "format": t.format, "examples": len(ds),
+             "max_length": max_length, "longest_example_tokens": longest, "examples_cut": cut,
              "device": "cuda" if on_gpu else "cpu", "bf16": bf16, "packing": packing, "notes": notes,
              "started": started}
     return trainer, facts
