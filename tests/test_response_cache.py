@@ -157,3 +157,19 @@ def test_the_cache_stays_within_its_bound(fake, cli, tmp_path, monkeypatch):
     stats = cache.stats()
     cache.close()
     assert 0 < stats["entries"] < 120 and stats["bytes"] <= 0.02 * 1024 * 1024
+
+
+def test_a_cached_reasoning_answer_keeps_its_trace_and_bills_no_tokens(fake, cli, tmp_path):
+    fake.script = {f"Q{i}:": Behaviour([f"The answer is {2 * i}."], reasoning=[f"{i} plus {i} makes {2 * i}."],
+                                       shape="reasoning_content") for i in range(1, 7)}
+    seeds = write_jsonl(tmp_path / "seeds.jsonl", SEEDS)
+    config = write_config(tmp_path / "job.yaml", api_config(seeds, fake.base_url, budget__prices=PRICES))
+    first = _run(cli, config, tmp_path / "a")
+    billed = len(fake.bills)
+    second = _run(cli, config, tmp_path / "b")
+    assert fake.ledger(billed) == [] and second["requests"]["cached"] == 12
+    traces = lambda out: sorted((r["seed_id"], r["reasoning"]) for r in load_kept(out))  # noqa: E731
+    assert traces(tmp_path / "a") == traces(tmp_path / "b") and all(t for _, t in traces(tmp_path / "b"))
+    # The folder's tokens are what its teacher billed: nothing, for answers the cache gave.
+    assert first["tokens"]["completion"] > 0 and first["tokens"]["reasoning"] > 0
+    assert second["tokens"]["prompt"] == second["tokens"]["completion"] == second["tokens"]["reasoning"] == 0

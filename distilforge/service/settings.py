@@ -58,6 +58,8 @@ class Limits:
     min_rpm: float = _limit("min_rpm", 1.0)
     min_tpm: float = _limit("min_tpm", 1000.0)
     min_poll_seconds: float = _limit("min_poll_seconds", 1.0)
+    # A long answer's time is max_completion_tokens / this rate: a floor, so that no job buys hours a request.
+    min_token_rate: float = _limit("min_token_rate", 10.0)
     batch_rounds: int = _limit("batch_rounds", 10)
     # Generation, filters and rounds.
     icl_k: int = _limit("icl_k", 64)

@@ -85,6 +85,8 @@ LIMITS: dict[tuple[str, str], str] = {
     ("LengthFilterSpec", "min_words"): "words", ("LengthFilterSpec", "max_words"): "words",
     ("MinhashFilterSpec", "num_perm"): "minhash_perm", ("MinhashFilterSpec", "shingle"): "ngram",
     ("DecontaminateSpec", "ngram"): "ngram", ("ExecutorConfig", "workers"): "ranks",
+    ("TeacherConfig", "min_tokens_per_second"): "min_token_rate", ("ThinkingConfig", "loop_ngram"): "ngram",
+    ("TrainConfig", "max_length_cap"): "sequence_tokens",
 }
 # A second limit on the same field: a floor's field still has a maximum.
 EXTRA_LIMITS: dict[tuple[str, str], str] = {("TeacherConfig", "batch_poll_seconds"): "retry_seconds"}
@@ -101,6 +103,10 @@ UNLIMITED = frozenset({
     ("OutputConfig", "validation_fraction"), ("LengthFilterSpec", "max_ratio"), ("JudgeFilterSpec", "min_score"),
     ("MinhashFilterSpec", "threshold"), ("EmbeddingDedupSpec", "threshold"), ("LoopConfig", "probe_fraction"),
     ("LoopConfig", "min_gain"),
+    ("Prices", "cached_input_per_million"),  # a job never sets prices (422)
+    # The trace checks' thresholds: a predicate on text already paid for.
+    ("ThinkingConfig", "min_tokens"), ("ThinkingConfig", "max_tokens"), ("ThinkingConfig", "loop_repeats"),
+    ("ThinkingConfig", "loop_share"), ("ThinkingConfig", "other_script_share"),
 })
 # Fields that change what a request costs, set by the server at claim: a job that sets one gets a 422.
 SERVER_OWNED = {("budget", "batch_discount"): "a Batch API discount is a price: the server's "
