@@ -148,7 +148,7 @@ def summarize(config: JobConfig, pipeline: Pipeline, results: list[RankResult], 
     per_stage, requests, _ = _stages_report(stages, budget)
     gen = stages.get("generate") or StageStats()
     invocation = current_invocation(run_dir, budget.prices is not None)
-    invocation.add(budget, list(stages))
+    invocation.add(budget, ["generate", *stages])  # the data stage ran, even when it had nothing left to pay for
     not_sent = sum(r.not_sent for r in results)
     summary: dict[str, Any] = {
         "name": config.name,
