@@ -182,7 +182,7 @@ def _openai_seeds(rows: Iterator[tuple[str, Any]], fields: SeedFields, limit: in
             return
         context, question, reference, metadata = openai_chat_row(where, row)
         raw_gold = reference if fields.answer is not None else None
-        kind = infer_answer_type(raw_gold) if answer_type == "auto" else answer_type
+        kind = infer_answer_type(raw_gold, question) if answer_type == "auto" else answer_type
         gold = canonical_gold(raw_gold, kind)
         if raw_gold is not None and gold is None:
             raise SeedError(f"{where}: the assistant turn has no readable {kind} answer: {raw_gold[:80]!r}")
@@ -246,7 +246,7 @@ def read_seeds(
             if fields.answer not in row:
                 raise SeedError(f"{where}: missing field '{fields.answer}' (seeds.fields.answer; null if none)")
             raw_gold = row[fields.answer]
-        kind = infer_answer_type(raw_gold) if answer_type == "auto" else answer_type
+        kind = infer_answer_type(raw_gold, question) if answer_type == "auto" else answer_type
         gold = canonical_gold(raw_gold, kind)
         if raw_gold is not None and gold is None:
             raise SeedError(f"{where}: field '{fields.answer}' has no readable {kind} answer: {str(raw_gold)[:80]!r}")
