@@ -112,9 +112,14 @@ def _last_letter_rationale(item: Item, right: bool, draw: random.Random) -> str:
         k = draw.randrange(len(names))
         wrong = [c.lower() for c in (names[k][-2], names[k][0], names[k][1]) if c.lower() != letters[k]]
         letters[k] = wrong[0] if wrong else chr((ord(letters[k]) - 96) % 26 + 97)
-    lines = [f'"{n}" is spelled {"-".join(n)}, so its last letter is "{c}".' for n, c in zip(names, letters, strict=True)]
+    # A real teacher sampled at temperature 0.7 words its samples differently: the duplicate check would
+    # otherwise drop every repeat, and diverse reasoning (k=4) would add nothing.
+    form = draw.choice(['"{n}" is spelled {s}, so its last letter is "{c}".', 'The word "{n}" is {s}; it ends in "{c}".',
+                        '"{n}": {s}. The last letter is "{c}".'])
+    lines = [form.format(n=n, s="-".join(n), c=c) for n, c in zip(names, letters, strict=True)]
     answer = "".join(letters)
-    lines.append(f'Putting the letters together: {" + ".join(letters)} = "{answer}".')
+    lines.append(draw.choice(["Putting the letters together: {j} = \"{a}\".", "Concatenating them: {j} = \"{a}\"."])
+                 .format(j=" + ".join(letters), a=answer))
     return "\n".join(lines) + f"\nThe answer is {answer}."
 
 
@@ -123,13 +128,13 @@ def _coin_rationale(item: Item, right: bool, draw: random.Random) -> str:
     if not right:  # one step misread: a flip taken for no flip, or the other way round
         k = draw.randrange(len(flips))
         flips[k] = not flips[k]
-    side, lines = "heads", ["The coin starts heads up."]
+    side, lines = "heads", [draw.choice(["The coin starts heads up.", "At first the coin is heads up."])]
+    flipped, kept = draw.choice([("{n} flips the coin, so it is now {s} up.", "{n} does not flip the coin, so it is still {s} up."),
+                                 ("After {n} flips it, the coin is {s} up.", "{n} leaves it alone: still {s} up.")])
     for name, flip in zip(item.facts["names"], flips, strict=True):
         if flip:
             side = "tails" if side == "heads" else "heads"
-            lines.append(f"{name} flips the coin, so it is now {side} up.")
-        else:
-            lines.append(f"{name} does not flip the coin, so it is still {side} up.")
+        lines.append((flipped if flip else kept).format(n=name, s=side))
     answer = "yes" if side == "heads" else "no"
     lines.append(f"The coin ends {side} up, so it is {'still' if answer == 'yes' else 'not'} heads up.")
     return "\n".join(lines) + f"\nThe answer is {answer}."
@@ -151,10 +156,13 @@ def _shuffled_rationale(item: Item, right: bool, draw: random.Random) -> str:
     def line() -> str:
         return ", ".join(f"{n} has {c}" for n, c in zip(names, state, strict=True))
 
-    lines = [f"At the start: {line()}."]
+    start, swap = draw.choice([("At the start: {s}.", "{a} and {b} swap: {s}."),
+                               ("Start: {s}.", "After {a} and {b} trade balls: {s}."),
+                               ("In the beginning, {s}.", "{a} swaps with {b}, so {s}.")])
+    lines = [start.format(s=line())]
     for a, b in pairs:
         state[a], state[b] = state[b], state[a]
-        lines.append(f"{names[a]} and {names[b]} swap: {line()}.")
+        lines.append(swap.format(a=names[a], b=names[b], s=line()))
     letter = "ABCDE"[colours.index(state[asked])]
     lines.append(f"At the end, {names[asked]} has the {state[asked]} ball, which is option ({letter}).")
     return "\n".join(lines) + f"\nThe answer is {letter}."
