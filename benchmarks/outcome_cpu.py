@@ -80,7 +80,9 @@ def write_job(folder: Path, url: str, seeds: Path, eval_file: Path, *, gold: boo
         "generation": {"mode": "cot", "samples_per_seed": samples},
         "budget": {"prices": PRICES},
         "train": {"enabled": True, **train},
-        "eval": {"files": [{"path": str(eval_file), "name": "heldout"}], **evaluation},
+        # Only the held-out file is scored (not also each run's own validation split), so every condition is
+        # scored on the same questions and the base student's score is computed once.
+        "eval": {"files": [{"path": str(eval_file), "name": "heldout"}], "include_validation": False, **evaluation},
     }
     if filters:
         data["filters"] = [{"name": "length", "min_words": 5}, {"name": "consistency"}]
@@ -91,8 +93,16 @@ def write_job(folder: Path, url: str, seeds: Path, eval_file: Path, *, gold: boo
     return path
 
 
-def run(config: Path, out: Path) -> dict[str, Any]:
+def run(config: Path, out: Path, base: Path | None = None) -> dict[str, Any]:
+    """One `distilforge run`. `base`: an earlier run folder on the same eval questions whose scores of the base
+    student are copied in, so that this run does not score the same untrained model again (run.json's `eval.before`
+    is what `distilforge eval` reuses when it covers the same questions)."""
     started = time.perf_counter()
+    if base is not None:
+        (out / "eval").mkdir(parents=True)
+        (out / "eval" / "before.jsonl").write_text((base / "eval" / "before.jsonl").read_text())
+        before = json.loads((base / "run.json").read_text())["eval"]["before"]
+        (out / "run.json").write_text(json.dumps({"eval": {"before": before}}))
     done = subprocess.run([sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)],
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True)
@@ -138,6 +148,7 @@ def run_task(task: str, args: argparse.Namespace, train: dict[str, Any], log: An
         eval_file = folder / "eval.jsonl"
         eval_file.write_text("".join(json.dumps({"question": r.question, "answer": r.gold}) + "\n" for r in evals))
         server, url = start_teacher(folder, task, rows, args.teacher_accuracy)
+        base: Path | None = None
         try:
             plan: list[tuple[str, dict[str, Any]]] = [
                 ("filters off", {"gold": False, "filters": False, "samples": args.samples}),
@@ -151,7 +162,9 @@ def run_task(task: str, args: argparse.Namespace, train: dict[str, Any], log: An
                     continue
                 out = folder / name.replace(" ", "-").replace(",", "").replace("=", "")
                 out.mkdir()
-                results[name] = run(write_job(out, url, seeds, eval_file, train=train, evaluation=args.eval_overrides, **options), out / "run")
+                results[name] = run(write_job(out, url, seeds, eval_file, train=train, evaluation=args.eval_overrides,
+                                              **options), out / "run", base)
+                base = base or out / "run"
                 log(f"{task}: {name}: {results[name]['_seconds'] / 60:.1f} min")
             if "one pass, equal spend" in args.conditions and "rounds" in results:
                 # One pass at the spend of the rounds (run.json's cost_usd is the whole run's, every round
@@ -163,7 +176,7 @@ def run_task(task: str, args: argparse.Namespace, train: dict[str, Any], log: An
                 out.mkdir()
                 results["one pass, equal spend"] = run(write_job(out, url, seeds, eval_file, gold=True, filters=True,
                                                                  samples=samples, train=train,
-                                                                 evaluation=args.eval_overrides), out / "one-pass-run")
+                                                                 evaluation=args.eval_overrides), out / "run", base)
                 results["one pass, equal spend"]["_samples"] = samples
                 log(f"{task}: one pass ({samples} samples): {results['one pass, equal spend']['_seconds'] / 60:.1f} min")
         finally:
@@ -207,7 +220,9 @@ def _share(flags: list[bool]) -> float:
 
 def markdown(report: dict[str, Any]) -> str:
     """The whole report as Markdown: one table of rows and one of paired differences per task."""
-    out = [f"Student: SmolLM2-135M-Instruct with the product's default `train:`; teacher: **controlled** (a fake "
+    out = ["# Outcome benchmark: does the student learn?", "",
+           f"Produced by `{report['command']}`.", "",
+           f"Student: SmolLM2-135M-Instruct with the product's default `train:`{report['overrides']}; teacher: **controlled** (a fake "
            f"OpenAI-compatible server right {report['teacher_accuracy']:.0%} of the time, wrong answers carried from a "
            f"wrong step; not a model). {report['machine']}", ""]
     for task in report["tasks"]:
@@ -268,7 +283,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.eval_overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.eval_set)}
     tasks = symbolic.TASKS if args.task == "all" else (args.task,)
     started = time.perf_counter()
+    command = "python benchmarks/outcome_cpu.py " + " ".join(
+        f"'{a}'" if " " in a or "|" in a else a for a in (argv if argv is not None else sys.argv[1:]))
+    overrides = f" with {', '.join(f'{k}: {v}' for k, v in train.items())}" if train else ""
     report: dict[str, Any] = {"teacher_accuracy": args.teacher_accuracy, "train_overrides": train, "tasks": [],
+                              "command": command, "overrides": overrides,
                               "machine": f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the start "
                                          "(a shared machine is slower; accuracy does not depend on it)"}
 

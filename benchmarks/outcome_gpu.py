@@ -67,7 +67,7 @@ def write_rows(run_dir: Path, task: str, n: int) -> None:
     with (staging / "kept.jsonl").open("w") as fh:
         for i, item in enumerate(symbolic.items(task, n, seed=0)):
             text = symbolic.teacher_answer(task, item, 0, 1.0)
-            seed = Seed(seed_id=f"{i:06d}", question=item.question, gold=item.gold, answer_type="choice")
+            seed = Seed(seed_id=f"{i:06d}", question=item.question, gold=item.gold, answer_type="choice", source="outcome_gpu")
             messages = [*build_messages(seed, GenerationConfig()), {"role": "assistant", "content": text}]
             record = {c: None for c in REJECTED_COLUMNS}
             record.update(seed_id=seed.seed_id, sample_index=0, question=item.question, rationale=text,
@@ -87,7 +87,7 @@ def part_generate(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     n = 8 if args.smoke else 2048
     max_tokens = 16 if args.smoke else 256
-    prompts = [build_messages(Seed(seed_id=str(i), question=it.question, gold=it.gold, answer_type="choice"),
+    prompts = [build_messages(Seed(seed_id=str(i), question=it.question, gold=it.gold, answer_type="choice", source="outcome_gpu"),
                               GenerationConfig()) for i, it in enumerate(symbolic.items("shuffled_objects", n, seed=3))]
     rows = []
 
@@ -127,10 +127,10 @@ def part_train(args: argparse.Namespace, method: str) -> list[dict[str, Any]]:
     run_dir = Path(tempfile.mkdtemp(prefix=f"gpu-{method}-"))
     write_rows(run_dir, "shuffled_objects", 16 if args.smoke else 4096)
     train: dict[str, Any] = {"enabled": True, "student": STUDENT, "method": method, "max_length": 512,
-                             "max_steps": 2 if args.smoke else (60 if method == "gkd" else 300),
+                             "max_steps": 2 if args.smoke else (30 if method == "gkd" else 300),
                              "batch_size": 2 if args.smoke else 32, "learning_rate": 1e-4}
     if method == "gkd":
-        train["gkd"] = {"max_new_tokens": 8 if args.smoke else 128}
+        train["gkd"] = {"max_new_tokens": 8 if args.smoke else 64}
     config = JobConfig.model_validate({"seeds": {"path": str(run_dir)}, "teacher": {"backend": "local", "model": STUDENT},
                                        "train": train})
     summary = train_student(config, run_dir)
@@ -157,7 +157,7 @@ def _params(cfg: Any) -> float:
 
 
 def part_outcome(args: argparse.Namespace) -> list[dict[str, Any]]:
-    size = ["--train", "24", "--eval", "8"] if args.smoke else ["--train", "1500", "--eval", "300"]
+    size = ["--train", "24", "--eval", "8"] if args.smoke else ["--train", "1000", "--eval", "300"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "outcome.json"
         cmd = [sys.executable, str(ROOT / "benchmarks" / "outcome_cpu.py"), "--task", "shuffled_objects", *size,
@@ -210,6 +210,8 @@ def main() -> None:
     with open(args.results, "a") as fh:
         fh.write("".join(json.dumps(r) + "\n" for r in rows))
     print("\n".join(f"{r['part']}: {r['value']}" for r in rows), flush=True)
+    sys.stderr.flush()
+    os._exit(0)  # the row is written: do not wait on the libraries' worker threads at exit
 
 
 if __name__ == "__main__":

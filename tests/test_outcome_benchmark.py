@@ -60,7 +60,7 @@ def test_outcome_markdown_flags_unparsed_answers():
 
     row = {"condition": "filters on", "accuracy": 0.1, "ci95": [0.0, 0.2], "n": 10, "parsed": 0.3, "kept": 5,
            "spend_usd": 0.01, "minutes": 1.0, "vs_base": {"difference": 0.1, "ci95": [0.0, 0.2]}}
-    text = outcome_cpu.markdown({"teacher_accuracy": 0.6, "machine": "test", "tasks": [
+    text = outcome_cpu.markdown({"teacher_accuracy": 0.6, "machine": "test", "command": "x", "overrides": "", "tasks": [
         {"task": "coin_flip", "train": 10, "eval": 10, "minutes": 1.0, "rows": [row], "pairs": []}]})
     assert "controlled" in text and "30% (most answers unparsed)" in text
     assert Path(outcome_cpu.__file__).name == "outcome_cpu.py"
