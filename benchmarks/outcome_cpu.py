@@ -1,6 +1,7 @@
 """Does the student learn, and what do filters, diverse reasoning and targeted rounds add? Measured on the student.
 
 Run: .venv/bin/python benchmarks/outcome_cpu.py --task all [--quick] [--markdown docs/outcome.md --json docs/outcome.json]
+     .venv/bin/python benchmarks/outcome_cpu.py --merge A.json B.json ... --markdown docs/outcome.md  (runs made apart)
 
 Tasks are Fine-tune-CoT's symbolic tasks (Ho et al. 2023), generated from a seed (benchmarks/symbolic.py):
 last-letter concatenation (4 names), coin flip (4 people) and tracking shuffled objects (3 people, 3 swaps, the
@@ -220,9 +221,13 @@ def _share(flags: list[bool]) -> float:
 
 def markdown(report: dict[str, Any]) -> str:
     """The whole report as Markdown: one table of rows and one of paired differences per task."""
-    out = ["# Outcome benchmark: does the student learn?", "",
-           f"Produced by `{report['command']}`.", "",
-           f"Student: SmolLM2-135M-Instruct with the product's default `train:`{report['overrides']}; teacher: **controlled** (a fake "
+    overrides = report.get("overrides")
+    if overrides is None:
+        train = report.get("train_overrides") or {}
+        overrides = f" with {', '.join(f'{k}: {v}' for k, v in train.items())}" if train else ""
+    out = [f"## Outcome: {', '.join(t['task'] for t in report['tasks'])}", "",
+           f"Produced by `{report.get('command', 'python benchmarks/outcome_cpu.py')}`.", "",
+           f"Student: SmolLM2-135M-Instruct with the product's default `train:`{overrides}; teacher: **controlled** (a fake "
            f"OpenAI-compatible server right {report['teacher_accuracy']:.0%} of the time, wrong answers carried from a "
            f"wrong step; not a model). {report['machine']}", ""]
     for task in report["tasks"]:
@@ -277,7 +282,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def merge(paths: list[Path], markdown_path: Path | None) -> None:
+    """One Markdown report from several runs' --json files (tasks measured in separate runs, one after another)."""
+    reports = [json.loads(p.read_text()) for p in paths]
+    for report in reports:
+        text = markdown(report)
+        print(text)
+    if markdown_path:
+        markdown_path.write_text("\n\n".join(markdown(r) + f"\nWhole run: {r['minutes']} min.\n" for r in reports))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    if argv is None and len(sys.argv) > 2 and sys.argv[1] == "--merge":
+        paths = [Path(a) for a in sys.argv[2:] if not a.startswith("--")]
+        target = next((Path(b) for a, b in zip(sys.argv, sys.argv[1:], strict=False) if a == "--markdown"), None)
+        merge([p for p in paths if p != target], target)
+        return {}
     args = parse_args(argv)
     train = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.train_set)}
     args.eval_overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.eval_set)}
