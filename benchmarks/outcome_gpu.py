@@ -74,7 +74,7 @@ def write_rows(run_dir: Path, task: str, n: int) -> None:
                           answer=item.gold, gold=item.gold, answer_type="choice", teacher_model="controlled",
                           mode="cot", prompt_tokens=0, completion_tokens=0, messages=messages)
             fh.write(json.dumps(record) + "\n")
-    write_dataset(staging / "kept.jsonl", run_dir, 0.0, 0)
+    write_dataset([staging / "kept.jsonl"], run_dir, 0.0, 0)
 
 
 def part_generate(args: argparse.Namespace) -> list[dict[str, Any]]:
