@@ -64,3 +64,19 @@ def test_outcome_markdown_flags_unparsed_answers():
         {"task": "coin_flip", "train": 10, "eval": 10, "minutes": 1.0, "rows": [row], "pairs": []}]})
     assert "controlled" in text and "30% (most answers unparsed)" in text
     assert Path(outcome_cpu.__file__).name == "outcome_cpu.py"
+
+
+def test_closing_table_says_when_most_answers_were_unreadable():
+    from rich.console import Console
+
+    from distilforge.report.summary import print_summary
+
+    def block(parsed: int) -> dict:
+        return {"n": 10, "correct": 0, "accuracy": 0.0, "ci95": [0.0, 0.0], "parsed": parsed}
+
+    console = Console(record=True, width=200)
+    print_summary({"name": "x", "kept": 1, "eval": {"before": block(9), "after": block(3)}}, console)
+    text = console.export_text()
+    before, after = (line for line in text.splitlines() if "student accuracy" in line)
+    assert "unreadable" not in before
+    assert "answers parsed: 3/10 - most answers unreadable" in after
