@@ -1,32 +1,35 @@
-"""What filtering and targeted rounds buy, measured on the student: a whole distillation on 2 CPU cores.
+"""Does the student learn, and what do filters, diverse reasoning and targeted rounds add? Measured on the student.
 
-Run: .venv/bin/python benchmarks/outcome_cpu.py [--train 160] [--eval 80] [--corrupt 0.5] [--rounds 1] [--gpu]
-(the defaults take about 28 minutes on 2 CPU cores)
+Run: .venv/bin/python benchmarks/outcome_cpu.py --task all [--quick] [--markdown docs/outcome.md --json docs/outcome.json]
+     .venv/bin/python benchmarks/outcome_cpu.py --merge A.json B.json ... --markdown docs/outcome.md  (runs made apart)
 
-The teacher is a fake OpenAI-compatible server on loopback (its own process) that answers GSM8K
-questions with their human-written rationales (../shared/data/gsm8k), ending "The answer is X.", and
-corrupts a set fraction of its answers: a wrong final answer (the steps stay, the number changes), a
-truncated answer, or no answer at all. The task is one- and two-step GSM8K problems (at most two
-calculator steps), which the embedded SmolLM2-135M-Instruct student can learn something of in minutes.
-Everything else is the real pipeline, one `distilforge run` per condition, the student trained the same
-way each time (LoRA, one epoch) and scored on the same held-out GSM8K test questions:
+Tasks are Fine-tune-CoT's symbolic tasks (Ho et al. 2023), generated from a seed (benchmarks/symbolic.py):
+last-letter concatenation (4 names), coin flip (4 people) and tracking shuffled objects (3 people, 3 swaps, the
+gold a bare letter). The default size is the issue's: 350 training and 150 held-out questions per task;
+`--quick` uses 120 and 60.
+
+THE TEACHER IS CONTROLLED, NOT A MODEL: a fake OpenAI-compatible server on loopback (its own process) that writes
+step-by-step rationales and is right `--teacher-accuracy` of the time (default 0.6); a wrong rationale makes
+one wrong step and carries it into its answer. Everything else is the real pipeline: one `distilforge run` per
+condition, with the product's default `train:` (only `enabled: true`) and an `eval:` with only its files, the
+filters' own parser and grading, and the same held-out questions for every condition:
 
 - base: the student before training;
-- filters off: no gold answers given and no `filters:` (only the format checks: truncated, empty,
-  refusal, unparseable) - wrong answers are trained on;
+- filters off: no gold answers and no `filters:` (only the format checks), so wrong rationales are trained on;
 - filters on: gold answers (wrong_answer) and the `length` and `consistency` filters;
-- one pass at equal spend vs targeted rounds: filters on; rounds hold a probe split apart and spend on
-  the seeds nearest the student's mistakes; the one-pass run asks for as many samples per seed as
-  makes the same teacher spend.
+- filters on, k=4: four rationales per question instead of two (diverse reasoning, twice the spend);
+- rounds: filters on, one targeted round (a probe split held apart steers new samples to the student's mistakes);
+- one pass at the rounds' spend: filters on, as many samples per question as buys the rounds' teacher spend.
 
-Accuracy comes with a 95% bootstrap interval; differences are paired (the same questions) with a
-paired bootstrap interval. `--gpu` makes a larger run (more data, a longer schedule) for a GPU machine.
+Each row has accuracy with a 95% bootstrap interval and how many of the student's answers the parser could read;
+each comparison is a paired difference (the same questions) with a paired bootstrap 95% interval.
+`--train-set KEY=VALUE` overrides a `train:` key for every condition (to measure other settings);
+`--conditions` runs only some conditions.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -38,13 +41,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.console import Console
-from rich.table import Table
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import symbolic
+
 TESTS = str(Path(__file__).resolve().parents[1] / "tests")
 PRICES = {"input_per_million": 1.0, "output_per_million": 1.0}
-
+CONDITIONS = ("filters off", "filters on", "filters on, k=4", "rounds", "one pass, equal spend")
 SERVER = """
 import json, sys, time
 sys.path.insert(0, {tests!r})
@@ -57,58 +60,33 @@ while True:
 """
 
 
-def steps(row: dict[str, Any]) -> int:
-    return row["answer"].count("<<")
-
-
-def rationale(row: dict[str, Any]) -> tuple[str, str]:
-    body, final = row["answer"].rsplit("####", 1)
-    body = body.replace("<<", "").replace(">>", " ")
-    for mark in [m for m in body.split() if "=" in m]:  # "48/2=24 24" -> keep the readable "24"
-        body = body.replace(mark, "", 1) if mark.count("=") == 1 and mark.split("=")[1].isdigit() else body
-    return " ".join(body.split()), final.strip()
-
-
-def corrupted(row: dict[str, Any], sample: int, fraction: float) -> list[str]:
-    """The teacher's answer to a question's sample: right, or corrupted one of three ways."""
-    text, gold = rationale(row)
-    draw = random.Random(int(hashlib.sha256(f"{row['question']}:{sample}".encode()).hexdigest()[:12], 16))
-    kind = draw.random()
-    if kind >= fraction:
-        return [f"{text}\nThe answer is {gold}."]
-    which = draw.randrange(3)
-    if which == 0:  # a wrong final answer after the same steps
-        wrong = str(int(float(gold.replace(",", ""))) + draw.choice([-3, -2, -1, 1, 2, 3, 10])) \
-            if gold.replace(",", "").replace(".", "").lstrip("-").isdigit() else gold + "0"
-        return [f"{text}\nThe answer is {wrong}."]
-    if which == 1:  # cut off: the server stops at max_tokens (a word is a token in the fake)
-        return [" ".join(text.split()[: max(3, len(text.split()) // 2)]) + " " + "so " * 200]
-    return [text]  # no stated answer
-
-
-def load(name: str, n: int, offset: int = 0) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in (SHARED / name).read_text().splitlines()]
-    easy = [r for r in rows if 1 <= steps(r) <= 2]
-    return easy[offset : offset + n]
+def start_teacher(folder: Path, task: str, rows: list[symbolic.Item], accuracy: float,
+                  samples: int = 12) -> tuple[subprocess.Popen[str], str]:
+    """The controlled teacher for these questions, in its own process; returns it and its base URL."""
+    script = {r.question: [symbolic.teacher_answer(task, r, s, accuracy) for s in range(samples)] for r in rows}
+    (folder / "script.json").write_text(json.dumps(script))
+    server = subprocess.Popen([sys.executable, "-c", SERVER.format(tests=TESTS, script=str(folder / "script.json"))],
+                              stdout=subprocess.PIPE, text=True)
+    return server, server.stdout.readline().strip()  # type: ignore[union-attr]
 
 
 def write_job(folder: Path, url: str, seeds: Path, eval_file: Path, *, gold: bool, filters: bool, samples: int,
-              train: dict[str, Any], loop: dict[str, Any] | None = None) -> Path:
+              train: dict[str, Any], evaluation: dict[str, Any], loop: dict[str, Any] | None = None) -> Path:
     data: dict[str, Any] = {
         "name": folder.name,
         "seeds": {"path": str(seeds), "fields": {"question": "question", "answer": "answer" if gold else None,
                                                   "id": "id"}},
-        "teacher": {"backend": "openai", "model": "fake-teacher", "base_url": url, "api_key_env": None,
-                    "max_concurrency": 64, "params": {"temperature": 0.7, "max_tokens": 160}},
-        "generation": {"mode": "cot", "samples_per_seed": samples, "answer_type": "number"},
+        "teacher": {"backend": "openai", "model": "controlled-teacher", "base_url": url, "api_key_env": None,
+                    "max_concurrency": 64, "params": {"temperature": 0.7, "max_tokens": 256}},
+        "generation": {"mode": "cot", "samples_per_seed": samples},
         "budget": {"prices": PRICES},
         "train": {"enabled": True, **train},
-        "eval": {"files": [{"path": str(eval_file), "name": "gsm8k"}], "max_tokens": 160, "batch_size": 16,
-                 "include_validation": False},
-        "output": {"validation_fraction": 0.0},
+        # Only the held-out file is scored (not also each run's own validation split), so every condition is
+        # scored on the same questions and the base student's score is computed once.
+        "eval": {"files": [{"path": str(eval_file), "name": "heldout"}], "include_validation": False, **evaluation},
     }
     if filters:
-        data["filters"] = [{"name": "length", "min_words": 5, "max_words": 400}, {"name": "consistency"}]
+        data["filters"] = [{"name": "length", "min_words": 5}, {"name": "consistency"}]
     if loop:
         data["loop"] = loop
     path = folder / "job.yaml"
@@ -116,12 +94,29 @@ def write_job(folder: Path, url: str, seeds: Path, eval_file: Path, *, gold: boo
     return path
 
 
-def run(config: Path, out: Path) -> dict[str, Any]:
+def run(config: Path, out: Path, base: Path | None = None) -> dict[str, Any]:
+    """One `distilforge run`. `base`: an earlier run folder on the same eval questions whose scores of the base
+    student are copied in, so that this run does not score the same untrained model again (run.json's `eval.before`
+    is what `distilforge eval` reuses when it covers the same questions)."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)], check=True,
-                   env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if base is not None:
+        (out / "eval").mkdir(parents=True)
+        (out / "eval" / "before.jsonl").write_text((base / "eval" / "before.jsonl").read_text())
+        before = json.loads((base / "run.json").read_text())["eval"]["before"]
+        (out / "run.json").write_text(json.dumps({"eval": {"before": before}}))
+    done = subprocess.run([sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)],
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"distilforge run exited {done.returncode}: {done.stderr[-2000:]}")
     summary = json.loads((out / "run.json").read_text())
     summary["_seconds"] = time.perf_counter() - started
+    for label in ("before", "after"):
+        rows = [json.loads(line) for line in (out / "eval" / f"{label}.jsonl").read_text().splitlines()] \
+            if (out / "eval" / f"{label}.jsonl").exists() else []
+        rows = [r for r in rows if r["set"] == "heldout"]
+        summary[f"_{label}"] = [bool(r["correct"]) for r in rows]
+        summary[f"_{label}_parsed"] = [r["answer"] is not None for r in rows]
     return summary
 
 
@@ -133,124 +128,203 @@ def paired(a: list[bool], b: list[bool], resamples: int = 2000) -> tuple[float, 
     return (sum(b) - sum(a)) / n, diffs[int(0.025 * resamples)], diffs[int(0.975 * resamples) - 1]
 
 
-def per_question(run_dir: Path, label: str, field: str = "correct") -> list[Any]:
-    """Each eval question's `field`, in eval-file order (`distilforge eval` writes RUN_DIR/eval/LABEL.jsonl)."""
-    path = run_dir / "eval" / f"{label}.jsonl"
-    return [json.loads(line)[field] for line in path.read_text().splitlines()] if path.exists() else []
+def interval(correct: list[bool], resamples: int = 2000) -> tuple[float, float, float]:
+    rng = random.Random(0)
+    n = len(correct)
+    values = sorted(sum(rng.choices(correct, k=n)) / n for _ in range(resamples))
+    return sum(correct) / n, values[int(0.025 * resamples)], values[int(0.975 * resamples) - 1]
 
 
-def stated(answers: list[Any]) -> str:
-    """How often the student stated an answer the parser could read (right or wrong)."""
-    return f"{sum(a is not None for a in answers) / len(answers):.0%}" if answers else "-"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", type=int, default=160, help="training questions (1-2 step GSM8K train)")
-    parser.add_argument("--eval", type=int, default=80, help="held-out questions (1-2 step GSM8K test)")
-    parser.add_argument("--corrupt", type=float, default=0.5, help="fraction of teacher answers corrupted")
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--gpu", action="store_true", help="a larger run for a GPU machine")
-    args = parser.parse_args()
-    if args.gpu:
-        args.train, args.eval = max(args.train, 2000), max(args.eval, 400)
-    train = {"method": "lora", "epochs": 2 if args.gpu else 1, "learning_rate": 5e-4, "batch_size": 8,
-             "max_length": 384, "lora": {"r": 16, "alpha": 32}}
-    console = Console()
+def run_task(task: str, args: argparse.Namespace, train: dict[str, Any], log: Any) -> dict[str, Any]:
+    """Every condition on one task; returns its rows and paired comparisons."""
+    evals = symbolic.items(task, args.eval, seed=1)
+    rows = symbolic.items(task, args.train, seed=0, avoid={e.question for e in evals})
+    results: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        rows = load("train.jsonl", args.train)
-        evals = load("test.jsonl", args.eval)
         seeds = folder / "seeds.jsonl"
-        seeds.write_text("".join(json.dumps({"id": f"T{i:05d}", "question": r["question"], "answer": r["answer"]}) + "\n"
+        seeds.write_text("".join(json.dumps({"id": f"T{i:05d}", "question": r.question, "answer": r.gold}) + "\n"
                                  for i, r in enumerate(rows)))
         eval_file = folder / "eval.jsonl"
-        eval_file.write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n" for r in evals))
-        samples_cap = 8
-        script = {r["question"][:80]: [corrupted(r, s, args.corrupt)[0] for s in range(samples_cap)] for r in rows}
-        (folder / "script.json").write_text(json.dumps(script))
-        server = subprocess.Popen([sys.executable, "-c", SERVER.format(tests=TESTS, script=str(folder / "script.json"))],
-                                  stdout=subprocess.PIPE, text=True)
-        url = server.stdout.readline().strip()  # type: ignore[union-attr]
-        results: dict[str, dict[str, Any]] = {}
-        started = time.perf_counter()
+        eval_file.write_text("".join(json.dumps({"question": r.question, "answer": r.gold}) + "\n" for r in evals))
+        server, url = start_teacher(folder, task, rows, args.teacher_accuracy)
+        base: Path | None = None
         try:
-            conditions: list[tuple[str, dict[str, Any]]] = [
-                ("filters off", {"gold": False, "filters": False, "samples": 1}),
-                ("filters on", {"gold": True, "filters": True, "samples": 1}),
-                ("rounds", {"gold": True, "filters": True, "samples": 1,
-                            "loop": {"rounds": args.rounds, "probe_fraction": 0.15, "neighbours": 4, "samples": 2}}),
+            plan: list[tuple[str, dict[str, Any]]] = [
+                ("filters off", {"gold": False, "filters": False, "samples": args.samples}),
+                ("filters on", {"gold": True, "filters": True, "samples": args.samples}),
+                ("filters on, k=4", {"gold": True, "filters": True, "samples": 4}),
+                ("rounds", {"gold": True, "filters": True, "samples": args.samples,
+                            "loop": {"rounds": 1, "probe_fraction": 0.15, "neighbours": 4, "samples": 2}}),
             ]
-            for name, options in conditions:
-                out = folder / name.replace(" ", "-")
+            for name, options in plan:
+                if name not in args.conditions:
+                    continue
+                out = folder / name.replace(" ", "-").replace(",", "").replace("=", "")
                 out.mkdir()
-                config = write_job(out, url, seeds, eval_file, train=train, **options)
-                results[name] = run(config, out / "run")
-                results[name]["_correct"] = per_question(out / "run", "after")
-                results[name]["_stated"] = stated(per_question(out / "run", "after", "answer"))
-                results.setdefault("_base", {"_correct": per_question(out / "run", "before"),
-                                             "_stated": stated(per_question(out / "run", "before", "answer"))})
-                console.print(f"[dim]{name}: {results[name]['_seconds']:.0f} s[/dim]")
-            # One pass at the spend of the rounds: as many samples per seed as buys the same teacher tokens.
-            # run.json's cost_usd is the whole run's, every round included.
-            ratio = results["rounds"]["cost_usd"] / max(1e-9, results["filters on"]["cost_usd"])
-            samples = max(1, round(ratio))
-            out = folder / "one-pass"
-            out.mkdir()
-            config = write_job(out, url, seeds, eval_file, gold=True, filters=True, samples=samples, train=train)
-            results[f"one pass, {samples} samples"] = run(config, out / "run")
-            results[f"one pass, {samples} samples"]["_correct"] = per_question(out / "run", "after")
-            results[f"one pass, {samples} samples"]["_stated"] = stated(per_question(out / "run", "after", "answer"))
+                results[name] = run(write_job(out, url, seeds, eval_file, train=train, evaluation=args.eval_overrides,
+                                              **options), out / "run", base)
+                base = base or out / "run"
+                log(f"{task}: {name}: {results[name]['_seconds'] / 60:.1f} min")
+            if "one pass, equal spend" in args.conditions and "rounds" in results:
+                # One pass at the spend of the rounds (run.json's cost_usd is the whole run's, every round
+                # included): as many samples per question as buys the same teacher spend as filters on did.
+                reference = results.get("filters on") or results["rounds"]
+                ratio = results["rounds"]["cost_usd"] / max(1e-9, reference["cost_usd"])
+                samples = max(1, round(args.samples * ratio))
+                out = folder / "one-pass"
+                out.mkdir()
+                results["one pass, equal spend"] = run(write_job(out, url, seeds, eval_file, gold=True, filters=True,
+                                                                 samples=samples, train=train,
+                                                                 evaluation=args.eval_overrides), out / "run", base)
+                results["one pass, equal spend"]["_samples"] = samples
+                log(f"{task}: one pass ({samples} samples): {results['one pass, equal spend']['_seconds'] / 60:.1f} min")
         finally:
             server.kill()
             server.wait()
-        total = time.perf_counter() - started
+    return summarise(task, results, args, time.perf_counter() - started)
 
-    table = Table(title=f"SmolLM2-135M student on {args.eval} held-out 1-2 step GSM8K questions; teacher answers "
-                        f"{args.corrupt:.0%} corrupted; {args.train} training questions")
-    for col in ("condition", "kept", "teacher spend", "answer stated", "accuracy (95% CI)", "vs base, paired (95% CI)",
-                "minutes"):
-        table.add_column(col, justify="right")
-    base_run = results.pop("_base")
-    base_correct = base_run["_correct"]
-    base = next(iter(results.values()))["eval"]["before"]
-    table.add_row("base (before training)", "-", "-", base_run["_stated"], _acc(base), "-", "-")
+
+def summarise(task: str, results: dict[str, dict[str, Any]], args: argparse.Namespace, seconds: float) -> dict[str, Any]:
+    first = next(iter(results.values()))
+    base = first["_before"]
+    rows = [{"condition": "base (before training)", **_acc(base), "parsed": _share(first["_before_parsed"]),
+             "kept": None, "spend_usd": None, "minutes": None, "vs_base": None}]
     for name, summary in results.items():
-        after = summary["eval"]["after"]
-        spend = summary["cost_usd"]
-        diff, low, high = paired(base_correct, summary["_correct"])
-        table.add_row(name, str(summary["kept"]), f"${spend:.4f}", summary["_stated"], _acc(after), f"{diff:+.1%} ({low:+.0%} to {high:+.0%})",
-                      f"{summary['_seconds'] / 60:.1f}")
-    console.print(table)
-    pairs = Table(title="paired differences (the same questions)")
-    for col in ("comparison", "difference (95% CI)"):
-        pairs.add_column(col, justify="right")
-    names = list(results)
-    for a, b in [("filters off", "filters on"), (names[-1], "rounds")]:
-        diff, low, high = paired(results[a]["_correct"], results[b]["_correct"])
-        pairs.add_row(f"{b} minus {a}", f"{diff:+.1%} ({low:+.1%} to {high:+.1%})")
-    console.print(pairs)
-    rounds = results["rounds"].get("rounds") or []
-    if rounds:
-        detail = Table(title="targeted rounds, per round")
-        for col in ("round", "new records", "cost", "probe accuracy (95% CI)", "eval accuracy (95% CI)"):
-            detail.add_column(col, justify="right")
-        for entry in rounds:
-            detail.add_row(str(entry["round"]), str(entry["new_records"]), f"${entry.get('cost_usd') or 0:.4f}",
-                           _acc(entry["probe"]), _acc(entry.get("eval")))
-        console.print(detail)
-        console.print(f"rounds stopped: {results['rounds'].get('rounds_stopped', 'after the last round')}")
-    console.print(f"whole benchmark: {total / 60:.1f} minutes")
+        label = name if name != "one pass, equal spend" else f"one pass, k={summary['_samples']} (rounds' spend)"
+        rows.append({"condition": label, **_acc(summary["_after"]), "parsed": _share(summary["_after_parsed"]),
+                     "kept": summary.get("kept"), "spend_usd": round(summary["cost_usd"], 6),
+                     "minutes": round(summary["_seconds"] / 60, 1), "vs_base": _diff(base, summary["_after"]),
+                     "train_loss": (summary.get("train") or {}).get("train_loss")})
+    pairs = []
+    for a, b in [("filters off", "filters on"), ("filters on", "filters on, k=4"), ("one pass, equal spend", "rounds")]:
+        if a in results and b in results:
+            pairs.append({"comparison": f"{b} minus {a}", **_diff(results[a]["_after"], results[b]["_after"])})
+    return {"task": task, "train": args.train, "eval": args.eval, "teacher_accuracy": args.teacher_accuracy,
+            "rows": rows, "pairs": pairs, "minutes": round(seconds / 60, 1)}
 
 
-def _acc(block: dict[str, Any] | None) -> str:
-    if not block:
-        return "-"
-    low, high = block["ci95"]
-    return f"{block['accuracy']:.1%} ({low:.0%}-{high:.0%}, n={block['n']})"
+def _acc(correct: list[bool]) -> dict[str, Any]:
+    acc, low, high = interval(correct)
+    return {"accuracy": round(acc, 4), "ci95": [round(low, 4), round(high, 4)], "n": len(correct)}
+
+
+def _diff(a: list[bool], b: list[bool]) -> dict[str, Any]:
+    diff, low, high = paired(a, b)
+    return {"difference": round(diff, 4), "ci95": [round(low, 4), round(high, 4)]}
+
+
+def _share(flags: list[bool]) -> float:
+    return round(sum(flags) / len(flags), 4) if flags else 0.0
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The whole report as Markdown: one table of rows and one of paired differences per task."""
+    overrides = report.get("overrides")
+    if overrides is None:
+        train = report.get("train_overrides") or {}
+        overrides = f" with {', '.join(f'{k}: {v}' for k, v in train.items())}" if train else ""
+    out = [f"## Outcome: {', '.join(t['task'] for t in report['tasks'])}", "",
+           f"Produced by `{report.get('command', 'python benchmarks/outcome_cpu.py')}`.", "",
+           f"Student: SmolLM2-135M-Instruct with the product's default `train:`{overrides}; teacher: **controlled** (a fake "
+           f"OpenAI-compatible server right {report['teacher_accuracy']:.0%} of the time, wrong answers carried from a "
+           f"wrong step; not a model). {report['machine']}", ""]
+    for task in report["tasks"]:
+        out += [f"### {task['task']}: {task['train']} training questions, {task['eval']} held out, "
+                f"{task['minutes']} min", "",
+                "| condition | accuracy (95% CI) | answers parsed | kept | teacher spend | vs base, paired (95% CI) | min |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in task["rows"]:
+            flag = " (most answers unparsed)" if r["parsed"] < 0.5 else ""
+            kept = "-" if r["kept"] is None else r["kept"]
+            spend = "-" if r["spend_usd"] is None else f"${r['spend_usd']:.4f}"
+            minutes = "-" if r["minutes"] is None else r["minutes"]
+            out.append(f"| {r['condition']} | {_pct(r)} | {r['parsed']:.0%}{flag} | {kept} | {spend} "
+                       f"| {_dpct(r['vs_base'])} | {minutes} |")
+        out += ["", "| paired difference | points (95% CI) |", "| --- | --- |"]
+        out += [f"| {p['comparison']} | {_dpct(p)} |" for p in task["pairs"]]
+        out.append("")
+    return "\n".join(out)
+
+
+def _pct(r: dict[str, Any]) -> str:
+    return f"{r['accuracy']:.1%} ({r['ci95'][0]:.0%}-{r['ci95'][1]:.0%}, n={r['n']})"
+
+
+def _dpct(d: dict[str, Any] | None) -> str:
+    return "-" if not d else f"{d['difference'] * 100:+.1f} ({d['ci95'][0] * 100:+.1f} to {d['ci95'][1] * 100:+.1f})"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="all", choices=[*symbolic.TASKS, "all"])
+    parser.add_argument("--train", type=int, default=None, help="training questions (default 350; --quick 120)")
+    parser.add_argument("--eval", type=int, default=None, help="held-out questions (default 150; --quick 60)")
+    parser.add_argument("--samples", type=int, default=2, help="teacher samples per question")
+    parser.add_argument("--teacher-accuracy", type=float, default=0.6)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer conditions (under 10 min a task)")
+    parser.add_argument("--conditions", default=None, help=f"separated by |, from: {' | '.join(CONDITIONS)}")
+    parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a train: key (YAML value), e.g. --train-set epochs=3")
+    parser.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="set an eval: key (YAML value), e.g. --eval-set batch_size=64 on a GPU")
+    parser.add_argument("--markdown", type=Path, help="also write the tables here")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    args.train = args.train or (120 if args.quick else 350)
+    args.eval = args.eval or (60 if args.quick else 150)
+    default = ("filters off", "filters on") if args.quick else CONDITIONS
+    args.conditions = [c.strip() for c in args.conditions.split("|")] if args.conditions else list(default)
+    unknown = [c for c in args.conditions if c not in CONDITIONS]
+    if unknown:
+        parser.error(f"unknown conditions {unknown}; use '|' between names from {CONDITIONS}")
+    return args
+
+
+def merge(paths: list[Path], markdown_path: Path | None) -> None:
+    """One Markdown report from several runs' --json files (tasks measured in separate runs, one after another)."""
+    reports = [json.loads(p.read_text()) for p in paths]
+    for report in reports:
+        text = markdown(report)
+        print(text)
+    if markdown_path:
+        markdown_path.write_text("\n\n".join(markdown(r) + f"\nWhole run: {r['minutes']} min.\n" for r in reports))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    if argv is None and len(sys.argv) > 2 and sys.argv[1] == "--merge":
+        paths = [Path(a) for a in sys.argv[2:] if not a.startswith("--")]
+        target = next((Path(b) for a, b in zip(sys.argv, sys.argv[1:], strict=False) if a == "--markdown"), None)
+        merge([p for p in paths if p != target], target)
+        return {}
+    args = parse_args(argv)
+    train = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.train_set)}
+    args.eval_overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.eval_set)}
+    tasks = symbolic.TASKS if args.task == "all" else (args.task,)
+    started = time.perf_counter()
+    command = "python benchmarks/outcome_cpu.py " + " ".join(
+        f"'{a}'" if " " in a or "|" in a else a for a in (argv if argv is not None else sys.argv[1:]))
+    overrides = f" with {', '.join(f'{k}: {v}' for k, v in train.items())}" if train else ""
+    report: dict[str, Any] = {"teacher_accuracy": args.teacher_accuracy, "train_overrides": train, "tasks": [],
+                              "command": command, "overrides": overrides,
+                              "machine": f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the start "
+                                         "(a shared machine is slower; accuracy does not depend on it)"}
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    for task in tasks:
+        report["tasks"].append(run_task(task, args, train, log))
+    report["minutes"] = round((time.perf_counter() - started) / 60, 1)
+    text = markdown(report) + f"\nWhole benchmark: {report['minutes']} min.\n"
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return report
 
 
 if __name__ == "__main__":
-    if not SHARED.exists():
-        sys.exit(f"{SHARED}: GSM8K is read from the shared data folder beside the repository")
     main()

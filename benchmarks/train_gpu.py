@@ -72,7 +72,7 @@ def main() -> None:
                           messages=[{"role": "user", "content": prompt},
                                     {"role": "assistant", "content": f"{rationale}\nThe answer is {final.strip()}."}])
             fh.write(json.dumps(record) + "\n")
-    write_dataset(staging / "kept.jsonl", run_dir, 0.0, 0)
+    write_dataset([staging / "kept.jsonl"], run_dir, 0.0, 0)
     config = JobConfig.model_validate({
         "seeds": {"path": str(DATA / "train.jsonl")},
         "train": {"enabled": True, "student": "smollm2-135m-instruct", "method": args.method, "epochs": args.epochs,

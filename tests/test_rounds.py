@@ -34,7 +34,7 @@ def _job(tmp_path, fake, tiny_model, **loop):
     data["seeds"]["fields"]["id"] = "id"
     data["generation"]["samples_per_seed"] = 1
     data["budget"] = {"prices": {"input_per_million": 1.0, "output_per_million": 1.0}}
-    data["train"] = {"enabled": True, "student": str(tiny_model), "max_steps": 1, "batch_size": 4, "max_length": 256,
+    data["train"] = {"enabled": True, "student": str(tiny_model), "method": "lora", "max_steps": 1, "batch_size": 4, "max_length": 256,
                      "lora": {"r": 2, "alpha": 4}}
     data["eval"] = {"max_tokens": 4, "include_validation": False}
     data["loop"] = {"rounds": 2, "probe_fraction": 0.2, "neighbours": 2, "samples": 1, "per_round_usd": 1.0, **loop}

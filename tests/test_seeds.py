@@ -7,7 +7,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import DATA, api_config, write_config, write_jsonl
+from conftest import DATA, api_config, run_job, write_config, write_jsonl
 
 from distilforge.core.config import SeedFields
 from distilforge.core.seeds import SeedError, read_seeds
@@ -72,3 +72,39 @@ def test_real_files_read_with_their_gold():
     assert all(s.answer_type == "number" and s.gold is not None for s in gsm)
     sqa = list(read_seeds(str(DATA / "strategyqa" / "dev.jsonl"), SeedFields(id="qid")))
     assert len(sqa) == 229 and {s.gold for s in sqa} == {"yes", "no"}
+
+
+SHUFFLED = ("Alice, Bob, and Claire each hold a ball: Alice has a red ball, Bob has a blue ball, and Claire has a "
+            "green ball. First, Alice and Bob swap balls. At the end, Alice has the\nOptions:\n(A) red ball\n"
+            "(B) blue ball\n(C) green ball")
+
+
+def test_bare_letter_gold_is_a_choice_when_the_question_lists_options(fake, cli, tmp_path):
+    """A multiple-choice set whose gold is a bare letter ('A') is graded as a letter, not as text the article
+    rule empties: the run goes through and keeps the teacher's right answers only."""
+    seeds = write_jsonl(tmp_path / "s.jsonl", [{"id": "q1", "question": SHUFFLED, "answer": "B"},
+                                                 {"id": "q2", "question": SHUFFLED.replace("Alice has the", "Bob has the"),
+                                                  "answer": "A"}])
+    assert [s.answer_type for s in read_seeds(str(seeds), SeedFields(id="id"))] == ["choice", "choice"]
+    from fake_openai import Behaviour
+    fake.script = {"Alice has the\n": Behaviour(["Alice now has blue. The answer is (B)."]),
+                   "Bob has the\n": Behaviour(["Bob now has red. The answer is B."])}
+    data = api_config(seeds, fake.base_url, seeds__fields={"question": "question", "answer": "answer", "id": "id"},
+                      generation__samples_per_seed=1)
+    summary, kept, _ = run_job(cli, tmp_path, data)
+    assert [(r["seed_id"], r["answer"]) for r in kept] == [("q1", "B")]
+    assert summary["rejected"] == {"wrong_answer": 1}
+
+
+def test_a_text_gold_never_normalises_to_nothing(tmp_path):
+    from distilforge.core.grading import canonical, grade, infer_answer_type
+
+    # No lettered options: a bare 'A' (or 'the') is text, and stays readable.
+    assert infer_answer_type("A", "What is the first letter of the alphabet?") == "text"
+    assert infer_answer_type("A", "Which? A) one B) two") == "choice"
+    assert infer_answer_type("F", "Which? A) one B) two") == "text"
+    assert canonical("A", "text") == "a" and canonical("The", "text") == "the"
+    assert canonical("the Nile", "text") == "nile"
+    assert grade("a", "a", "text") and not grade("b", "a", "text")
+    path = write_jsonl(tmp_path / "s.jsonl", [{"question": "First letter of the alphabet?", "answer": "A"}])
+    assert [s.gold for s in read_seeds(str(path), SeedFields())] == ["a"]

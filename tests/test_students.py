@@ -17,7 +17,7 @@ def _generate(fake, cli, tmp_path, student, **train):
     fake.default = Behaviour(["36 eggs at $0.50 each cost $18.\nThe answer is 18."])
     data = api_config(write_jsonl(tmp_path / "seeds.jsonl", QUESTIONS), fake.base_url)
     data["generation"]["samples_per_seed"] = 1
-    data["train"] = {"student": str(student), "max_steps": 2, "batch_size": 2, "max_length": 128,
+    data["train"] = {"student": str(student), "method": "lora", "max_steps": 2, "batch_size": 2, "max_length": 128,
                      "lora": {"r": 4, "alpha": 8}, **train}
     config = write_config(tmp_path / "job.yaml", data)
     result = cli("generate", config, "--output", tmp_path / "run")

@@ -239,10 +239,11 @@ class TrainConfig(Strict):
         default="chat", description="thinking: the answer turn is <think>\\n{reasoning}\\n</think>\\n\\n{answer}")
     alpha: float = Field(default=0.5, gt=0, lt=1, description="step-by-step: share of label-task examples")
     student: str = EMBEDDED_STUDENT
-    method: Literal["lora", "full", "qlora", "gkd"] = "lora"
+    method: Literal["auto", "lora", "full", "qlora", "gkd"] = Field(
+        default="lora", description="auto: full fine-tuning for students under 1B parameters, LoRA above")
     max_steps: int = Field(default=-1, description="-1: run `epochs` instead")
     epochs: float = Field(default=1.0, gt=0)
-    learning_rate: float = Field(default=2e-4, gt=0)
+    learning_rate: float | None = Field(default=None, gt=0, description="unset: 1e-4 for full fine-tuning, 2e-4 for (Q)LoRA")
     batch_size: int = Field(default=4, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
     max_length: int | None = Field(default=None, ge=16, description="tokens per example; default: the longest "

@@ -174,10 +174,11 @@ def parse_choice(raw: str) -> str | None:
 
 
 def normalize_text(raw: str) -> str:
-    raw = raw.lower().strip()
-    raw = raw.translate(str.maketrans("", "", string.punctuation))
-    raw = re.sub(r"\b(a|an|the)\b", " ", raw)
-    return " ".join(raw.split())
+    raw = " ".join(raw.lower().translate(str.maketrans("", "", string.punctuation)).split())
+    # Articles are noise around an answer ("the Nile" = "Nile"), but a text that is only articles
+    # ("A", "the") is itself the answer: it must never normalise to nothing.
+    stripped = " ".join(re.sub(r"\b(a|an|the)\b", " ", raw).split())
+    return stripped or raw
 
 
 def canonical(raw: str, answer_type: str) -> str | None:
@@ -414,7 +415,26 @@ def canonical_gold(value: object, answer_type: str) -> str | None:
     return canonical(stated if stated is not None else text, answer_type)
 
 
-def infer_answer_type(gold: object) -> str:
+_LETTER_GOLD_RE = re.compile(r"^\s*\(?([A-Ea-e])\)?\s*\.?\s*$")
+# Lettered options in a question: "(A) red ball", "A) red", "A. red", "A: red", at a line start or after a space.
+_OPTION_RE = re.compile(r"(?:^|[\s:])\(?([A-E])(?:\)|\.|:)\s*\S", re.M)
+
+
+def lists_options(question: str | None, letter: str) -> bool:
+    """Whether `question` lists lettered options (at least two, `letter` among them)."""
+    if not question:
+        return False
+    found = {m.group(1) for m in _OPTION_RE.finditer(question)}
+    return len(found) >= 2 and letter.upper() in found
+
+
+def infer_answer_type(gold: object, question: str | None = None) -> str:
+    """The answer type a gold implies; a bare letter ('A', '(b)') is a `choice` when the question lists
+    lettered options (a multiple-choice data set), else text."""
+    if isinstance(gold, str):
+        letter = _LETTER_GOLD_RE.match(gold)
+        if letter and lists_options(question, letter.group(1)):
+            return "choice"
     if isinstance(gold, bool):
         return "yes_no"
     if isinstance(gold, (int, float)):

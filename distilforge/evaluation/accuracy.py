@@ -177,8 +177,11 @@ def summarize(results: list[dict[str, Any]], *, seconds: float, model: str, adap
         correct = [r["correct"] for r in rows]
         low, high = bootstrap_interval(correct)
         n = len(correct)
+        # How many answers the grader could read at all: a student that never states an answer in the
+        # trained form scores 0 for a different reason than one that states wrong answers.
+        parsed = sum(r.get("answer") is not None for r in rows)
         return {"n": n, "correct": sum(correct), "accuracy": round(sum(correct) / n, 4) if n else 0.0,
-                "ci95": [round(low, 4), round(high, 4)]}
+                "ci95": [round(low, 4), round(high, 4)], "parsed": parsed}
 
     by_set: dict[str, list[dict[str, Any]]] = {}
     for r in results:

@@ -12,7 +12,11 @@ def _acc(block: dict[str, Any] | None) -> str:
     if not block:
         return "-"
     low, high = block.get("ci95", [0, 0])
-    return f"{block['accuracy']:.1%} ({block['correct']}/{block['n']}, 95% CI {low:.0%}-{high:.0%})"
+    text = f"{block['accuracy']:.1%} ({block['correct']}/{block['n']}, 95% CI {low:.0%}-{high:.0%})"
+    parsed, n = block.get("parsed"), block.get("n") or 0
+    if parsed is not None and n and parsed * 2 < n:  # most answers unreadable: the score says little
+        text += f" [yellow]answers parsed: {parsed}/{n} - most answers unreadable[/yellow]"
+    return text
 
 
 def print_eval(run: dict[str, Any], console: Console) -> None:

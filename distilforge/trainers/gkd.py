@@ -22,6 +22,7 @@ from typing import Any
 from distilforge.core.config import JobConfig
 from distilforge.trainers.sft import (
     CHATML,
+    DEFAULT_LR,
     TrainError,
     fit_and_save,
     start_point,
@@ -122,6 +123,8 @@ def build_gkd_trainer(config: JobConfig, run_dir: Path, resume: bool = False) ->
         # padding rows are never produced by the tokenizer, so the teacher's are cut (or padded) to match.
         teacher.resize_token_embeddings(student_rows)
         notes.append(f"the teacher's embedding rows were resized to the student's {student_rows}")
+    rate = t.learning_rate or DEFAULT_LR["lora" if g.lora else "full"]
+    config = config.model_copy(update={"train": t.model_copy(update={"learning_rate": rate})})
     args = GKDConfig(
         **training_arguments(config, run_dir, bf16=bf16, on_gpu=on_gpu),
         lmbda=g.lmbda,

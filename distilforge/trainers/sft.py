@@ -91,6 +91,26 @@ def start_point(config: JobConfig, run_dir: Path, resume: bool) -> tuple[str, Pa
     return resolve_model(config.train.student), adapter
 
 
+FULL_BELOW_PARAMS = 1_000_000_000
+"""`train.method: auto` fine-tunes every weight of a student smaller than this, and a LoRA adapter above."""
+DEFAULT_LR = {"full": 1e-4, "lora": 2e-4, "qlora": 2e-4}
+"""`train.learning_rate` when unset, by method (see README, Training: how the defaults were chosen)."""
+
+
+def settle_method(config: JobConfig, n_params: int, adapter: Path | None) -> JobConfig:
+    """`train.method: auto` and an unset `learning_rate` made concrete for this student.
+
+    auto: full fine-tuning below FULL_BELOW_PARAMS (a few hundred rows on a CPU do not teach a LoRA adapter of a
+    135M model a new skill in one pass; see README), LoRA above; a round that continues an adapter stays LoRA.
+    """
+    t = config.train
+    method = t.method
+    if method == "auto":
+        method = "lora" if adapter is not None or n_params >= FULL_BELOW_PARAMS else "full"
+    rate = t.learning_rate or DEFAULT_LR.get(method, DEFAULT_LR["lora"])
+    return config.model_copy(update={"train": t.model_copy(update={"method": method, "learning_rate": rate})})
+
+
 def training_arguments(config: JobConfig, run_dir: Path, *, bf16: bool, on_gpu: bool,
                        max_length: int | None = None) -> dict[str, Any]:
     """The `train:` options every TRL trainer here shares (SFT and GKD take the same schedule)."""
@@ -165,6 +185,8 @@ def build_trainer(config: JobConfig, run_dir: Path, resume: bool = False) -> tup
         # Padding-free packing relies on FlashAttention's per-sequence boundaries; without it packed
         # examples would attend to each other, so they are padded instead.
         notes.append("packing needs FlashAttention on a GPU; trained padded instead")
+    config = settle_method(config, model.num_parameters(), adapter)
+    t = config.train
 
     args = SFTConfig(
         **training_arguments(config, run_dir, bf16=bf16, on_gpu=on_gpu, max_length=max_length),
@@ -190,10 +212,10 @@ def build_trainer(config: JobConfig, run_dir: Path, resume: bool = False) -> tup
         )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
                          peft_config=peft_config)
-    facts = {"student": t.student, "method": t.method, "format": t.format, "examples": len(ds),
-             "max_length": max_length, "longest_example_tokens": longest, "examples_cut": cut,
-             "device": "cuda" if on_gpu else "cpu", "bf16": bf16, "packing": packing, "notes": notes,
-             "started": started}
+    facts = {"student": t.student, "method": t.method, "learning_rate": t.learning_rate, "epochs": t.epochs,
+             "format": t.format, "examples": len(ds), "max_length": max_length, "longest_example_tokens": longest,
+             "examples_cut": cut, "device": "cuda" if on_gpu else "cpu", "bf16": bf16, "packing": packing,
+             "notes": notes, "started": started}
     return trainer, facts
 
 
