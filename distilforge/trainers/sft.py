@@ -111,6 +111,16 @@ def settle_method(config: JobConfig, n_params: int, adapter: Path | None) -> Job
     return config.model_copy(update={"train": t.model_copy(update={"method": method, "learning_rate": rate})})
 
 
+def _checkpointing_key() -> str:
+    """transformers renamed `gradient_checkpointing` to `activation_checkpointing` within 5.x: use what is installed."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def training_arguments(config: JobConfig, run_dir: Path, *, bf16: bool, on_gpu: bool,
                        max_length: int | None = None) -> dict[str, Any]:
     """The `train:` options every TRL trainer here shares (SFT and GKD take the same schedule)."""
@@ -131,7 +141,7 @@ def training_arguments(config: JobConfig, run_dir: Path, *, bf16: bool, on_gpu: 
         "bf16": bf16,
         "fp16": False,
         "use_cpu": not on_gpu,
-        "activation_checkpointing": t.gradient_checkpointing,
+        _checkpointing_key(): t.gradient_checkpointing,
         "lr_scheduler_type": t.lr_scheduler,
         "warmup_steps": t.warmup_steps,
         "dataset_num_proc": None,
