@@ -187,9 +187,34 @@ def test_the_service_hands_a_job_to_the_cluster_and_keeps_its_cancel(ray_cluster
         fake.latency = (0.3, 0.35)
         slow = client.post("/v1/jobs", json=job(60), headers=auth).json()["id"]
         wait(client, slow, {"running"})
-        time.sleep(2.0)
+        deadline = time.monotonic() + 60  # cancelled mid-run: once its ranks have answered something
+        while (client.get(f"/v1/jobs/{slow}", headers=auth).json()["progress"] or {}).get("samples_done", 0) < 4:
+            assert time.monotonic() < deadline, "the job never started answering"
+            time.sleep(0.1)
         assert client.post(f"/v1/jobs/{slow}/cancel", headers=auth).status_code == 200
         started = time.monotonic()
         cancelled = wait(client, slow, {"cancelled", "succeeded", "failed"}, timeout=30)
         assert cancelled["state"] == "cancelled" and time.monotonic() - started < 8
         assert 0 < cancelled["kept"] < 60
+
+
+def test_a_stop_sent_before_the_ranks_open_reaches_every_rank(ray_cluster, fake, tmp_path):
+    """A cancel that arrives while the ranks' workers are still starting (a loaded machine) stops them all."""
+    import asyncio
+
+    from distilforge.core.config import load_config
+    from distilforge.core.steps import Progress, RunControl
+    from distilforge.run.pipeline import build_pipeline
+    from distilforge.run.ray import RayExecutor
+
+    data = _job(tmp_path, fake, kind="ray", workers=2)
+    data["teacher"]["cache"] = False
+    config = load_config(write_config(tmp_path / "job.yaml", data))
+    control = RunControl()
+    executor = RayExecutor(config.executor)
+    executor.stop("cancelled")  # and the driver repeats it, as it does a few times a second
+    executor.stop("cancelled")
+    results = asyncio.run(asyncio.wait_for(executor.run(build_pipeline(config), tmp_path / "run",
+                                                        control.budget(config, 0.0), control, Progress()), 60))
+    assert [(r.rank, r.error, r.stop_reasons) for r in results] == [(0, None, ["cancelled"]), (1, None, ["cancelled"])]
+    assert fake.chat_requests == 0  # nothing was sent after the cancel

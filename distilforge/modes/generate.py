@@ -180,8 +180,7 @@ class Generate(PipelineStep):
             """Failed requests get one more try after a pause (a server restart loses nothing)."""
             if not deferred:
                 return
-            if not sampler.stopped:
-                await asyncio.sleep(sampler.retry.second_pass_after_s)
+            await sampler.pause(sampler.retry.second_pass_after_s)
             stats.counters["second_pass_seeds"] += len(deferred)
 
             async def retry(item: tuple[Seed, Any, Any, Outcome]) -> None:

@@ -126,10 +126,13 @@ async def _threaded(items: Iterator[Seed], chunk: int = 256) -> AsyncIterator[Se
 
 async def run_rank(pipeline: Pipeline, run_dir: Path, rank: int, world_size: int, budget: Budget,
                    control: RunControl, progress: Progress, *, result: RankResult | None = None,
-                   contexts: list[RankContext] | None = None, log: Any = None) -> RankResult:
+                   contexts: list[RankContext] | None = None, stops: list[str] | None = None,
+                   log: Any = None) -> RankResult:
     """Run stage 1 of `pipeline` for one rank; its records land in the rank's staging shards.
 
     `result` is filled in even when the rank is cancelled (a second Ctrl-C), so what it did is reported.
+    The executor forwards stops to the context once it is in `contexts`; `stops` holds those that came
+    before (the context starts with them, so a stop reaches the rank whenever it arrives).
     """
     config = pipeline.config
     staging = staging_dir(run_dir, rank)
@@ -151,8 +154,10 @@ async def run_rank(pipeline: Pipeline, run_dir: Path, rank: int, world_size: int
 
     ctx = RankContext(config, run_dir, rank, world_size, journal, budget, control, progress,
                       reject=rejected.write, fail=fail, log=log or (lambda message: None))
+    for reason in stops or ():
+        ctx.stop(reason)
     if contexts is not None:
-        contexts.append(ctx)  # the executor forwards stop requests to it
+        contexts.append(ctx)  # the executor forwards later stop requests to it
     try:
         with use_context(ctx):
             if pipeline.reads_seeds:
@@ -198,10 +203,13 @@ class LocalExecutor:
 
     def __init__(self, log: Any = None) -> None:
         self._contexts: list[RankContext] = []
+        self._stops: list[str] = []
         self.results: list[RankResult] = []
         self.log = log
 
     def stop(self, reason: str) -> None:
+        if reason not in self._stops:
+            self._stops.append(reason)
         for ctx in self._contexts:
             ctx.stop(reason)
 
@@ -214,7 +222,7 @@ class LocalExecutor:
             return self.results
         self.results = [RankResult(0)]
         await run_rank(pipeline, run_dir, 0, 1, budget, control, progress, result=self.results[0],
-                       contexts=self._contexts, log=self.log)
+                       contexts=self._contexts, stops=self._stops, log=self.log)
         return self.results
 
 

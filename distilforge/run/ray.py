@@ -114,23 +114,21 @@ class _Rank:
     def __init__(self) -> None:
         self.progress = Progress()
         self.contexts: list[RankContext] = []
-        self.pending: list[str] = []
+        # Every stop received, even before `run` started (a slow worker): the rank's context starts with them.
+        self.stops: list[str] = []
 
     async def run(self, pipeline: Pipeline, run_dir: str, rank: int, world_size: int, budget_actor: Any,
                   prices: Any, max_usd: float | None, fence: int | None, cache: str | None = None) -> dict[str, Any]:
         budget = RemoteBudget(prices, max_usd, budget_actor)
         result = RankResult(rank)
-        task = asyncio.ensure_future(run_rank(pipeline, Path(run_dir), rank, world_size, budget, _RankControl(fence, cache),
-                                              self.progress, result=result, contexts=self.contexts))
-        while not self.contexts and not task.done():  # the context exists once the rank has opened its files
-            await asyncio.sleep(0.01)
-        for reason in self.pending:
-            self.stop(reason)
-        await task
+        await run_rank(pipeline, Path(run_dir), rank, world_size, budget, _RankControl(fence, cache), self.progress,
+                       result=result, contexts=self.contexts, stops=self.stops)
         return result.to_json()
 
     def stop(self, reason: str) -> None:
-        self.pending.append(reason)
+        # The driver repeats a stop a few times a second: kept once.
+        if reason not in self.stops:
+            self.stops.append(reason)
         for ctx in self.contexts:
             ctx.stop(reason)
 

@@ -19,6 +19,7 @@ through this class, each as a named stage of the same budget.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import random
@@ -145,6 +146,7 @@ class Sampler:
         self.endpoint = endpoint or []
         self.stats = StageStats()
         self.stopped: str | None = None
+        self._stopping = asyncio.Event()  # cuts a retry's backoff short: a stopped run waits for no timer
         self._slots = asyncio.Semaphore(teacher.max_concurrency)
         # A fresh journal holds nothing to replay: skip the lookups (they are most of a seed's cost).
         self._replay = journal.count() > 0
@@ -155,6 +157,12 @@ class Sampler:
     def stop(self, reason: str) -> None:
         if self.stopped is None:
             self.stopped = reason
+            self._stopping.set()
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if the run is stopped meanwhile (a backoff never delays a cancel)."""
+        with contextlib.suppress(asyncio.TimeoutError):  # not the builtin on Python 3.10
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     def _stop_if_key_refused(self, failure: AttemptFailed) -> None:
         """The key is refused and nothing was ever answered: every other request would be too."""
@@ -346,7 +354,7 @@ class Sampler:
                     self.progress.advance(n)
                     return
                 stats.retried += 1
-                await asyncio.sleep(delay)
+                await self.pause(delay)  # then sent again or, if stopped meanwhile, recorded as not sent
                 continue
             stats.last_done = time.time()
             stats.succeeded += 1
