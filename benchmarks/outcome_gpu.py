@@ -127,7 +127,7 @@ def part_train(args: argparse.Namespace, method: str) -> list[dict[str, Any]]:
     run_dir = Path(tempfile.mkdtemp(prefix=f"gpu-{method}-"))
     write_rows(run_dir, "shuffled_objects", 16 if args.smoke else 4096)
     train: dict[str, Any] = {"enabled": True, "student": STUDENT, "method": method, "max_length": 512,
-                             "max_steps": 2 if args.smoke else (30 if method == "gkd" else 300),
+                             "max_steps": 2 if args.smoke else (16 if method == "gkd" else 200),
                              "batch_size": 2 if args.smoke else 32, "learning_rate": 1e-4}
     if method == "gkd":
         train["gkd"] = {"max_new_tokens": 8 if args.smoke else 64}

