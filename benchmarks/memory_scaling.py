@@ -80,7 +80,8 @@ def run(n: int, base_url: str) -> dict:
                         "max_concurrency": 256, "params": {"max_tokens": 64}},
         }))
         out = Path(tmp) / "run"
-        env = {**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+        # A response cache of its own: the same seeds again would be answered from the shared one.
+        env = {**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "DISTILFORGE_RESPONSE_CACHE": f"{tmp}/responses.sqlite"}
         child = watch([sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)], env, every=0.2)
         assert child["rc"] == 0, (child["rc"], child["stderr"][-2000:])
         samples = child["samples"]

@@ -90,6 +90,13 @@ def write_job(folder: Path, url: str, seeds: Path, concurrency: int, rpm: float 
     return config
 
 
+def run_env(folder: Path) -> dict[str, str]:
+    """Offline, with a response cache of the run's own: repeats of the same seeds would otherwise be
+    answered from the shared cache at no cost, and measure nothing."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+            "DISTILFORGE_RESPONSE_CACHE": str(folder / "responses.sqlite")}
+
+
 def run_command(config: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out), *extra]
 
@@ -106,7 +113,7 @@ def distilforge(url: str, seeds: Path, folder: Path, concurrency: int, rpm: floa
     config = write_job(folder, url, seeds, concurrency, rpm)
     out = folder / "run"
     start = time.perf_counter()
-    subprocess.run(run_command(config, out), check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    subprocess.run(run_command(config, out), check=True, capture_output=True, env=run_env(folder))
     whole = time.perf_counter() - start
     run = json.loads((out / "run.json").read_text())
     assert (out / "report.html").exists() and (out / "dataset" / "README.md").exists()
