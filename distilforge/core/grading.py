@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 _NUMBER = r"-?(?:\$\s{0,3})?-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s{0,3}/\s{0,3}\d+(?:\.\d+)?)?|-?\.\d+"
 _NUMBER_RE = re.compile(_NUMBER)
+_PLAIN_NUMBER_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")  # ASCII digits, read by parse_number's fast path
 _FRAC_RE = re.compile(r"\\frac\s*\{([^{}]+)\}\s*\{([^{}]+)\}")
 _BEFORE_FRAC_RE = re.compile(r"(-\s*)?(\d+)?\s*$")  # `-\frac`, mixed `2\frac`
 _WORD_NUMBERS = {
@@ -125,6 +126,8 @@ def parse_number(raw: str) -> Fraction | None:
     """The answer's number as an exact Fraction: handles $, commas, units, %, a/b, \\frac{a}{b}, `5 + 3 = 8`
     (the value after the last `=`), mixed numbers (`2\\frac{1}{2}`) and number words (`three hundred`).
     A number fused with a variable (`2X`, `3x`) is not a number."""
+    if _PLAIN_NUMBER_RE.fullmatch(raw):  # most answers and golds: nothing to clean, the same value
+        return Fraction(raw)
     text = clean_latex(raw)
     if "=" in text and not re.search(r"[A-Za-z]{3,}", re.sub(r"\\[a-zA-Z]+", "", text.split("=", 1)[0])):
         text = text.rsplit("=", 1)[1]  # `5 + 3 = 8`, `x = 5`; not `10 because ... = 6` (the 10 is stated)
