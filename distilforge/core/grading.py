@@ -426,12 +426,28 @@ def infer_answer_type(gold: object) -> str:
         return "text"
     text = str(gold)
     _, stated = split_answer(text)
-    probe = stated if stated is not None else text
+    return _type_of(stated if stated is not None else text)
+
+
+def _type_of(probe: str) -> str:
     if parse_yes_no(probe) is not None and len(probe.split()) <= 2:
         return "yes_no"
     if parse_number(probe) is not None and len(probe.split()) <= 4:
         return "number"
     return "text"
+
+
+def gold_answer(value: object, answer_type: str) -> tuple[str, str | None]:
+    """A seed's answer type (inferred when "auto") and canonical gold: `infer_answer_type` then
+    `canonical_gold`, with a written solution (`... #### 42`) read once instead of twice."""
+    if answer_type != "auto" or value is None or isinstance(value, (bool, int, float)):
+        kind = infer_answer_type(value) if answer_type == "auto" else answer_type
+        return kind, canonical_gold(value, kind)
+    text = str(value)
+    _, stated = split_answer(text)
+    probe = stated if stated is not None else text
+    kind = _type_of(probe)
+    return kind, canonical(probe, kind)
 
 
 def is_refusal(text: str) -> bool:

@@ -95,7 +95,10 @@ class FencedOut(RuntimeError):
 def key_json(value: Any) -> str:
     """How a part of a key is encoded: `json.dumps` with sorted keys. These bytes are what every journal
     and response cache was keyed by, so they never change (not orjson, not compact separators)."""
-    return json.dumps(value, sort_keys=True)
+    return _KEY_ENCODER.encode(value)
+
+
+_KEY_ENCODER = json.JSONEncoder(sort_keys=True)  # what json.dumps(value, sort_keys=True) builds per call
 
 
 def key_blobs(parts: dict[str, str], indices: range | list[int]) -> list[bytes]:
