@@ -37,6 +37,35 @@ def rss_mib(pid: int) -> tuple[float, float] | None:
         return None
 
 
+def watch(cmd: list[str], env: dict[str, str] | None = None, every: float = 0.1) -> dict:
+    """Run `cmd` as a child, sampling its VmRSS and RssAnon every `every` s. Returns its exit code,
+    stdout and stderr, wall seconds from spawn to exit, the samples (seconds, VmRSS MiB), the peaks,
+    and the CPU seconds (user, sys) of its whole process tree, from wait4 (children it waited for
+    included), with the kernel's own peak RSS."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.monotonic()
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
+        samples: list[tuple[float, float]] = []
+        anon: list[float] = []
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            rss = rss_mib(proc.pid)
+            if rss is not None:
+                samples.append((time.monotonic() - start, rss[0]))
+                anon.append(rss[1])
+            time.sleep(every)
+        wall = time.monotonic() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+        out.seek(0)
+        err.seek(0)
+        return {"rc": proc.returncode, "stdout": out.read().decode(), "stderr": err.read().decode(), "wall": wall,
+                "samples": samples, "peak": max((r for _, r in samples), default=float("nan")),
+                "anon": max(anon, default=float("nan")), "user": usage.ru_utime, "sys": usage.ru_stime,
+                "cpu": usage.ru_utime + usage.ru_stime, "maxrss": usage.ru_maxrss / 1024}
+
+
 def run(n: int, base_url: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         seeds = Path(tmp) / "seeds.jsonl"
@@ -51,19 +80,11 @@ def run(n: int, base_url: str) -> dict:
                         "max_concurrency": 256, "params": {"max_tokens": 64}},
         }))
         out = Path(tmp) / "run"
-        env = {**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        samples: list[tuple[float, float]] = []
-        anon: list[float] = []
-        start = time.monotonic()
-        while proc.poll() is None:
-            rss = rss_mib(proc.pid)
-            if rss is not None:
-                samples.append((time.monotonic() - start, rss[0]))
-                anon.append(rss[1])
-            time.sleep(0.2)
-        assert proc.returncode == 0, proc.returncode
+        # A response cache of its own: the same seeds again would be answered from the shared one.
+        env = {**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "DISTILFORGE_RESPONSE_CACHE": f"{tmp}/responses.sqlite"}
+        child = watch([sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)], env, every=0.2)
+        assert child["rc"] == 0, (child["rc"], child["stderr"][-2000:])
+        samples = child["samples"]
         summary = json.loads((out / "run.json").read_text())
         assert summary["kept"] == n, summary["kept"]
         wall = summary["wall_seconds"]
@@ -73,8 +94,8 @@ def run(n: int, base_url: str) -> dict:
         for frac in (0.25, 0.5, 0.75, 1.0):
             t = t0 + wall * frac
             marks[frac] = max((r for ts, r in samples if ts <= t + 0.2), default=float("nan"))
-        return {"n": n, "marks": marks, "peak": max(r for _, r in samples), "anon": max(anon), "rate": n / wall,
-                "total": time.monotonic() - start}
+        return {"n": n, "marks": marks, "peak": child["peak"], "anon": child["anon"], "rate": n / wall,
+                "total": child["wall"], "cpu": child["cpu"]}
 
 
 def main() -> None:

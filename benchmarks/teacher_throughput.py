@@ -72,27 +72,48 @@ def seeds_file(folder: Path, n: int) -> Path:
     return path
 
 
-def bare(url: str, seeds: Path, folder: Path, concurrency: int) -> tuple[float, float]:
+def bare_command(url: str, seeds: Path, folder: Path, concurrency: int) -> list[str]:
+    """The bare SDK loop as a command; it prints {"window": seconds} on its last line."""
     script = folder / "bare.py"
     script.write_text(BARE)
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, str(script), url, str(seeds), str(folder / "answers.jsonl"), str(concurrency)],
-                         check=True, capture_output=True, text=True)
-    whole = time.perf_counter() - start
-    return json.loads(out.stdout.strip().splitlines()[-1])["window"], whole
+    return [sys.executable, str(script), url, str(seeds), str(folder / "answers.jsonl"), str(concurrency)]
 
 
-def distilforge(url: str, seeds: Path, folder: Path, concurrency: int, rpm: float | None = None) -> tuple[dict, float]:
+def write_job(folder: Path, url: str, seeds: Path, concurrency: int, rpm: float | None = None) -> Path:
+    """job.yaml for `distilforge run`: the seeds against the fake teacher, as a user writes it."""
     config = folder / "job.yaml"
     config.write_text(yaml.safe_dump({
         "seeds": {"path": str(seeds)},
         "teacher": {"backend": "openai", "model": "fake", "base_url": url, "api_key_env": None,
                     "max_concurrency": concurrency, "rpm": rpm, "params": {"max_tokens": 64}},
     }))
+    return config
+
+
+def run_env(folder: Path) -> dict[str, str]:
+    """Offline, with a response cache of the run's own: repeats of the same seeds would otherwise be
+    answered from the shared cache at no cost, and measure nothing."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+            "DISTILFORGE_RESPONSE_CACHE": str(folder / "responses.sqlite")}
+
+
+def run_command(config: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out), *extra]
+
+
+def bare(url: str, seeds: Path, folder: Path, concurrency: int) -> tuple[float, float]:
+    command = bare_command(url, seeds, folder, concurrency)
+    start = time.perf_counter()
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    whole = time.perf_counter() - start
+    return json.loads(out.stdout.strip().splitlines()[-1])["window"], whole
+
+
+def distilforge(url: str, seeds: Path, folder: Path, concurrency: int, rpm: float | None = None) -> tuple[dict, float]:
+    config = write_job(folder, url, seeds, concurrency, rpm)
     out = folder / "run"
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)], check=True,
-                   capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    subprocess.run(run_command(config, out), check=True, capture_output=True, env=run_env(folder))
     whole = time.perf_counter() - start
     run = json.loads((out / "run.json").read_text())
     assert (out / "report.html").exists() and (out / "dataset" / "README.md").exists()

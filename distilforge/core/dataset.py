@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from distilforge.core import fastjson
 from distilforge.core.records import Record
 
 KEPT_COLUMNS = [
@@ -53,16 +54,16 @@ class JsonlSink:
         self.columns = columns
         self.count = 0
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = path.open("w", encoding="utf-8")
+        self._fh = path.open("wb")  # UTF-8 JSON lines, written as bytes (orjson)
 
     def write(self, record: Record) -> None:
         row = record.to_row()
         assert self.columns is not None
-        self._fh.write(json.dumps({c: row.get(c) for c in self.columns}, ensure_ascii=False) + "\n")
+        self._fh.write(fastjson.dumps_line({c: row.get(c) for c in self.columns}))
         self.count += 1
 
     def write_row(self, row: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._fh.write(fastjson.dumps_line(row))
         self.count += 1
 
     def close(self) -> None:

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 _NUMBER = r"-?(?:\$\s{0,3})?-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s{0,3}/\s{0,3}\d+(?:\.\d+)?)?|-?\.\d+"
 _NUMBER_RE = re.compile(_NUMBER)
+_PLAIN_NUMBER_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")  # ASCII digits, read by parse_number's fast path
 _FRAC_RE = re.compile(r"\\frac\s*\{([^{}]+)\}\s*\{([^{}]+)\}")
 _BEFORE_FRAC_RE = re.compile(r"(-\s*)?(\d+)?\s*$")  # `-\frac`, mixed `2\frac`
 _WORD_NUMBERS = {
@@ -125,6 +126,8 @@ def parse_number(raw: str) -> Fraction | None:
     """The answer's number as an exact Fraction: handles $, commas, units, %, a/b, \\frac{a}{b}, `5 + 3 = 8`
     (the value after the last `=`), mixed numbers (`2\\frac{1}{2}`) and number words (`three hundred`).
     A number fused with a variable (`2X`, `3x`) is not a number."""
+    if _PLAIN_NUMBER_RE.fullmatch(raw):  # most answers and golds: nothing to clean, the same value
+        return Fraction(raw)
     text = clean_latex(raw)
     if "=" in text and not re.search(r"[A-Za-z]{3,}", re.sub(r"\\[a-zA-Z]+", "", text.split("=", 1)[0])):
         text = text.rsplit("=", 1)[1]  # `5 + 3 = 8`, `x = 5`; not `10 because ... = 6` (the 10 is stated)
@@ -443,12 +446,29 @@ def infer_answer_type(gold: object, question: str | None = None) -> str:
         return "text"
     text = str(gold)
     _, stated = split_answer(text)
-    probe = stated if stated is not None else text
+    return _type_of(stated if stated is not None else text)
+
+
+def _type_of(probe: str) -> str:
     if parse_yes_no(probe) is not None and len(probe.split()) <= 2:
         return "yes_no"
     if parse_number(probe) is not None and len(probe.split()) <= 4:
         return "number"
     return "text"
+
+
+def gold_answer(value: object, answer_type: str, question: str | None = None) -> tuple[str, str | None]:
+    """A seed's answer type (inferred when "auto") and canonical gold: `infer_answer_type` then
+    `canonical_gold`, with a written solution (`... #### 42`) read once instead of twice."""
+    if (answer_type != "auto" or value is None or isinstance(value, (bool, int, float))
+            or _LETTER_GOLD_RE.match(str(value))):  # a bare letter: a choice or text, by its question
+        kind = infer_answer_type(value, question) if answer_type == "auto" else answer_type
+        return kind, canonical_gold(value, kind)
+    text = str(value)
+    _, stated = split_answer(text)
+    probe = stated if stated is not None else text
+    kind = _type_of(probe)
+    return kind, canonical(probe, kind)
 
 
 def is_refusal(text: str) -> bool:

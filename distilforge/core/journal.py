@@ -92,9 +92,33 @@ class FencedOut(RuntimeError):
     """A newer lease epoch owns this journal: the write was refused and rolled back."""
 
 
+def key_json(value: Any) -> str:
+    """How a part of a key is encoded: `json.dumps` with sorted keys. These bytes are what every journal
+    and response cache was keyed by, so they never change (not orjson, not compact separators)."""
+    return _KEY_ENCODER.encode(value)
+
+
+_KEY_ENCODER = json.JSONEncoder(sort_keys=True)  # what json.dumps(value, sort_keys=True) builds per call
+
+
+def key_blobs(parts: dict[str, str], indices: range | list[int]) -> list[bytes]:
+    """`key_json({**parts, "i": index})` for each index, from parts already encoded with `key_json`:
+    a prompt's samples share its encoding (and a sampler its teacher's) instead of encoding it again."""
+    names = sorted([*parts, "i"])
+    at = names.index("i")
+    head = "{" + "".join(f'"{n}": {parts[n]}, ' for n in names[:at]) + '"i": '
+    tail = "".join(f', "{n}": {parts[n]}' for n in names[at + 1:]) + "}"
+    return [(head + (str(i) if type(i) is int else key_json(i)) + tail).encode() for i in indices]
+
+
+def request_keys(identity_json: str, messages: list[dict[str, str]], indices: range | list[int]) -> list[str]:
+    """The journal keys of a prompt's samples; `identity_json` is `key_json(teacher identity)`."""
+    blobs = key_blobs({"t": identity_json, "m": key_json(messages)}, indices)
+    return [hashlib.sha256(blob).hexdigest() for blob in blobs]
+
+
 def request_key(teacher_identity: dict[str, Any], messages: list[dict[str, str]], sample_index: int) -> str:
-    blob = json.dumps({"t": teacher_identity, "m": messages, "i": sample_index}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return request_keys(key_json(teacher_identity), messages, [sample_index])[0]
 
 
 def _split(total: int | float, n: int, j: int) -> Any:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
 import sqlite3
 import threading
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from distilforge.core.journal import key_blobs, key_json
 from distilforge.core.records import Completion
 
 ENV_PATH = "DISTILFORGE_RESPONSE_CACHE"
@@ -87,9 +87,15 @@ def max_bytes() -> int:
     return int(mb * 1024 * 1024)
 
 
+def cache_keys(endpoint_json: str, identity_json: str, messages: list[dict[str, Any]],
+               indices: range | list[int]) -> list[str]:
+    """The cache keys of a prompt's samples; the endpoint and identity come encoded with `key_json`."""
+    blobs = key_blobs({"e": endpoint_json, "t": identity_json, "m": key_json(messages)}, indices)
+    return [hashlib.sha256(blob).hexdigest() for blob in blobs]
+
+
 def cache_key(endpoint: list[str], identity: dict[str, Any], messages: list[dict[str, Any]], index: int) -> str:
-    blob = json.dumps({"e": endpoint, "t": identity, "m": messages, "i": index}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return cache_keys(key_json(endpoint), key_json(identity), messages, [index])[0]
 
 
 def _connect(path: Path) -> sqlite3.Connection:

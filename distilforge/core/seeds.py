@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from distilforge.core.config import SeedFields
-from distilforge.core.grading import canonical_gold, infer_answer_type
+from distilforge.core.grading import gold_answer
 from distilforge.core.records import Seed
 
 
@@ -247,8 +247,7 @@ def _openai_seed(where: str, row: Any, index: int, fields: SeedFields, answer_ty
                  seen_ids: dict[str, str]) -> Seed | None:
     context, question, reference, metadata = openai_chat_row(where, row)
     raw_gold = reference if fields.answer is not None else None
-    kind = infer_answer_type(raw_gold, question) if answer_type == "auto" else answer_type
-    gold = canonical_gold(raw_gold, kind)
+    kind, gold = gold_answer(raw_gold, answer_type, question)
     if raw_gold is not None and gold is None:
         raise SeedError(f"{where}: the assistant turn has no readable {kind} answer: {raw_gold[:80]!r}")
     id_key = fields.id or "id"
@@ -291,8 +290,7 @@ def _fields_seed(where: str, row: Any, index: int, fields: SeedFields, answer_ty
         if fields.answer not in row:
             raise _missing(where, row, fields.answer, "seeds.fields.answer; null if none")
         raw_gold = row[fields.answer]
-    kind = infer_answer_type(raw_gold, question) if answer_type == "auto" else answer_type
-    gold = canonical_gold(raw_gold, kind)
+    kind, gold = gold_answer(raw_gold, answer_type, question)
     if raw_gold is not None and gold is None:
         raise SeedError(f"{where}: field '{fields.answer}' has no readable {kind} answer: {str(raw_gold)[:80]!r}")
     if fields.id is not None:

@@ -7,10 +7,10 @@ same way (`core.reasoning`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from distilforge.core import fastjson
 from distilforge.core.reasoning import split_reasoning, usage_details
 from distilforge.core.records import Completion, TeacherResponse
 
@@ -60,7 +60,7 @@ class StreamAssembler:
         if payload == "[DONE]":
             self.done = True
             return
-        chunk = json.loads(payload)
+        chunk = fastjson.loads(payload)
         if isinstance(chunk.get("error"), dict):
             raise ValueError(f"stream error: {chunk['error'].get('message')}")
         self.served = self.served or chunk.get("model")

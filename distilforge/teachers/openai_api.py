@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 
+from distilforge.core import fastjson
 from distilforge.core.config import TeacherConfig
 from distilforge.core.reasoning import hidden_trace_model
 from distilforge.core.records import TeacherResponse
@@ -305,7 +306,7 @@ class OpenAITeacher(Teacher):
             probe.set()
 
     async def _post(self, endpoint: Endpoint, body: dict[str, Any]) -> TeacherResponse:
-        async with endpoint.session.post(endpoint.chat_url, data=json.dumps(body).encode(),
+        async with endpoint.session.post(endpoint.chat_url, data=fastjson.dumps(body),
                                        allow_redirects=False) as resp:
             if resp.status != 200:
                 raise HttpError(resp.status, resp.headers, await resp.read())
@@ -313,7 +314,7 @@ class OpenAITeacher(Teacher):
             if "text/event-stream" in resp.headers.get("Content-Type", ""):
                 data = await self._read_stream(resp)
             else:  # not streamed, or a server that answers `stream: true` with one plain body
-                data = json.loads(await resp.read())
+                data = fastjson.loads(await resp.read())
         return response_from_body(data, self.model, self.config.opens_thinking)
 
     async def _read_stream(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:

@@ -32,9 +32,9 @@ from typing import Any
 
 from distilforge.core.budget import Budget
 from distilforge.core.config import Prices, RetryConfig, TeacherConfig
-from distilforge.core.journal import Journal, request_key
+from distilforge.core.journal import Journal, key_json, request_keys
 from distilforge.core.records import Completion, TeacherResponse
-from distilforge.core.response_cache import ResponseCache, cache_key
+from distilforge.core.response_cache import ResponseCache, cache_keys
 from distilforge.core.steps import Progress, RankContext
 from distilforge.core.tokens import prompt_tokens_upper_bound
 from distilforge.teachers.base import AttemptFailed, Teacher
@@ -144,6 +144,9 @@ class Sampler:
         self.journal_only = journal_only  # Batch API runs: answers come from the journal only
         self.cache = cache  # answers shared across run folders; a hit costs nothing and reserves nothing
         self.endpoint = endpoint or []
+        # Encoded once: every key of the run hashes them (see core.journal.key_json).
+        self._identity_json = key_json(identity)
+        self._endpoint_json = key_json(self.endpoint)
         self.stats = StageStats()
         self.stopped: str | None = None
         self._stopping = asyncio.Event()  # cuts a retry's backoff short: a stopped run waits for no timer
@@ -175,7 +178,7 @@ class Sampler:
         self._replay = True
 
     def keys(self, messages: list[dict[str, str]], indices: range | list[int]) -> list[tuple[str, int]]:
-        return [(request_key(self.identity, messages, i), i) for i in indices]
+        return list(zip(request_keys(self._identity_json, messages, indices), indices, strict=True))
 
     def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
         return self.prices.cost(prompt_tokens, completion_tokens, cached_tokens) if self.prices else 0.0
@@ -227,7 +230,7 @@ class Sampler:
         return outcome
 
     def _cache_keys(self, messages: list[dict[str, str]], group: list[tuple[str, int]]) -> list[str]:
-        return [cache_key(self.endpoint, self.identity, messages, i) for _, i in group]
+        return cache_keys(self._endpoint_json, self._identity_json, messages, [i for _, i in group])
 
     async def _from_cache(self, seed_id: str, messages: list[dict[str, str]], missing: list[tuple[str, int]],
                           outcome: Outcome) -> list[tuple[str, int]]:
