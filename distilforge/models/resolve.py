@@ -120,13 +120,10 @@ def _check_hub_model(repo_id: str) -> None:
     otherwise: a run fails here, before its first request, not after paying the teacher."""
     import os
 
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import try_to_load_from_cache
 
-    try:
-        snapshot_download(repo_id, allow_patterns=["config.json"], local_files_only=True)
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
         return  # cached
-    except Exception:
-        pass
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise ModelError(f"model '{repo_id}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set: unset "
                          f"HF_HUB_OFFLINE to download it, or download it elsewhere and give its local folder")

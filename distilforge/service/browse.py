@@ -90,12 +90,11 @@ def release_memory() -> None:
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
     if sys.platform.startswith("linux"):
-        try:
-            import ctypes
+        import contextlib
+        import ctypes
 
+        with contextlib.suppress(OSError, AttributeError):  # another libc: nothing to trim
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
 
 
 def add_browse_routes(app: FastAPI | APIRouter, authorize: Callable[..., Any], find_job: Callable[[str, Any], Any],
