@@ -207,6 +207,41 @@ async def _finish_round(config: JobConfig, run_dir: Path, summary: dict[str, Any
     return summary
 
 
+async def _run_ranks(executor: Any, pipeline: Pipeline, run_dir: Path, budget: Budget, control: RunControl,
+                     progress: Progress, driver: _Driver) -> list[RankResult]:
+    """The executor's run under Ctrl-C handling and the progress view; a second Ctrl-C or a lost lease
+    ends it with the results the ranks have."""
+    loop = asyncio.get_running_loop()
+    # Only the main thread of a POSIX process takes signals (a service worker runs jobs in threads
+    # and stops them through its RunControl instead).
+    handles_sigint = sys.platform != "win32" and threading.current_thread() is threading.main_thread()
+    results: list[RankResult] = []
+    try:
+        if handles_sigint:
+            loop.add_signal_handler(signal.SIGINT, driver.on_sigint)
+        with ProgressView(driver.console, progress) as view:
+            watcher = asyncio.create_task(driver.watch())
+            painter = asyncio.create_task(view.keep_fresh())
+            try:
+                try:
+                    results = await executor.run(pipeline, run_dir, budget, control, progress)
+                finally:
+                    await budget.close()
+            except asyncio.CancelledError:
+                if not (driver.interrupts >= 2 or control.lost()):
+                    raise
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                results = list(getattr(executor, "results", []))
+                executor.stop("interrupted" if driver.interrupts >= 2 else "lease_lost")
+            finally:
+                watcher.cancel()
+                painter.cancel()
+    finally:
+        if handles_sigint:
+            loop.remove_signal_handler(signal.SIGINT)
+    return results
+
+
 async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, console: Console, executor: Any,
                          facts: Facts, *, pipeline: Pipeline | None = None, round: int = 0) -> dict[str, Any]:
     """Run the ranks, then write the dataset, rejected and failed files, run.json and the card.
@@ -227,40 +262,13 @@ async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, 
     progress = Progress(total=facts.expected)
     driver = _Driver(executor, control, progress, console)
     driver.task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    # Only the main thread of a POSIX process takes signals (a service worker runs jobs in threads
-    # and stops them through its RunControl instead).
-    handles_sigint = sys.platform != "win32" and threading.current_thread() is threading.main_thread()
     g = config.generation
     console.print(f"[dim]{facts.n_seeds} seeds x {g.samples_per_seed} samples; teacher "
                   f"{config.teacher.backend}:{display_model(config.teacher)}"
                   + (f"; {executor.kind} executor, {executor.workers} ranks" if executor.kind != "local" else "")
                   + (f"; budget ${budget.spent:.4f} of ${config.budget.max_usd} spent" if config.budget.max_usd else "")
                   + "[/dim]")
-    results: list[RankResult] = []
-    try:
-        if handles_sigint:
-            loop.add_signal_handler(signal.SIGINT, driver.on_sigint)
-        with ProgressView(console, progress) as view:
-            watcher = asyncio.create_task(driver.watch())
-            painter = asyncio.create_task(view.keep_fresh())
-            try:
-                try:
-                    results = await executor.run(pipeline, run_dir, budget, control, progress)
-                finally:
-                    await budget.close()
-            except asyncio.CancelledError:
-                if not (driver.interrupts >= 2 or control.lost()):
-                    raise
-                asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                results = list(getattr(executor, "results", []))
-                executor.stop("interrupted" if driver.interrupts >= 2 else "lease_lost")
-            finally:
-                watcher.cancel()
-                painter.cancel()
-    finally:
-        if handles_sigint:
-            loop.remove_signal_handler(signal.SIGINT)
+    results = await _run_ranks(executor, pipeline, run_dir, budget, control, progress, driver)
     if control.lost():
         return {"status": "lease_lost", "stopped": "lease_lost"}
 

@@ -301,9 +301,7 @@ class Sampler:
                 if not self.stopped:
                     self.stop("budget")
                     self.on_budget("budget")
-                outcome.not_sent += [i for _, i in group]
-                stats.samples_not_sent += n
-                self.progress.advance(n)
+                self._not_sent(outcome, group)
                 return
             request_id = f"{self._run_token}-{next(self._ids)}"
             # Persisted before sending: if the process dies now, later runs count it at worst case.
@@ -312,9 +310,7 @@ class Sampler:
                 if self.stopped and self.stopped != "budget":  # stopped while waiting for a slot: not sent
                     await journal.release_async(request_id)
                     await budget.release(reserve)
-                    outcome.not_sent += [i for _, i in group]
-                    stats.samples_not_sent += n
-                    self.progress.advance(n)
+                    self._not_sent(outcome, group)
                     return
                 stats.attempts += 1
                 if again and not counted:
@@ -331,18 +327,7 @@ class Sampler:
                     failure = exc
                     self._stop_if_key_refused(exc)  # before this slot frees, so no waiting request goes out
             if failure is not None:
-                stats.last_done = time.time()
-                stats.errors[failure.kind] += 1
-                if failure.kind == "429":
-                    stats.rate_limited += 1
-                if failure.maybe_billed:
-                    stats.unknown_outcome += 1
-                    await journal.charge_async(request_id, seed_id, reserve, failure.kind)
-                    await budget.charge_unknown(reserve, self.stage)
-                    self.progress.advance(0, 0, reserve)
-                else:
-                    await journal.release_async(request_id)
-                    await budget.release(reserve)
+                await self._close_failed_attempt(failure, request_id, seed_id, reserve)
                 attempts += 1
                 delay = self._delay(failure, attempts)
                 if (not failure.retryable or attempts >= self.retry.max_attempts
@@ -364,28 +349,61 @@ class Sampler:
             if again:  # it had failed; the second pass answered it
                 stats.failed -= 1
                 again = False
-            completions = response.completions[:n]
-            response.completions = completions
-            if response.usage_reported:
-                cost = self.cost(response.prompt_tokens, response.completion_tokens, response.cached_tokens)
-            else:
-                stats.usage_missing += 1
-                cost = reserve  # unknown usage: the worst case, never 0
-            taken, group = group[: len(completions)], group[len(completions):]
-            # Committed before it is used; the same transaction closes the reservation.
-            shares = await journal.commit_async(seed_id, taken, response, cost_usd=cost, request_id=request_id)
-            await budget.settle(reserve, cost, self.stage)
-            await self._to_cache(messages, taken, completions, shares, response.model)
-            stats.prompt_tokens += response.prompt_tokens
-            stats.completion_tokens += response.completion_tokens
-            stats.reasoning_tokens += response.reasoning_tokens
-            stats.cached_prompt_tokens += response.cached_tokens
-            stats.samples_new += len(taken)
-            self.progress.advance(len(taken), response.prompt_tokens + response.completion_tokens, cost)
-            for (_, index), comp, (p, c) in zip(taken, completions, shares, strict=True):
-                outcome.samples.append(Sample(index, comp, p, c, response.model))
+            group = await self._commit_answer(response, seed_id, messages, group, outcome, request_id, reserve)
             if group:  # the server sent fewer choices than n (it may ignore n): ask again for the rest
                 attempts, started, counted = 0, time.monotonic(), False
+
+
+    def _not_sent(self, outcome: Outcome, group: list[tuple[str, int]]) -> None:
+        outcome.not_sent += [i for _, i in group]
+        self.stats.samples_not_sent += len(group)
+        self.progress.advance(len(group))
+
+    async def _close_failed_attempt(self, failure: AttemptFailed, request_id: str, seed_id: str,
+                                    reserve: float) -> None:
+        """A failed attempt's reservation: charged at its worst case when the server may have billed it
+        (an unknown outcome), released otherwise."""
+        stats = self.stats
+        stats.last_done = time.time()
+        stats.errors[failure.kind] += 1
+        if failure.kind == "429":
+            stats.rate_limited += 1
+        if failure.maybe_billed:
+            stats.unknown_outcome += 1
+            await self.journal.charge_async(request_id, seed_id, reserve, failure.kind)
+            await self.budget.charge_unknown(reserve, self.stage)
+            self.progress.advance(0, 0, reserve)
+        else:
+            await self.journal.release_async(request_id)
+            await self.budget.release(reserve)
+
+    async def _commit_answer(self, response: TeacherResponse, seed_id: str, messages: list[dict[str, str]],
+                             group: list[tuple[str, int]], outcome: Outcome, request_id: str,
+                             reserve: float) -> list[tuple[str, int]]:
+        """Commit an answer (before anything uses it), settle its reservation, count it; returns the
+        samples still missing when the server sent fewer choices than asked."""
+        stats = self.stats
+        completions = response.completions[:len(group)]
+        response.completions = completions
+        if response.usage_reported:
+            cost = self.cost(response.prompt_tokens, response.completion_tokens, response.cached_tokens)
+        else:
+            stats.usage_missing += 1
+            cost = reserve  # unknown usage: the worst case, never 0
+        taken, rest = group[: len(completions)], group[len(completions):]
+        # Committed before it is used; the same transaction closes the reservation.
+        shares = await self.journal.commit_async(seed_id, taken, response, cost_usd=cost, request_id=request_id)
+        await self.budget.settle(reserve, cost, self.stage)
+        await self._to_cache(messages, taken, completions, shares, response.model)
+        stats.prompt_tokens += response.prompt_tokens
+        stats.completion_tokens += response.completion_tokens
+        stats.reasoning_tokens += response.reasoning_tokens
+        stats.cached_prompt_tokens += response.cached_tokens
+        stats.samples_new += len(taken)
+        self.progress.advance(len(taken), response.prompt_tokens + response.completion_tokens, cost)
+        for (_, index), comp, (p, c) in zip(taken, completions, shares, strict=True):
+            outcome.samples.append(Sample(index, comp, p, c, response.model))
+        return rest
 
 
 class _TokensOnly(Progress):
