@@ -55,8 +55,8 @@ def records(n: int):
 
 def child(kind: str, n: int) -> None:
     sys.path.insert(0, str(ROOT))
-    from distilforge.core.config import DecontaminateSpec, MinhashFilterSpec
-    from distilforge.core.records import Record
+    from distilforge.schemas.config import DecontaminateSpec, MinhashFilterSpec
+    from distilforge.schemas.records import Record
 
     rows = records(n)
     start = time.perf_counter()

@@ -57,10 +57,10 @@ def write_rows(run_dir: Path, task: str, n: int) -> None:
     """RUN_DIR/dataset from the controlled teacher's right rationales, in the chat form `distilforge run` writes."""
     import symbolic
 
-    from distilforge.core.config import GenerationConfig
-    from distilforge.core.dataset import REJECTED_COLUMNS, write_dataset
-    from distilforge.core.records import Seed
+    from distilforge.pipeline.dataset_writer import REJECTED_COLUMNS, write_dataset
     from distilforge.prompts import build_messages
+    from distilforge.schemas.config import GenerationConfig
+    from distilforge.schemas.records import Seed
 
     staging = run_dir / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
@@ -80,9 +80,9 @@ def write_rows(run_dir: Path, task: str, n: int) -> None:
 def part_generate(args: argparse.Namespace) -> list[dict[str, Any]]:
     import symbolic
 
-    from distilforge.core.config import GenerationConfig, TeacherConfig
-    from distilforge.core.records import Seed
     from distilforge.prompts import build_messages
+    from distilforge.schemas.config import GenerationConfig, TeacherConfig
+    from distilforge.schemas.records import Seed
     from distilforge.teachers.local import LocalTeacher
 
     n = 8 if args.smoke else 2048
@@ -117,7 +117,7 @@ def part_generate(args: argparse.Namespace) -> list[dict[str, Any]]:
 def part_train(args: argparse.Namespace, method: str) -> list[dict[str, Any]]:
     import torch
 
-    from distilforge.core.config import JobConfig
+    from distilforge.schemas.config import JobConfig
     from distilforge.trainers import train_student
 
     name = {"qlora": "QLoRA fine-tuning", "full": "full fine-tuning", "gkd": "GKD (white-box, self-teacher)"}[method]

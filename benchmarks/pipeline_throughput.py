@@ -29,12 +29,12 @@ from fake_openai import Behaviour, FakeOpenAI
 from rich.console import Console
 from rich.table import Table
 
-from distilforge.core.config import JobConfig
-from distilforge.core.records import Record
-from distilforge.core.steps import chain
 from distilforge.modes import ParseAnswer
-from distilforge.quality.checks import default_filters
-from distilforge.run.lifecycle import run_generate
+from distilforge.pipeline.lifecycle import run_generate
+from distilforge.pipeline.steps import chain
+from distilforge.quality.builtin import default_filters
+from distilforge.schemas.config import JobConfig
+from distilforge.schemas.records import Record
 
 
 def bench_generate(seeds: int, latency: float, concurrencies: list[int]) -> Table:

@@ -49,10 +49,10 @@ def main() -> None:
 
     if not torch.cuda.is_available() and not args.allow_cpu:
         sys.exit("no GPU here: this benchmark is for a GPU machine (use --allow-cpu for a tiny smoke run)")
-    from distilforge.core.config import JobConfig
-    from distilforge.core.dataset import REJECTED_COLUMNS, write_dataset
     from distilforge.evaluation import evaluate_model, load_eval_questions
+    from distilforge.pipeline.dataset_writer import REJECTED_COLUMNS, write_dataset
     from distilforge.prompts import render
+    from distilforge.schemas.config import JobConfig
     from distilforge.trainers import train_student
 
     run_dir = args.out or Path(tempfile.mkdtemp(prefix="train-gpu-"))

@@ -92,8 +92,8 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _load(config_path: Path, overrides: list[str] | None, output: Path | None) -> tuple[Any, Path]:
-    from distilforge.core.config import load_config
     from distilforge.core.run_files import load_run_config
+    from distilforge.schemas.config import load_config
 
     if config_path.is_dir():
         config = load_run_config(config_path, overrides)
@@ -106,12 +106,12 @@ def _load(config_path: Path, overrides: list[str] | None, output: Path | None) -
 def _guard(fn: Any) -> Any:
     """Known input errors become one clear line and exit code 2; Ctrl-C exits 130 with a resume hint."""
     from distilforge.core.budget import BudgetError
-    from distilforge.core.config import ConfigError
     from distilforge.core.redact import redact
     from distilforge.core.run_files import RunFolderBusy
     from distilforge.core.seeds import SeedError
     from distilforge.models import ModelError
     from distilforge.publish import PublishError, PublishInputError
+    from distilforge.schemas.config import ConfigError
     from distilforge.teachers.base import TeacherError
     from distilforge.trainers.sft import TrainError
 
@@ -150,8 +150,8 @@ def _job(config: Path, set_: list[str] | None, output: Path | None, stages: tupl
     `summary`: which table closes the command (`run`: the generation summary, `eval`: accuracy only)."""
     from rich.markup import escape
 
-    from distilforge.report.summary import print_eval, print_summary
-    from distilforge.run.lifecycle import run_job
+    from distilforge.pipeline.lifecycle import run_job
+    from distilforge.report.terminal import print_eval, print_summary
 
     def go() -> None:
         cfg, run_dir = _load(config, set_, output)
@@ -221,7 +221,7 @@ def estimate(
 
     from rich.table import Table
 
-    from distilforge.run.estimate import estimate_cost
+    from distilforge.pipeline.estimate import estimate_cost
 
     def go() -> None:
         cfg, _ = _load(config, set_, None)

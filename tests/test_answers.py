@@ -101,9 +101,9 @@ def test_multiple_choice_letters(text, expected):
 
 
 def test_symbolic_answers_match_with_math_verify():
-    from distilforge.core.records import Record
     from distilforge.modes import parse_record
-    from distilforge.quality.checks import WrongAnswer
+    from distilforge.quality.builtin import WrongAnswer
+    from distilforge.schemas.records import Record
 
     def record(text, gold, gold_raw):
         r = Record(seed_id="s", sample_index=0, question="q", gold=gold, answer_type="text", prompt=[],

@@ -111,9 +111,9 @@ def test_ctrl_c_while_a_batch_runs_exits_130_within_seconds(fake, tmp_path, pres
 def test_a_cancelled_job_stops_polling_its_batch_within_seconds(fake, tmp_path, monkeypatch):
     from rich.console import Console
 
-    from distilforge.core.config import load_config
-    from distilforge.core.steps import RunControl
-    from distilforge.run.lifecycle import run_job
+    from distilforge.pipeline.lifecycle import run_job
+    from distilforge.pipeline.steps import RunControl
+    from distilforge.schemas.config import load_config
 
     monkeypatch.setenv("DISTILFORGE_TEST_KEY", "sk-test")
     fake.batch_seconds = 600

@@ -27,10 +27,10 @@ RUN = """
 import json, sys, time
 from pathlib import Path
 from rich.console import Console
-from distilforge.core.config import JobConfig
+from distilforge.schemas.config import JobConfig
 from distilforge.core.prices import resolve_prices
-from distilforge.core.steps import RunControl
-from distilforge.run.lifecycle import run_job
+from distilforge.pipeline.steps import RunControl
+from distilforge.pipeline.lifecycle import run_job
 from distilforge.service.budgets import Ledger, LedgerBudget, month_scopes
 from distilforge.service.db import make_engine, make_sessions
 from distilforge.service.migrate import migrate

@@ -11,10 +11,10 @@ import pytest
 
 import distilforge.core.grading as grading
 from distilforge.core import fastjson
-from distilforge.core.dataset import REJECTED_COLUMNS, JsonlSink
 from distilforge.core.journal import key_json, request_key, request_keys
-from distilforge.core.records import Record
 from distilforge.core.response_cache import cache_key, cache_keys
+from distilforge.pipeline.dataset_writer import REJECTED_COLUMNS, JsonlSink
+from distilforge.schemas.records import Record
 
 IDENTITY = {"model": "m", "params": {"temperature": 0.7, "stop": ["\n\n", "é"], "seed": None}, "backend": "openai"}
 PROMPTS = [

@@ -10,10 +10,10 @@ import pytest
 from conftest import api_config, load_kept, write_config, write_jsonl
 from fake_openai import Behaviour
 
-from distilforge.core.config import GenerationConfig, SeedFields
 from distilforge.core.seeds import SeedError, read_seeds
 from distilforge.modes import make_prompter
 from distilforge.publish.export import check_messages
+from distilforge.schemas.config import GenerationConfig, SeedFields
 
 SYSTEM = {"role": "system", "content": "You are a careful maths tutor."}
 

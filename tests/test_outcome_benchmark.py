@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, write_jsonl
 
-from distilforge.core.config import SeedFields
 from distilforge.core.grading import grade, split_answer
 from distilforge.core.seeds import read_seeds
+from distilforge.schemas.config import SeedFields
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import symbolic
@@ -69,7 +69,7 @@ def test_outcome_markdown_flags_unparsed_answers():
 def test_closing_table_says_when_most_answers_were_unreadable():
     from rich.console import Console
 
-    from distilforge.report.summary import print_summary
+    from distilforge.report.terminal import print_summary
 
     def block(parsed: int) -> dict:
         return {"n": 10, "correct": 0, "accuracy": 0.0, "ci95": [0.0, 0.0], "parsed": parsed}

@@ -153,9 +153,9 @@ def test_publish_at_the_hub_boundary(fake, cli, tmp_path, monkeypatch):
 
 
 def test_length_and_consistency_rules():
-    from distilforge.core.config import LengthFilterSpec
-    from distilforge.core.records import Record
     from distilforge.quality.simple import ConsistencyFilter, LengthFilter
+    from distilforge.schemas.config import LengthFilterSpec
+    from distilforge.schemas.records import Record
 
     def record(rationale, answer="18"):
         return Record(seed_id="s", sample_index=0, question="How much in total?", gold="18", answer_type="number",

@@ -202,10 +202,10 @@ def test_a_stop_sent_before_the_ranks_open_reaches_every_rank(ray_cluster, fake,
     """A cancel that arrives while the ranks' workers are still starting (a loaded machine) stops them all."""
     import asyncio
 
-    from distilforge.core.config import load_config
-    from distilforge.core.steps import Progress, RunControl
-    from distilforge.run.pipeline import build_pipeline
-    from distilforge.run.ray import RayExecutor
+    from distilforge.pipeline.build import build_pipeline
+    from distilforge.pipeline.ray import RayExecutor
+    from distilforge.pipeline.steps import Progress, RunControl
+    from distilforge.schemas.config import load_config
 
     data = _job(tmp_path, fake, kind="ray", workers=2)
     data["teacher"]["cache"] = False

@@ -9,7 +9,8 @@ import pytest
 from conftest import api_config, load_kept, write_config, write_jsonl
 from fake_openai import Behaviour
 
-from distilforge.core.reasoning import hidden_trace_model, split_reasoning
+from distilforge.core.reasoning import split_reasoning
+from distilforge.schemas.hidden_trace import hidden_trace_model
 
 TRACE = "\nThree dozen is 36 eggs.\n\n36 times $0.50 is $18.\nSo the answer is 18.\n"
 ANSWER = "36 eggs at $0.50 each cost $18.\nThe answer is 18."
@@ -269,7 +270,7 @@ def test_cached_input_prices_from_the_environment():
     assert prices["deepseek-reasoner"].cost(1000, 100, 400) == pytest.approx((600 * 0.56 + 400 * 0.07 + 100 * 1.68) / 1e6)
     assert parse_prices('{"m": [1, 2, 0.5]}')["m"].cached_input_per_million == 0.5
     # a service job is priced by the server, cached input included
-    from distilforge.core.config import TeacherConfig
+    from distilforge.schemas.config import TeacherConfig
     from distilforge.service.prices import teacher_price
 
     teacher = TeacherConfig(backend="openai", model="deepseek-reasoner", base_url="https://api.deepseek.com/v1")

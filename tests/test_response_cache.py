@@ -109,7 +109,7 @@ def test_cache_stats_and_prune_leave_the_model_cache_alone(fake, cli, tmp_path, 
 
 _WRITER = """
 import sys
-from distilforge.core.records import Completion
+from distilforge.schemas.records import Completion
 from distilforge.core.response_cache import ResponseCache
 cache = ResponseCache(__import__("pathlib").Path(sys.argv[1]))
 for i in range(150):

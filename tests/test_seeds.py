@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import DATA, api_config, run_job, write_config, write_jsonl
 
-from distilforge.core.config import SeedFields
 from distilforge.core.seeds import SeedError, read_seeds
+from distilforge.schemas.config import SeedFields
 
 ROWS = [{"q": "What is 1+1?", "a": "#### 2"}, {"q": "Is ice cold?", "a": True}, {"q": "Name a color.", "a": "red"}]
 

@@ -1,1 +1,1 @@
-"""Primitives every room builds on: config, records, grading, journal, budget, seeds, dataset writing, steps."""
+"""Primitives every room builds on: grading, journal, budget, prices, seeds, run files, redaction, URLs, tokens."""

@@ -16,7 +16,7 @@ import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 
-from distilforge.core.config import Prices
+from distilforge.schemas.config import Prices
 
 STAGES = ("generate", "judge", "eval_teacher")
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from distilforge.core.reasoning import split_reasoning
-from distilforge.core.records import Completion, TeacherResponse
+from distilforge.schemas.records import Completion, TeacherResponse
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from distilforge.core.journal import key_blobs, key_json
-from distilforge.core.records import Completion
+from distilforge.schemas.records import Completion
 
 ENV_PATH = "DISTILFORGE_RESPONSE_CACHE"
 ENV_MAX_MB = "DISTILFORGE_RESPONSE_CACHE_MAX_MB"

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from distilforge.core.config import ConfigError, JobConfig, load_config
 from distilforge.core.redact import redact, strip_userinfo
+from distilforge.schemas.config import ConfigError, JobConfig, load_config
 
 RUN_JSON = "run.json"
 CONFIG_SNAPSHOT = "config.yaml"

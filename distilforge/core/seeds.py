@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distilforge.core.config import SeedFields
 from distilforge.core.grading import gold_answer
-from distilforge.core.records import Seed
+from distilforge.schemas.config import SeedFields
+from distilforge.schemas.records import Seed
 
 
 class SeedError(ValueError):

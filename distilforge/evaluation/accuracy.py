@@ -9,14 +9,14 @@ from typing import Any
 
 from rich.console import Console
 
-from distilforge.core.config import JobConfig, TeacherConfig
 from distilforge.core.formats import LABEL_PREFIX
 from distilforge.core.grading import canonical, grade, split_answer
-from distilforge.core.progress import LogLines, progress_bar
 from distilforge.core.reasoning import split_reasoning
-from distilforge.core.records import Seed
 from distilforge.core.seeds import SeedError, read_seeds
+from distilforge.pipeline.progress import LogLines, progress_bar
 from distilforge.prompts import build_messages
+from distilforge.schemas.config import JobConfig, TeacherConfig
+from distilforge.schemas.records import Seed
 from distilforge.teachers.sampler import Sampler, sample_many
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from distilforge.core.config import GenerationConfig
 from distilforge.core.grading import canonical, split_answer
 from distilforge.core.reasoning import think_turn
-from distilforge.core.records import Record, Seed
-from distilforge.core.steps import Filter, Map
+from distilforge.pipeline.steps import Filter, Map
 from distilforge.prompts import build_messages, template_hash
-from distilforge.quality.checks import Empty, Refusal, Truncated, UnfinishedThinking, default_filters
+from distilforge.quality.builtin import Empty, Refusal, Truncated, UnfinishedThinking, default_filters
+from distilforge.schemas.config import GenerationConfig
+from distilforge.schemas.records import Record, Seed
 
 ANSWERABLE = ("cot", "icl")
 

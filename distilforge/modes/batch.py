@@ -24,10 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distilforge.core.config import JobConfig
 from distilforge.core.seeds import read_seeds, shard_seeds
 from distilforge.core.tokens import prompt_tokens_upper_bound
 from distilforge.modes import Prompter
+from distilforge.schemas.config import JobConfig
 from distilforge.teachers.chat_response import response_from_body
 from distilforge.teachers.sampler import Sampler
 

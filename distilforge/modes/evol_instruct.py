@@ -16,13 +16,13 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-from distilforge.core.config import JobConfig
-from distilforge.core.records import Record, Seed
 from distilforge.core.seeds import SeedSelection, read_seeds, seed_rank
-from distilforge.core.steps import PipelineStep, current_context
 from distilforge.modes import Prompter
-from distilforge.modes.generate import build_record
+from distilforge.modes.sampling import build_record
+from distilforge.pipeline.steps import PipelineStep, current_context
 from distilforge.prompts import render, template_hash
+from distilforge.schemas.config import JobConfig
+from distilforge.schemas.records import Record, Seed
 from distilforge.teachers import display_model
 from distilforge.teachers.sampler import Sampler, open_sampler, sample_many
 

@@ -11,12 +11,12 @@ import hashlib
 import random
 from typing import Any
 
-from distilforge.core.config import ConfigError, GenerationConfig
 from distilforge.core.grading import split_answer
-from distilforge.core.records import Seed
 from distilforge.core.seeds import read_seeds
 from distilforge.modes import Prompter, student_prompt
 from distilforge.prompts import ANSWER_HINTS, build_messages, render
+from distilforge.schemas.config import ConfigError, GenerationConfig
+from distilforge.schemas.records import Seed
 
 
 def _demo_answer(raw_answer: str | None, gold: str | None) -> str:

@@ -17,13 +17,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from distilforge.core.config import JobConfig
-from distilforge.core.records import Record, Seed
 from distilforge.core.seeds import SeedError, iter_rows
-from distilforge.core.steps import PipelineStep, current_context
-from distilforge.modes.generate import build_record
 from distilforge.modes.rouge import NoveltyPool, tokenize
+from distilforge.modes.sampling import build_record
+from distilforge.pipeline.steps import PipelineStep, current_context
 from distilforge.prompts import render, template_hash
+from distilforge.schemas.config import JobConfig
+from distilforge.schemas.records import Record, Seed
 from distilforge.teachers import display_model
 from distilforge.teachers.sampler import Sampler, open_sampler, sample_many
 from distilforge.teachers.structured import parse_model, with_schema

@@ -9,8 +9,8 @@ from pathlib import Path
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from distilforge.core.config import GenerationConfig
-from distilforge.core.records import Seed
+from distilforge.schemas.config import GenerationConfig
+from distilforge.schemas.records import Seed
 
 PROMPTS_DIR = Path(__file__).parent
 

@@ -12,9 +12,9 @@ from typing import Any
 import yaml
 
 from distilforge import __version__
-from distilforge.core.config import JobConfig
 from distilforge.core.run_files import read_run, write_atomic
 from distilforge.prompts import template_hash
+from distilforge.schemas.config import JobConfig
 from distilforge.teachers import display_model
 
 

@@ -12,10 +12,10 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from distilforge.core.config import DecontaminateSpec
-from distilforge.core.records import Record
 from distilforge.core.seeds import iter_rows
-from distilforge.core.steps import Filter
+from distilforge.pipeline.steps import Filter
+from distilforge.schemas.config import DecontaminateSpec
+from distilforge.schemas.records import Record
 
 _WORD = re.compile(r"[a-z0-9]+")
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from distilforge.core.config import EmbeddingDedupSpec, MinhashFilterSpec
-from distilforge.core.records import Record
-from distilforge.core.steps import Filter
+from distilforge.pipeline.steps import Filter
+from distilforge.schemas.config import EmbeddingDedupSpec, MinhashFilterSpec
+from distilforge.schemas.records import Record
 
 _WORD = re.compile(r"[a-z0-9]+")
 

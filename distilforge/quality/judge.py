@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 
 from pydantic import BaseModel, Field
 
-from distilforge.core.config import JudgeFilterSpec, TeacherConfig
 from distilforge.core.prices import judge_prices
-from distilforge.core.records import Record
-from distilforge.core.steps import Filter, current_context
+from distilforge.pipeline.steps import Filter, current_context
 from distilforge.prompts import render
+from distilforge.schemas.config import JudgeFilterSpec, TeacherConfig
+from distilforge.schemas.records import Record
 from distilforge.teachers.sampler import Outcome, open_sampler, sample_many
 from distilforge.teachers.structured import parse_model, with_schema
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from distilforge.core.config import GenerationConfig
 from distilforge.core.grading import grade
-from distilforge.core.records import Record
-from distilforge.core.steps import GroupFilter
+from distilforge.pipeline.steps import GroupFilter
+from distilforge.schemas.config import GenerationConfig
+from distilforge.schemas.records import Record
 
 
 def majority(records: list[Record]) -> tuple[str | None, float]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-from distilforge.core.config import LengthFilterSpec
 from distilforge.core.grading import canonical
-from distilforge.core.records import Record
-from distilforge.core.steps import Filter
+from distilforge.pipeline.steps import Filter
+from distilforge.schemas.config import LengthFilterSpec
+from distilforge.schemas.records import Record
 
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 

@@ -27,9 +27,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select, update
 
-from distilforge.core.config import JobConfig
 from distilforge.core.run_files import scrub
-from distilforge.service.bodies import BodyError, find_nul, parse_body
+from distilforge.schemas.config import JobConfig
+from distilforge.schemas.service import BodyError, find_nul, parse_body
 from distilforge.service.browse import add_browse_routes, content_type, job_stage, schedule_timing
 from distilforge.service.budgets import Ledger
 from distilforge.service.db import STATES, Job, Schedule, make_engine, make_sessions

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from distilforge.core.config import JobConfig, Prices, TeacherConfig
 from distilforge.core.prices import lookup_price
 from distilforge.core.urls import Url, UrlError, parse_url
+from distilforge.schemas.config import JobConfig, Prices, TeacherConfig
 
 OPENAI_DEFAULT = "https://api.openai.com/v1"
 FREE = Prices(input_per_million=0.0, output_per_million=0.0)

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distilforge.core.config import Prices
 from distilforge.core.redact import register_secret
+from distilforge.schemas.config import Prices
 
 OWNER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 

@@ -35,8 +35,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from distilforge.core.config import JobConfig, TeacherConfig
 from distilforge.core.urls import UrlError, parse_url, url_allowed
+from distilforge.schemas.config import JobConfig, TeacherConfig
 from distilforge.service.prices import OPENAI_DEFAULT, run_prices
 from distilforge.service.settings import Settings
 

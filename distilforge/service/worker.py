@@ -23,10 +23,10 @@ from typing import Any
 from rich.console import Console
 
 from distilforge.core.budget import Budget
-from distilforge.core.config import JobConfig, Prices
 from distilforge.core.redact import redact
 from distilforge.core.response_cache import owner_cache_path
-from distilforge.core.steps import RunControl
+from distilforge.pipeline.steps import RunControl
+from distilforge.schemas.config import JobConfig, Prices
 from distilforge.service.browse import LOG_FILE, release_memory
 from distilforge.service.budgets import Ledger, LedgerBudget, month_scopes
 from distilforge.service.db import Job, Schedule
@@ -232,7 +232,7 @@ class Worker:
         return config, None
 
     def _run(self, job: Job) -> None:
-        from distilforge.run.lifecycle import run_job
+        from distilforge.pipeline.lifecycle import run_job
 
         job_id, epoch = job.id, job.epoch
         run_dir = self.settings.runs_dir / job_id  # chosen by the server, never by the job

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 
-from distilforge.core.records import Completion, TeacherResponse
+from distilforge.schemas.records import Completion, TeacherResponse
 
 __all__ = ["AttemptFailed", "Completion", "Teacher", "TeacherError", "TeacherResponse"]
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
-from distilforge.core.records import TeacherResponse
+from distilforge.schemas.records import TeacherResponse
 from distilforge.teachers.base import AttemptFailed, Teacher
 
 

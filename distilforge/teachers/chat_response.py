@@ -12,7 +12,7 @@ from typing import Any
 
 from distilforge.core import fastjson
 from distilforge.core.reasoning import split_reasoning, usage_details
-from distilforge.core.records import Completion, TeacherResponse
+from distilforge.schemas.records import Completion, TeacherResponse
 
 
 def completion_of(message: dict[str, Any], finish_reason: str | None, opened: bool = False) -> Completion:

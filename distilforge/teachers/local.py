@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from distilforge.core.records import TeacherResponse
+from distilforge.schemas.records import TeacherResponse
 from distilforge.teachers.base import TeacherError
 from distilforge.teachers.batched import BatchedTeacher
 from distilforge.teachers.chat_response import completion_of

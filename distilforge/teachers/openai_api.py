@@ -29,11 +29,11 @@ from typing import Any
 import aiohttp
 
 from distilforge.core import fastjson
-from distilforge.core.config import TeacherConfig
-from distilforge.core.reasoning import hidden_trace_model
-from distilforge.core.records import TeacherResponse
 from distilforge.core.redact import redact, register_secret, strip_userinfo
 from distilforge.core.tokens import estimate_prompt_tokens
+from distilforge.schemas.config import TeacherConfig
+from distilforge.schemas.hidden_trace import hidden_trace_model
+from distilforge.schemas.records import TeacherResponse
 from distilforge.teachers.base import AttemptFailed, Teacher, TeacherError
 from distilforge.teachers.chat_response import StreamAssembler, response_from_body
 from distilforge.teachers.ratelimit import RateLimiter

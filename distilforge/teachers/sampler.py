@@ -31,12 +31,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from distilforge.core.budget import Budget
-from distilforge.core.config import Prices, RetryConfig, TeacherConfig
 from distilforge.core.journal import Journal, key_json, request_keys
-from distilforge.core.records import Completion, TeacherResponse
 from distilforge.core.response_cache import ResponseCache, cache_keys
-from distilforge.core.steps import Progress, RankContext
 from distilforge.core.tokens import prompt_tokens_upper_bound
+from distilforge.pipeline.steps import Progress, RankContext
+from distilforge.schemas.config import Prices, RetryConfig, TeacherConfig
+from distilforge.schemas.records import Completion, TeacherResponse
 from distilforge.teachers.base import AttemptFailed, Teacher
 
 RETRY_AFTER_CAP = 120.0  # never sleep longer than this on a server's say-so

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from distilforge.core.config import TeacherConfig
-from distilforge.core.records import TeacherResponse
+from distilforge.schemas.config import TeacherConfig
+from distilforge.schemas.records import TeacherResponse
 from distilforge.teachers.base import TeacherError
 from distilforge.teachers.batched import BatchedTeacher
 from distilforge.teachers.chat_response import completion_of

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distilforge.core.config import JobConfig
+from distilforge.schemas.config import JobConfig
 from distilforge.trainers.sft import (
     CHATML,
     DEFAULT_LR,

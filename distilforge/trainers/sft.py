@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distilforge.core.config import JobConfig
 from distilforge.core.formats import chat_example, step_by_step_examples, thinking_example
+from distilforge.schemas.config import JobConfig
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
@@ -246,7 +246,7 @@ def _log_callback(console: Any) -> Any:
     """Without a terminal: a formatted line every 10 s (step, loss, learning rate), not raw log dicts."""
     from transformers import TrainerCallback
 
-    from distilforge.core.progress import LogLines
+    from distilforge.pipeline.progress import LogLines
 
     class Lines(TrainerCallback):
         def __init__(self) -> None:

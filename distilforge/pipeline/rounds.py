@@ -23,15 +23,15 @@ from typing import Any
 
 from rich.console import Console
 
-from distilforge.core.config import ConfigError, DecontaminateSpec, JobConfig
 from distilforge.core.journal import journal_totals
 from distilforge.core.run_files import read_run, update_run, write_atomic
 from distilforge.core.seeds import SeedSelection, in_probe, read_seeds
-from distilforge.core.steps import RunControl
-from distilforge.run.checks import Facts
-from distilforge.run.generate import generate_stage, make_executor
-from distilforge.run.pipeline import build_pipeline
-from distilforge.run.stages import eval_stage, train_stage
+from distilforge.pipeline.build import build_pipeline
+from distilforge.pipeline.data_stage import generate_stage, make_executor
+from distilforge.pipeline.preflight import Facts
+from distilforge.pipeline.stages import eval_stage, train_stage
+from distilforge.pipeline.steps import RunControl
+from distilforge.schemas.config import ConfigError, DecontaminateSpec, JobConfig
 
 PROBE_FILE = "probe.jsonl"
 
@@ -138,7 +138,7 @@ def prepare_probe(config: JobConfig, run_dir: Path) -> None:
 
 
 def _probe_questions(config: JobConfig, run_dir: Path) -> list[tuple[str, Any]]:
-    from distilforge.core.config import SeedFields
+    from distilforge.schemas.config import SeedFields
 
     fields = SeedFields(question="question", answer="answer", id="id")
     return [("probe", seed) for seed in read_seeds(str(probe_path(run_dir)), fields,

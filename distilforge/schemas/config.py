@@ -121,7 +121,7 @@ class TeacherConfig(Strict):
 
     @model_validator(mode="after")
     def _hidden_trace_params(self) -> TeacherConfig:
-        from distilforge.core.reasoning import HIDDEN_REFUSES, hidden_trace_model
+        from distilforge.schemas.hidden_trace import HIDDEN_REFUSES, hidden_trace_model
 
         if self.backend != "openai" or not hidden_trace_model(self.model):
             return self

@@ -21,8 +21,10 @@ from typing import Any
 from rich.console import Console
 
 from distilforge.core.budget import Budget
-from distilforge.core.config import JobConfig
-from distilforge.core.dataset import (
+from distilforge.core.journal import journal_totals, shard_path
+from distilforge.core.run_files import read_run, snapshot_config, update_run
+from distilforge.pipeline.build import Pipeline, build_pipeline
+from distilforge.pipeline.dataset_writer import (
     FAILED_COLUMNS,
     REJECTED_COLUMNS,
     JsonlSink,
@@ -31,21 +33,27 @@ from distilforge.core.dataset import (
     write_dataset,
     write_sorted_jsonl,
 )
-from distilforge.core.journal import journal_totals, shard_path
-from distilforge.core.progress import ProgressView
-from distilforge.core.records import Record
-from distilforge.core.run_files import read_run, snapshot_config, update_run
-from distilforge.core.steps import Progress, RankContext, RunControl, StepStats, aiter_of, chain, use_context
-from distilforge.run.checks import Facts
-from distilforge.run.executor import LocalExecutor, RankResult, merge_results, staging_dir
-from distilforge.run.pipeline import Pipeline, build_pipeline
-from distilforge.run.summary import money, summarize
+from distilforge.pipeline.executor import LocalExecutor, RankResult, merge_results, staging_dir
+from distilforge.pipeline.preflight import Facts
+from distilforge.pipeline.progress import ProgressView
+from distilforge.pipeline.run_report import money, summarize
+from distilforge.pipeline.steps import (
+    Progress,
+    RankContext,
+    RunControl,
+    StepStats,
+    aiter_of,
+    chain,
+    use_context,
+)
+from distilforge.schemas.config import JobConfig
+from distilforge.schemas.records import Record
 from distilforge.teachers import display_model
 
 
 def make_executor(config: JobConfig) -> Any:
     if config.executor.kind == "ray":
-        from distilforge.run.ray import RayExecutor
+        from distilforge.pipeline.ray import RayExecutor
 
         return RayExecutor(config.executor)
     return LocalExecutor()

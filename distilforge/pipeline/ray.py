@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from distilforge.core.budget import Budget
-from distilforge.core.config import ExecutorConfig
 from distilforge.core.redact import redact
-from distilforge.core.steps import Progress, RankContext, RunControl
-from distilforge.run.executor import RankResult, pipeline_fingerprint, reusable, run_rank
-from distilforge.run.pipeline import Pipeline
+from distilforge.pipeline.build import Pipeline
+from distilforge.pipeline.executor import RankResult, pipeline_fingerprint, reusable, run_rank
+from distilforge.pipeline.steps import Progress, RankContext, RunControl
+from distilforge.schemas.config import ExecutorConfig
 
 POLL_SECONDS = 0.25
 
@@ -35,7 +35,7 @@ def _ray() -> Any:
     try:
         import ray
     except ImportError:
-        from distilforge.core.config import ConfigError
+        from distilforge.schemas.config import ConfigError
 
         raise ConfigError("executor.kind ray needs Ray: pip install 'distilforge[ray]'") from None
     return ray

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from distilforge.core.budget import Budget
-from distilforge.core.config import ConfigError, JobConfig
 from distilforge.core.prices import PRICES_CHECKED, resolve_prices
-from distilforge.core.reasoning import hidden_trace_model
 from distilforge.core.seeds import read_seeds
 from distilforge.core.tokens import estimate_prompt_tokens, prompt_tokens_upper_bound
 from distilforge.modes import make_prompter
+from distilforge.schemas.config import ConfigError, JobConfig
+from distilforge.schemas.hidden_trace import hidden_trace_model
 
 
 def estimate_cost(config: JobConfig, expected_completion_tokens: int | None = None) -> dict[str, Any]:

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distilforge.core.records import Record
+from distilforge.schemas.records import Record
 
 if TYPE_CHECKING:
     from distilforge.core.budget import Budget
-    from distilforge.core.config import JobConfig
     from distilforge.core.journal import Journal
+    from distilforge.schemas.config import JobConfig
 
 
 async def aiter_of(items: Iterable[Any]) -> AsyncIterator[Any]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from distilforge.core import fastjson
-from distilforge.core.records import Record
+from distilforge.schemas.records import Record
 
 KEPT_COLUMNS = [
     "messages", "seed_id", "sample_index", "question", "rationale", "answer", "gold", "answer_type",

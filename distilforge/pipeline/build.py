@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from distilforge.core.config import JobConfig
 from distilforge.core.seeds import SeedSelection
-from distilforge.core.steps import Filter, PipelineStep
 from distilforge.modes import ANSWERABLE, ParseAnswer, filters_for
+from distilforge.pipeline.steps import Filter, PipelineStep
 from distilforge.quality import build_filters
-from distilforge.quality.checks import ExactDuplicate
+from distilforge.quality.builtin import ExactDuplicate
 from distilforge.quality.policy import SeedPolicy
 from distilforge.quality.thinking import thinking_filters
+from distilforge.schemas.config import JobConfig
 
 
 @dataclass
@@ -55,7 +55,7 @@ def build_pipeline(config: JobConfig, selection: SeedSelection | None = None, *,
         steps: list[PipelineStep] = [EvolInstruct(config, selection=selection, round=round), ParseAnswer(thinking),
                                      *filters_for("instruct"), *thinking_filters(config.thinking, False), *tail]
         return Pipeline(config, steps, final, reads_seeds=False, selection=selection)
-    from distilforge.modes.generate import Generate
+    from distilforge.modes.sampling import Generate
 
     steps = [Generate(config, round=round, first_sample=first_sample), ParseAnswer(thinking), *filters_for(g.mode),
              *thinking_filters(config.thinking, g.mode in ANSWERABLE), *tail]

@@ -18,17 +18,17 @@ from typing import Any
 from rich.console import Console
 
 from distilforge.core.budget import BudgetError
-from distilforge.core.config import ConfigError, JobConfig
 from distilforge.core.prices import resolve_prices
 from distilforge.core.redact import redact
 from distilforge.core.run_files import RUN_JSON, hold_run_folder, read_run, update_run
 from distilforge.core.seeds import SeedError
-from distilforge.core.steps import RunControl
 from distilforge.models import ModelError
-from distilforge.run.checks import ChecksStopped, Facts, check_inputs, probe_teachers
-from distilforge.run.generate import generate_stage, make_executor, prefetch_imports
-from distilforge.run.stages import eval_stage, report_stage, train_stage
-from distilforge.run.summary import money, start_invocation
+from distilforge.pipeline.data_stage import generate_stage, make_executor, prefetch_imports
+from distilforge.pipeline.preflight import ChecksStopped, Facts, check_inputs, probe_teachers
+from distilforge.pipeline.run_report import money, start_invocation
+from distilforge.pipeline.stages import eval_stage, report_stage, train_stage
+from distilforge.pipeline.steps import RunControl
+from distilforge.schemas.config import ConfigError, JobConfig
 from distilforge.teachers.base import TeacherError
 
 ALL_STAGES = ("generate", "train", "eval", "publish", "report")
@@ -62,7 +62,7 @@ def run_job(config: JobConfig, run_dir: Path, control: RunControl | None = None,
         status = "lease_lost" if control.lost() else "cancelled"
         return JobResult({"status": status, "stopped": str(stop)}, status)
     if "rounds" in stages:  # `improve`: a finished run, and a probe it can hold apart (nothing written yet)
-        from distilforge.run.rounds import probe_plan
+        from distilforge.pipeline.rounds import probe_plan
 
         probe_plan(config, run_dir)
     # One writer per folder: an OS lock, unless the caller fences the journal with a lease epoch (the
@@ -104,7 +104,7 @@ def _generate(config: JobConfig, run_dir: Path, control: RunControl, console: Co
     prefetch_imports()
     first = config
     if config.loop.rounds:  # the probe split is held apart, and every row is checked against it
-        from distilforge.run.rounds import with_probe_guard, write_probe
+        from distilforge.pipeline.rounds import with_probe_guard, write_probe
 
         write_probe(config, run_dir)
         first = with_probe_guard(config, run_dir)
@@ -147,7 +147,7 @@ def _run_stages(config: JobConfig, run_dir: Path, control: RunControl, console: 
         run = eval_stage(config, run_dir, control, console, trained=trained)
     if "rounds" in stages or (config.loop.rounds and status in ("completed", "stopped")
                               and "generate" in stages and run.get("kept")):
-        from distilforge.run.rounds import run_rounds
+        from distilforge.pipeline.rounds import run_rounds
 
         run = run_rounds(config, run_dir, control, console, config.loop.rounds, explicit="rounds" in stages)
     if "publish" in stages and config.output.hub_repo and status == "completed":

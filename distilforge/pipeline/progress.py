@@ -21,7 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from distilforge.core.steps import Progress as Counts
+from distilforge.pipeline.steps import Progress as Counts
 
 
 def progress_bar(console: Console, *extra: TextColumn) -> Progress:

@@ -7,8 +7,8 @@ from collections import OrderedDict
 
 from distilforge.core.grading import grade, is_refusal
 from distilforge.core.reasoning import unfinished
-from distilforge.core.records import Record
-from distilforge.core.steps import Filter
+from distilforge.pipeline.steps import Filter
+from distilforge.schemas.records import Record
 
 
 class UnfinishedThinking(Filter):

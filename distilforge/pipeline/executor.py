@@ -2,7 +2,7 @@
 
 `run_rank` is one rank's whole life, whatever runs it: open the rank's journal shard and output
 shards, run the steps over the rank's share of the seeds, close everything, and return its stats.
-`LocalExecutor` runs the single rank in this process's event loop; `RayExecutor` (run/ray.py) runs
+`LocalExecutor` runs the single rank in this process's event loop; `RayExecutor` (pipeline/ray.py) runs
 N of them as Ray actors. Both hand each rank the same picklable `Pipeline`.
 """
 
@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from distilforge.core.budget import Budget
-from distilforge.core.dataset import REJECTED_COLUMNS, JsonlSink
 from distilforge.core.journal import Journal, shard_path
-from distilforge.core.records import Record, Seed
 from distilforge.core.seeds import read_seeds, shard_seeds
-from distilforge.core.steps import Progress, RankContext, RunControl, StepStats, chain, use_context
-from distilforge.run.pipeline import Pipeline
+from distilforge.pipeline.build import Pipeline
+from distilforge.pipeline.dataset_writer import REJECTED_COLUMNS, JsonlSink
+from distilforge.pipeline.steps import Progress, RankContext, RunControl, StepStats, chain, use_context
+from distilforge.schemas.records import Record, Seed
 from distilforge.teachers.sampler import StageStats
 
 

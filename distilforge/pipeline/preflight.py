@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distilforge.core.config import ConfigError, JobConfig, TeacherConfig
 from distilforge.core.prices import resolve_prices
 from distilforge.core.seeds import iter_rows, read_seeds
 from distilforge.models import check_model
 from distilforge.modes import make_prompter
 from distilforge.prompts import template_hash
+from distilforge.schemas.config import ConfigError, JobConfig, TeacherConfig
 from distilforge.teachers import make_teacher
 from distilforge.teachers.base import TeacherError
 
@@ -91,7 +91,7 @@ def probe_teachers(config: JobConfig, stages: tuple[str, ...]) -> None:
 def check_inputs(config: JobConfig, stages: tuple[str, ...],
                  should_stop: Callable[[], str | None] | None = None) -> Facts:
     from distilforge.core.budget import BudgetError
-    from distilforge.run.pipeline import expected_samples
+    from distilforge.pipeline.build import expected_samples
 
     g = config.generation
     if "generate" in stages:
@@ -106,7 +106,7 @@ def check_inputs(config: JobConfig, stages: tuple[str, ...],
                                         subset=s.subset, format=s.format, on_bad_line=s.on_bad_line,
                                         rejected=rejected), should_stop)
             if config.loop.rounds:  # the probe split is held apart from the first pass
-                from distilforge.run.pipeline import main_selection
+                from distilforge.pipeline.build import main_selection
 
                 chosen = main_selection(config)
                 n_seeds = sum(1 for seed in read_seeds(s.path, s.fields, limit=s.limit, answer_type=g.answer_type,

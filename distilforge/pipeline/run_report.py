@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from distilforge.core.budget import Budget
-from distilforge.core.config import JobConfig
 from distilforge.core.journal import journal_tokens, journal_totals
 from distilforge.core.run_files import read_run
-from distilforge.core.steps import StepStats
-from distilforge.run.executor import RankResult, rejected_by_reason
-from distilforge.run.pipeline import Pipeline
+from distilforge.pipeline.build import Pipeline
+from distilforge.pipeline.executor import RankResult, rejected_by_reason
+from distilforge.pipeline.steps import StepStats
+from distilforge.schemas.config import JobConfig
 from distilforge.teachers import display_model
 from distilforge.teachers.sampler import StageStats
 
