@@ -26,7 +26,7 @@ from distilforge.pipeline.build import Pipeline
 from distilforge.pipeline.dataset_writer import REJECTED_COLUMNS, JsonlSink
 from distilforge.pipeline.steps import Progress, RankContext, RunControl, StepStats, chain, use_context
 from distilforge.schemas.records import Record, Seed
-from distilforge.teachers.sampler import StageStats
+from distilforge.teachers.sampler import SpendStats
 
 
 def staging_dir(run_dir: Path, rank: int) -> Path:
@@ -39,7 +39,7 @@ class RankResult:
 
     rank: int
     steps: dict[str, StepStats] = field(default_factory=dict)
-    stages: dict[str, StageStats] = field(default_factory=dict)
+    stages: dict[str, SpendStats] = field(default_factory=dict)
     stop_reasons: list[str] = field(default_factory=list)
     kept: int = 0
     failed: int = 0
@@ -71,7 +71,7 @@ class RankResult:
             setattr(result, key, data.get(key, getattr(result, key)))
         result.steps = {k: StepStats(**{**v, "rejected": Counter(v["rejected"]), "counters": Counter(v["counters"])})
                         for k, v in data.get("steps", {}).items()}
-        result.stages = {k: StageStats.from_dict(v) for k, v in data.get("stages", {}).items()}
+        result.stages = {k: SpendStats.from_dict(v) for k, v in data.get("stages", {}).items()}
         return result
 
 
@@ -181,7 +181,7 @@ async def run_rank(pipeline: Pipeline, run_dir: Path, rank: int, world_size: int
             journal.close()
             result.steps = ctx.stats
             for sampler in ctx.samplers:
-                result.stages.setdefault(sampler.stage, StageStats()).merge(sampler.stats)
+                result.stages.setdefault(sampler.stage, SpendStats()).merge(sampler.stats)
                 notes = getattr(sampler.teacher, "notes", None)
                 if notes is not None:
                     result.notes += notes()
@@ -226,15 +226,15 @@ class LocalExecutor:
         return self.results
 
 
-def merge_results(results: list[RankResult], order: list[str]) -> tuple[dict[str, StepStats], dict[str, StageStats]]:
+def merge_results(results: list[RankResult], order: list[str]) -> tuple[dict[str, StepStats], dict[str, SpendStats]]:
     """Every rank's stats added up, steps in pipeline order."""
     steps: dict[str, StepStats] = {name: StepStats(name) for name in order}
-    stages: dict[str, StageStats] = {}
+    stages: dict[str, SpendStats] = {}
     for result in results:
         for name, stats in result.steps.items():
             steps.setdefault(name, StepStats(name)).merge(stats)
         for name, stats in result.stages.items():
-            stages.setdefault(name, StageStats()).merge(stats)
+            stages.setdefault(name, SpendStats()).merge(stats)
     return steps, stages
 
 

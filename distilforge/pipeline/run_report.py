@@ -23,7 +23,7 @@ from distilforge.pipeline.executor import RankResult, rejected_by_reason
 from distilforge.pipeline.steps import StepStats
 from distilforge.schemas.config import JobConfig
 from distilforge.teachers import display_model
-from distilforge.teachers.sampler import StageStats
+from distilforge.teachers.sampler import SpendStats
 
 
 @dataclass
@@ -100,10 +100,10 @@ def money(run_dir: Path) -> dict[str, Any]:
 _STOP_ORDER = ("lease_lost", "interrupted", "cancelled", "key_refused", "budget")
 
 
-def status_of(stop_reasons: list[str], stages: dict[str, StageStats]) -> tuple[str, str, str | None]:
+def status_of(stop_reasons: list[str], stages: dict[str, SpendStats]) -> tuple[str, str, str | None]:
     """(status, stopped, error) of the generate stage."""
     stopped = next((r for r in _STOP_ORDER if r in stop_reasons), stop_reasons[0] if stop_reasons else None)
-    gen = stages.get("generate") or StageStats()
+    gen = stages.get("generate") or SpendStats()
     answered = gen.samples_new + gen.samples_from_journal + gen.samples_cached + gen.succeeded
     if stopped in (None, "cancelled") and not answered and gen.samples_failed:
         # Requests were needed and none was answered: not a completed run, whatever was written.
@@ -117,10 +117,10 @@ def status_of(stop_reasons: list[str], stages: dict[str, StageStats]) -> tuple[s
     return status, stopped, None
 
 
-def _stages_report(stages: dict[str, StageStats], budget: Budget) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def _stages_report(stages: dict[str, SpendStats], budget: Budget) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """run.json's per-stage blocks, and requests and tokens summed over every stage."""
     per_stage: dict[str, Any] = {}
-    total = StageStats()
+    total = SpendStats()
     for name, stats in stages.items():
         block = stats.report()
         block["cost_usd"] = round(budget.by_stage.get(name, 0.0), 6)
@@ -138,7 +138,7 @@ def _is_filter(pipeline: Pipeline, name: str) -> bool:
 
 
 def summarize(config: JobConfig, pipeline: Pipeline, results: list[RankResult], steps: dict[str, StepStats],
-              stages: dict[str, StageStats], stop_reasons: list[str], budget: Budget, *, executor: Any,
+              stages: dict[str, SpendStats], stop_reasons: list[str], budget: Budget, *, executor: Any,
               n_seeds: int, expected: int, orphans: int, splits: dict[str, int], n_failed: int,
               started: float, run_dir: Path) -> dict[str, Any]:
     status, stopped, error = status_of(stop_reasons, stages)
@@ -146,7 +146,7 @@ def summarize(config: JobConfig, pipeline: Pipeline, results: list[RankResult], 
     if dead:  # a rank died (a killed Ray worker): its shard is incomplete; a rerun resumes it from its journal
         status, error = "failed", "; ".join(f"rank {r.rank}: {r.error}" for r in dead)
     per_stage, requests, _ = _stages_report(stages, budget)
-    gen = stages.get("generate") or StageStats()
+    gen = stages.get("generate") or SpendStats()
     invocation = current_invocation(run_dir, budget.prices is not None)
     invocation.add(budget, ["generate", *stages])  # the data stage ran, even when it had nothing left to pay for
     not_sent = sum(r.not_sent for r in results)

@@ -43,7 +43,7 @@ RETRY_AFTER_CAP = 120.0  # never sleep longer than this on a server's say-so
 
 
 @dataclass
-class StageStats:
+class SpendStats:
     """Requests, tokens and failures of one stage (generate, judge, eval_teacher) on one rank."""
 
     sent: int = 0  # logical requests dispatched (a retry is not a new one)
@@ -68,7 +68,7 @@ class StageStats:
     last_done: float | None = None  # time.time() an attempt last ended, failed ones included
     errors: Counter[str] = field(default_factory=Counter)
 
-    def merge(self, other: StageStats) -> None:
+    def merge(self, other: SpendStats) -> None:
         for name, value in vars(other).items():
             mine = getattr(self, name)
             if name == "errors":
@@ -98,7 +98,7 @@ class StageStats:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StageStats:
+    def from_dict(cls, data: dict[str, Any]) -> SpendStats:
         stats = cls()
         for name, value in data.items():
             setattr(stats, name, Counter(value) if name == "errors" else value)
@@ -147,7 +147,7 @@ class Sampler:
         # Encoded once: every key of the run hashes them (see core.journal.key_json).
         self._identity_json = key_json(identity)
         self._endpoint_json = key_json(self.endpoint)
-        self.stats = StageStats()
+        self.stats = SpendStats()
         self.stopped: str | None = None
         self._stopping = asyncio.Event()  # cuts a retry's backoff short: a stopped run waits for no timer
         self._slots = asyncio.Semaphore(teacher.max_concurrency)
