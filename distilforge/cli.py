@@ -92,13 +92,20 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _load(config_path: Path, overrides: list[str] | None, output: Path | None) -> tuple[Any, Path]:
-    from distilforge.core.run_files import load_run_config
-    from distilforge.schemas.config import load_config
+    import warnings
 
+    from distilforge.core.run_files import load_run_config
+    from distilforge.schemas.config import RenamedKey, load_config
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RenamedKey)
+        config = load_run_config(config_path, overrides) if config_path.is_dir() else load_config(config_path, overrides)
+    for hint in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, RenamedKey)):
+        console.print(f"[yellow]warning:[/yellow] {hint}", highlight=False, soft_wrap=True)
+    for other in (w for w in caught if not issubclass(w.category, RenamedKey)):
+        warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
     if config_path.is_dir():
-        config = load_run_config(config_path, overrides)
         return config, output or config_path
-    config = load_config(config_path, overrides)
     run_dir = output or (Path(config.output.dir) if config.output.dir else Path("runs") / (config.name or config_path.stem))
     return config, run_dir
 

@@ -23,7 +23,7 @@ def _job(tmp_path, fake, n=10, **teacher):
     seeds = write_jsonl(tmp_path / "seeds.jsonl",
                         [{"question": f"B{i}: {i} + 1?", "answer": f"#### {i + 1}"} for i in range(n)])
     data = api_config(seeds, fake.base_url)
-    data["teacher"].update(batch=True, batch_poll_seconds=0.05, **teacher)
+    data["teacher"].update(batch_api=True, batch_poll_seconds=0.05, **teacher)
     data["budget"] = {"prices": PRICES}
     return write_config(tmp_path / "job.yaml", data)
 

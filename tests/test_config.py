@@ -91,3 +91,15 @@ def test_every_example_config_is_valid():
     examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
     modes = {load_config(path).generation.mode for path in examples}
     assert modes == {"cot", "icl", "instruct", "self-instruct", "evol-instruct"}
+
+
+def test_renamed_key_still_works_with_a_one_line_hint(cli, tmp_path):
+    import json
+
+    (tmp_path / "seeds.jsonl").write_text('{"question": "q", "answer": "#### 1"}\n')
+    path = _write(tmp_path, GOOD.replace("  params:", "  batch: true\n  params:"))
+    result = cli("estimate", path, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["batch_discount"] is not None  # the old key turned the Batch API on
+    hints = [line for line in result.stderr.splitlines() if "teacher.batch is now teacher.batch_api" in line]
+    assert len(hints) == 1 and hints[0].startswith("warning:")

@@ -56,7 +56,7 @@ def test_a_batch_discount_is_the_servers_not_the_jobs(service, fake):
     service.prices = {fake.base_url: Prices(input_per_million=1000.0, output_per_million=1000.0)}
     service.limits.min_poll_seconds = 0.05
     data = _job_config(service, fake, n=4)
-    data["teacher"].update(batch=True, batch_poll_seconds=0.05)
+    data["teacher"].update(batch_api=True, batch_poll_seconds=0.05)
     with _client(service) as client:
         refused = client.post("/v1/jobs", json={**data, "budget": {"batch_discount": 1e-9}}, headers=AUTH)
         assert refused.status_code == 422 and _loc(refused) == ["budget.batch_discount"]

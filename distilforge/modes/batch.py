@@ -1,4 +1,4 @@
-"""The OpenAI Batch API (`teacher.batch: true`): half the price, answers within 24 hours.
+"""The OpenAI Batch API (`teacher.batch_api: true`): half the price, answers within 24 hours.
 
 Flow, before the Generate step replays the journal: collect the samples the journal lacks -> JSONL
 files (custom_id = the journal key of the group's first sample), split at `batch_max_requests` rows

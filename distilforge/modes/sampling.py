@@ -149,10 +149,10 @@ class Generate(PipelineStep):
     async def run(self, seeds: AsyncIterator[Seed], rank: int = 0, world_size: int = 1) -> AsyncIterator[Record]:
         ctx = current_context()
         sampler = await open_sampler(ctx, self.name, self.config.teacher, stage="generate",
-                                     journal_only=self.config.teacher.batch)
+                                     journal_only=self.config.teacher.batch_api)
         prompter = await open_prompter(ctx, self.generation)
         stats = self.stats
-        if self.config.teacher.batch:
+        if self.config.teacher.batch_api:
             from distilforge.modes.batch import BatchRun
 
             ctx.sections["batch"] = await BatchRun(self.config, sampler, prompter, rank, world_size, ctx.log).run()

@@ -35,7 +35,7 @@ def estimate_cost(config: JobConfig, expected_completion_tokens: int | None = No
         prompt_est += estimate_prompt_tokens(messages) * prompts_per_seed
         prompt_max += prompt_tokens_upper_bound(messages) * k
     prices = resolve_prices(config)
-    multiplier = config.budget.batch_discount if t.batch else 1.0
+    multiplier = config.budget.batch_discount if t.batch_api else 1.0
     budget = Budget(prices, None)
     expected = {"prompt_tokens": prompt_est, "completion_tokens": seeds * k * expected_completion}
     worst = {"prompt_tokens": prompt_max, "completion_tokens": seeds * k * completion_cap}
@@ -46,7 +46,7 @@ def estimate_cost(config: JobConfig, expected_completion_tokens: int | None = No
         "requests": seeds * prompts_per_seed,
         "prices": prices.model_dump() if prices else None,
         "prices_source": "config" if config.budget.prices else (f"built-in table ({PRICES_CHECKED})" if prices else None),
-        "batch_discount": multiplier if t.batch else None,
+        "batch_discount": multiplier if t.batch_api else None,
         "assumed_completion_tokens_per_sample": expected_completion,
         "expected": {**expected, "usd": budget.cost(expected["prompt_tokens"], expected["completion_tokens"]) * multiplier
                      if prices else None},

@@ -6,6 +6,7 @@ so a typo such as `temprature` never silently falls back to a default.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -70,6 +71,10 @@ class RetryConfig(Strict):
         default=5.0, ge=0, description="requests that still failed get one more try at the end, after this pause")
 
 
+class RenamedKey(FutureWarning):
+    """A config key that was renamed: it still works, and the CLI prints this one line about it."""
+
+
 class TeacherConfig(Strict):
     backend: Literal["openai", "vllm", "vllm-offline", "local"] = "local"
     model: str = EMBEDDED_STUDENT
@@ -93,7 +98,7 @@ class TeacherConfig(Strict):
     tpm: float | None = Field(default=None, gt=0, description="tokens per minute (prompt + completion)")
     cache: bool = Field(default=True, description="reuse answers from the response cache shared across run "
                                                   "folders (openai/vllm backends); false: always ask the teacher")
-    batch: bool = Field(default=False, description="use the OpenAI Batch API (cheaper, asynchronous)")
+    batch_api: bool = Field(default=False, description="use the OpenAI Batch API (cheaper, asynchronous)")
     batch_poll_seconds: float = Field(default=30.0, gt=0, description="first poll interval; backs off to 10x")
     batch_max_requests: int = Field(default=50_000, ge=1, le=50_000, description="rows per batch (API limit 50,000)")
     batch_rounds: int = Field(default=3, ge=1, description="batches resubmitted for failed rows within one run")
@@ -107,6 +112,16 @@ class TeacherConfig(Strict):
         if self.base_url is None:
             return []
         return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, value: Any) -> Any:
+        # `batch` also means judge.batch and adaptive.batch; the old key keeps working, with a hint.
+        if isinstance(value, dict) and "batch" in value:
+            value = dict(value)
+            value.setdefault("batch_api", value.pop("batch"))
+            warnings.warn("teacher.batch is now teacher.batch_api (the old key still works)", RenamedKey, stacklevel=2)
+        return value
 
     def completion_budget(self) -> int:
         """Tokens one sample may produce: what we reserve for rate limits and budget."""
@@ -397,12 +412,12 @@ class JobConfig(Strict):
             raise ValueError("teacher: the openai backend needs base_url or api_key_env")
         if t.backend == "vllm" and not t.base_url:
             raise ValueError("teacher.base_url: the vllm backend needs the server's URL (or a list of replicas)")
-        if t.batch and t.backend != "openai":
-            raise ValueError("teacher.batch: the Batch API needs backend: openai")
-        if t.batch and self.executor.kind == "ray":
-            raise ValueError("teacher.batch: the Batch API runs in one process; use executor.kind local")
-        if t.batch and self.generation.mode in ("self-instruct", "evol-instruct"):
-            raise ValueError("teacher.batch: self-instruct and evol-instruct decide each round from the last one")
+        if t.batch_api and t.backend != "openai":
+            raise ValueError("teacher.batch_api: the Batch API needs backend: openai")
+        if t.batch_api and self.executor.kind == "ray":
+            raise ValueError("teacher.batch_api: the Batch API runs in one process; use executor.kind local")
+        if t.batch_api and self.generation.mode in ("self-instruct", "evol-instruct"):
+            raise ValueError("teacher.batch_api: self-instruct and evol-instruct decide each round from the last one")
         if self.loop.rounds:
             if not self.train.enabled:
                 raise ValueError("loop.rounds: targeted rounds train the student each round; set train.enabled")
