@@ -55,7 +55,7 @@ def records(n: int):
 
 def child(kind: str, n: int) -> None:
     sys.path.insert(0, str(ROOT))
-    from distilforge.schemas.config import DecontaminateSpec, MinhashFilterSpec
+    from distilforge.schemas import DecontaminateSpec, MinhashFilterSpec
     from distilforge.schemas.records import Record
 
     rows = records(n)

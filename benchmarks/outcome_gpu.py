@@ -59,7 +59,7 @@ def write_rows(run_dir: Path, task: str, n: int) -> None:
 
     from distilforge.pipeline.dataset_writer import REJECTED_COLUMNS, write_dataset
     from distilforge.prompts import build_messages
-    from distilforge.schemas.config import GenerationConfig
+    from distilforge.schemas import GenerationConfig
     from distilforge.schemas.records import Seed
 
     staging = run_dir / ".staging"
@@ -81,7 +81,7 @@ def part_generate(args: argparse.Namespace) -> list[dict[str, Any]]:
     import symbolic
 
     from distilforge.prompts import build_messages
-    from distilforge.schemas.config import GenerationConfig, TeacherConfig
+    from distilforge.schemas import GenerationConfig, TeacherConfig
     from distilforge.schemas.records import Seed
     from distilforge.teachers.local import LocalTeacher
 
@@ -117,7 +117,7 @@ def part_generate(args: argparse.Namespace) -> list[dict[str, Any]]:
 def part_train(args: argparse.Namespace, method: str) -> list[dict[str, Any]]:
     import torch
 
-    from distilforge.schemas.config import JobConfig
+    from distilforge.schemas import JobConfig
     from distilforge.trainers import train_student
 
     name = {"qlora": "QLoRA fine-tuning", "full": "full fine-tuning", "gkd": "GKD (white-box, self-teacher)"}[method]

@@ -33,7 +33,7 @@ from distilforge.modes import ParseAnswer
 from distilforge.pipeline.lifecycle import run_generate
 from distilforge.pipeline.steps import chain
 from distilforge.quality.builtin import default_filters
-from distilforge.schemas.config import JobConfig
+from distilforge.schemas import JobConfig
 from distilforge.schemas.records import Record
 
 

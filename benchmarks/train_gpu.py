@@ -52,7 +52,7 @@ def main() -> None:
     from distilforge.evaluation import evaluate_model, load_eval_questions
     from distilforge.pipeline.dataset_writer import REJECTED_COLUMNS, write_dataset
     from distilforge.prompts import render
-    from distilforge.schemas.config import JobConfig
+    from distilforge.schemas import JobConfig
     from distilforge.trainers import train_student
 
     run_dir = args.out or Path(tempfile.mkdtemp(prefix="train-gpu-"))

@@ -95,7 +95,7 @@ def _load(config_path: Path, overrides: list[str] | None, output: Path | None) -
     import warnings
 
     from distilforge.core.run_files import load_run_config
-    from distilforge.schemas.config import RenamedKey, load_config
+    from distilforge.schemas import RenamedKey, load_config
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RenamedKey)
@@ -118,7 +118,7 @@ def _guard(fn: Any) -> Any:
     from distilforge.core.seeds import SeedError
     from distilforge.models import ModelError
     from distilforge.publish import PublishError, PublishInputError
-    from distilforge.schemas.config import ConfigError
+    from distilforge.schemas import ConfigError
     from distilforge.teachers.base import TeacherError
     from distilforge.trainers.sft import TrainError
 

@@ -113,7 +113,7 @@ def test_a_cancelled_job_stops_polling_its_batch_within_seconds(fake, tmp_path, 
 
     from distilforge.pipeline.lifecycle import run_job
     from distilforge.pipeline.steps import RunControl
-    from distilforge.schemas.config import load_config
+    from distilforge.schemas import load_config
 
     monkeypatch.setenv("DISTILFORGE_TEST_KEY", "sk-test")
     fake.batch_seconds = 600

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from distilforge.schemas.config import ConfigError, load_config
+from distilforge.schemas import ConfigError, load_config
 
 GOOD = """\
 name: t

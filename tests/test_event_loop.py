@@ -27,7 +27,7 @@ RUN = """
 import json, sys, time
 from pathlib import Path
 from rich.console import Console
-from distilforge.schemas.config import JobConfig
+from distilforge.schemas import JobConfig
 from distilforge.core.prices import resolve_prices
 from distilforge.pipeline.steps import RunControl
 from distilforge.pipeline.lifecycle import run_job

@@ -95,7 +95,7 @@ def test_gkd_teacher_defaults_to_the_jobs_local_teacher(fake, cli, tmp_path, tin
 
 
 def test_a_stopped_gkd_training_saves_nothing(fake, cli, tmp_path, tiny_model, teacher_model):
-    from distilforge.schemas.config import load_config
+    from distilforge.schemas import load_config
     from distilforge.trainers import train_student
     from distilforge.trainers.sft import TrainingStopped
 
@@ -130,7 +130,7 @@ def test_gkd_refuses_an_api_teacher_without_a_local_one(fake, cli, tmp_path, tin
 
 
 def test_the_service_keeps_the_gkd_teacher_inside_the_data_roots(tmp_path, teacher_model):
-    from distilforge.schemas.config import JobConfig
+    from distilforge.schemas import JobConfig
     from distilforge.service.settings import Settings
     from distilforge.service.validate import check_job
 

@@ -124,7 +124,7 @@ def test_examples_work_when_copied_out_of_the_repo(cli, tmp_path, monkeypatch, e
     else:
         assert result.exit_code == 0, result.output
         assert json.loads(result.output)["seeds"] > 0
-    from distilforge.schemas.config import load_config
+    from distilforge.schemas import load_config
 
     config = load_config(copy)
     named = [config.seeds.path, *(f.path for f in config.eval.files), config.generation.icl.pool]
@@ -141,7 +141,7 @@ def test_an_unknown_packaged_file_is_named(cli, tmp_path):
 
 def test_the_eval_prompt_follows_the_students_format(tmp_path):
     from distilforge.evaluation.accuracy import eval_prompt
-    from distilforge.schemas.config import JobConfig
+    from distilforge.schemas import JobConfig
     from distilforge.schemas.records import Seed
 
     seed = Seed(seed_id="1", question="What is 2 + 3?", gold="5", answer_type="number", source="x",

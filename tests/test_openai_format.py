@@ -13,7 +13,7 @@ from fake_openai import Behaviour
 from distilforge.core.seeds import SeedError, read_seeds
 from distilforge.modes import make_prompter
 from distilforge.publish.export import check_messages
-from distilforge.schemas.config import GenerationConfig, SeedFields
+from distilforge.schemas import GenerationConfig, SeedFields
 
 SYSTEM = {"role": "system", "content": "You are a careful maths tutor."}
 

@@ -13,7 +13,7 @@ from conftest import REPO, write_jsonl
 
 from distilforge.core.grading import grade, split_answer
 from distilforge.core.seeds import read_seeds
-from distilforge.schemas.config import SeedFields
+from distilforge.schemas import SeedFields
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import symbolic

@@ -154,7 +154,7 @@ def test_publish_at_the_hub_boundary(fake, cli, tmp_path, monkeypatch):
 
 def test_length_and_consistency_rules():
     from distilforge.quality.simple import ConsistencyFilter, LengthFilter
-    from distilforge.schemas.config import LengthFilterSpec
+    from distilforge.schemas import LengthFilterSpec
     from distilforge.schemas.records import Record
 
     def record(rationale, answer="18"):

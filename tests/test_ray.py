@@ -205,7 +205,7 @@ def test_a_stop_sent_before_the_ranks_open_reaches_every_rank(ray_cluster, fake,
     from distilforge.pipeline.build import build_pipeline
     from distilforge.pipeline.ray import RayExecutor
     from distilforge.pipeline.steps import Progress, RunControl
-    from distilforge.schemas.config import load_config
+    from distilforge.schemas import load_config
 
     data = _job(tmp_path, fake, kind="ray", workers=2)
     data["teacher"]["cache"] = False

@@ -270,7 +270,7 @@ def test_cached_input_prices_from_the_environment():
     assert prices["deepseek-reasoner"].cost(1000, 100, 400) == pytest.approx((600 * 0.56 + 400 * 0.07 + 100 * 1.68) / 1e6)
     assert parse_prices('{"m": [1, 2, 0.5]}')["m"].cached_input_per_million == 0.5
     # a service job is priced by the server, cached input included
-    from distilforge.schemas.config import TeacherConfig
+    from distilforge.schemas import TeacherConfig
     from distilforge.service.prices import teacher_price
 
     teacher = TeacherConfig(backend="openai", model="deepseek-reasoner", base_url="https://api.deepseek.com/v1")

@@ -10,7 +10,7 @@ import pytest
 from conftest import DATA, api_config, run_job, write_config, write_jsonl
 
 from distilforge.core.seeds import SeedError, read_seeds
-from distilforge.schemas.config import SeedFields
+from distilforge.schemas import SeedFields
 
 ROWS = [{"q": "What is 1+1?", "a": "#### 2"}, {"q": "Is ice cold?", "a": True}, {"q": "Name a color.", "a": "red"}]
 

@@ -195,7 +195,7 @@ def test_two_workers_never_share_a_job(service, fake):
     engine = make_engine(service.database_url)
     migrate(engine)
     store = Store(make_sessions(engine), service.lease_seconds)
-    from distilforge.schemas.config import JobConfig
+    from distilforge.schemas import JobConfig
 
     configs = [_job_config(service, fake, n=2) for _ in range(6)]
     for config in configs:  # the same questions in every job: each one asks the teacher (no response cache)
@@ -225,7 +225,7 @@ def test_two_workers_never_share_a_job(service, fake):
 
 def test_killed_worker_is_requeued_and_repays_at_most_in_flight(service, fake, tmp_path):
     from distilforge.core.journal import journal_totals
-    from distilforge.schemas.config import JobConfig, Prices
+    from distilforge.schemas import JobConfig, Prices
     from distilforge.service.budgets import Ledger
     from distilforge.service.db import make_engine, make_sessions
     from distilforge.service.migrate import migrate
@@ -324,7 +324,7 @@ def test_a_schedule_fires_once_per_tick_under_two_schedulers(service, fake):
 
 
 def test_a_budget_shared_by_concurrent_jobs_is_never_passed(service, fake):
-    from distilforge.schemas.config import Prices
+    from distilforge.schemas import Prices
 
     fake.default = Behaviour([" ".join(["word"] * 300) + "\nThe answer is 3."])
     service.monthly_cap_usd = 3.0

@@ -232,7 +232,7 @@ def test_hostile_bodies_get_422_naming_the_field(service, fake, tmp_path):
             answers.append(r.text)
             results.append((name, status, loc, r.status_code, _loc(r)))
         # Money: under a monthly cap a model without a server price is refused.
-        from distilforge.schemas.config import Prices
+        from distilforge.schemas import Prices
 
         service.monthly_cap_usd = 10.0
         for name, body, status, loc, prices in [
@@ -527,7 +527,7 @@ def test_two_workers_race_for_one_journal_after_a_lease_expiry(service, fake, mo
     """Worker A stalls (no heartbeat) mid-run; B claims the job after the lease expires. From B's claim
     on, no write of A's reaches the journal (exactly one writer), and A cannot finish the job."""
     from distilforge.core import journal as journal_mod
-    from distilforge.schemas.config import JobConfig
+    from distilforge.schemas import JobConfig
     from distilforge.service import worker as worker_mod
 
     service = dataclasses.replace(service, lease_seconds=1.0)
@@ -781,7 +781,7 @@ def test_migration_0002_upgrades_a_0001_store(service):
 
 
 def test_server_prices_and_per_owner_caps(service, fake, monkeypatch):
-    from distilforge.schemas.config import JobConfig, Prices
+    from distilforge.schemas import JobConfig, Prices
     from distilforge.service.prices import run_prices
     from distilforge.service.settings import parse_prices
 

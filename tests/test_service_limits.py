@@ -49,7 +49,7 @@ def _billed(fake) -> int:
 
 
 def test_a_batch_discount_is_the_servers_not_the_jobs(service, fake):
-    from distilforge.schemas.config import Prices
+    from distilforge.schemas import Prices
 
     fake.default = Behaviour(["1 + 2 = 3.\nThe answer is 3."])
     fake.batch_seconds = 0.1
@@ -75,7 +75,7 @@ def test_a_batch_discount_is_the_servers_not_the_jobs(service, fake):
 
 
 def test_batch_discounts_setting_is_parsed_and_matched_like_prices(monkeypatch):
-    from distilforge.schemas.config import TeacherConfig
+    from distilforge.schemas import TeacherConfig
     from distilforge.service.prices import batch_discount
     from distilforge.service.settings import SettingsError, parse_discounts
 
@@ -136,7 +136,7 @@ def test_a_teacher_that_redirects_is_never_followed(service, fake):
 def test_no_client_follows_redirects_cli_and_batch_included(fake, monkeypatch):
     import asyncio
 
-    from distilforge.schemas.config import TeacherConfig
+    from distilforge.schemas import TeacherConfig
     from distilforge.teachers.base import AttemptFailed
     from distilforge.teachers.openai_api import OpenAITeacher
 
@@ -261,7 +261,7 @@ def _numeric_fields(model: type, seen: set[type] | None = None) -> typing.Iterat
 
 
 def test_every_numeric_field_of_a_job_has_a_server_limit_or_a_reason_not_to():
-    from distilforge.schemas.config import JobConfig
+    from distilforge.schemas import JobConfig
     from distilforge.service.settings import Limits
     from distilforge.service.validate import EXTRA_LIMITS, LIMITS, UNLIMITED
 

@@ -8,7 +8,7 @@ import re
 from conftest import DATA, api_config, write_config, write_jsonl
 from fake_openai import Behaviour
 
-from distilforge.schemas.config import load_config
+from distilforge.schemas import load_config
 
 QUESTIONS = [{"question": f"Q{i}: 3 dozen eggs at $.50 each, how much?", "answer": "#### 18"} for i in range(4)]
 

@@ -16,7 +16,7 @@ import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 
-from distilforge.schemas.config import Prices
+from distilforge.schemas import Prices
 
 STAGES = ("generate", "judge", "eval_teacher")
 

@@ -7,7 +7,7 @@ enforced against a guessed price).
 
 from __future__ import annotations
 
-from distilforge.schemas.config import JobConfig, JudgeFilterSpec, Prices, TeacherConfig
+from distilforge.schemas import JobConfig, JudgeFilterSpec, Prices, TeacherConfig
 
 PRICES_CHECKED = "2025-08-15"  # OpenAI's published list prices on that day (standard tier)
 

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from distilforge.core.redact import redact, strip_userinfo
-from distilforge.schemas.config import ConfigError, JobConfig, load_config
+from distilforge.schemas import ConfigError, JobConfig, load_config
 
 RUN_JSON = "run.json"
 CONFIG_SNAPSHOT = "config.yaml"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from distilforge.core.grading import gold_answer
-from distilforge.schemas.config import SeedFields
+from distilforge.schemas import SeedFields
 from distilforge.schemas.records import Seed
 
 

@@ -15,7 +15,7 @@ from distilforge.core.reasoning import split_reasoning
 from distilforge.core.seeds import SeedError, read_seeds
 from distilforge.pipeline.progress import LogLines, progress_bar
 from distilforge.prompts import build_messages
-from distilforge.schemas.config import JobConfig, TeacherConfig
+from distilforge.schemas import JobConfig, TeacherConfig
 from distilforge.schemas.records import Seed
 from distilforge.teachers.sampler import Sampler, sample_many
 

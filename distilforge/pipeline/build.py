@@ -17,7 +17,7 @@ from distilforge.quality import build_filters
 from distilforge.quality.builtin import ExactDuplicate
 from distilforge.quality.policy import SeedPolicy
 from distilforge.quality.thinking import thinking_filters
-from distilforge.schemas.config import JobConfig
+from distilforge.schemas import JobConfig
 
 
 @dataclass

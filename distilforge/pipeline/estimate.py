@@ -9,7 +9,7 @@ from distilforge.core.prices import PRICES_CHECKED, resolve_prices
 from distilforge.core.seeds import read_seeds
 from distilforge.core.tokens import estimate_prompt_tokens, prompt_tokens_upper_bound
 from distilforge.modes import make_prompter
-from distilforge.schemas.config import ConfigError, JobConfig
+from distilforge.schemas import ConfigError, JobConfig
 from distilforge.schemas.hidden_trace import hidden_trace_model
 
 

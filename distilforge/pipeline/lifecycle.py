@@ -28,7 +28,7 @@ from distilforge.pipeline.preflight import ChecksStopped, Facts, check_inputs, p
 from distilforge.pipeline.run_report import money, start_invocation
 from distilforge.pipeline.stages import eval_stage, report_stage, train_stage
 from distilforge.pipeline.steps import RunControl
-from distilforge.schemas.config import ConfigError, JobConfig
+from distilforge.schemas import ConfigError, JobConfig
 from distilforge.teachers.base import TeacherError
 
 ALL_STAGES = ("generate", "train", "eval", "publish", "report")

@@ -18,7 +18,7 @@ from distilforge.core.seeds import iter_rows, read_seeds
 from distilforge.models import check_model
 from distilforge.modes import make_prompter
 from distilforge.prompts import template_hash
-from distilforge.schemas.config import ConfigError, JobConfig, TeacherConfig
+from distilforge.schemas import ConfigError, JobConfig, TeacherConfig
 from distilforge.teachers import make_teacher
 from distilforge.teachers.base import TeacherError
 

@@ -31,7 +31,7 @@ from distilforge.pipeline.data_stage import generate_stage, make_executor
 from distilforge.pipeline.preflight import Facts
 from distilforge.pipeline.stages import eval_stage, train_stage
 from distilforge.pipeline.steps import RunControl
-from distilforge.schemas.config import ConfigError, DecontaminateSpec, JobConfig
+from distilforge.schemas import ConfigError, DecontaminateSpec, JobConfig
 
 PROBE_FILE = "probe.jsonl"
 
@@ -138,7 +138,7 @@ def prepare_probe(config: JobConfig, run_dir: Path) -> None:
 
 
 def _probe_questions(config: JobConfig, run_dir: Path) -> list[tuple[str, Any]]:
-    from distilforge.schemas.config import SeedFields
+    from distilforge.schemas import SeedFields
 
     fields = SeedFields(question="question", answer="answer", id="id")
     return [("probe", seed) for seed in read_seeds(str(probe_path(run_dir)), fields,

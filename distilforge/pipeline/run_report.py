@@ -21,7 +21,7 @@ from distilforge.core.run_files import read_run
 from distilforge.pipeline.build import Pipeline
 from distilforge.pipeline.executor import RankResult, rejected_by_reason
 from distilforge.pipeline.steps import StepStats
-from distilforge.schemas.config import JobConfig
+from distilforge.schemas import JobConfig
 from distilforge.teachers import display_model
 from distilforge.teachers.sampler import SpendStats
 

@@ -14,7 +14,7 @@ from distilforge.core.journal import journal_totals, shard_path
 from distilforge.core.run_files import read_run, update_run, write_atomic
 from distilforge.pipeline.run_report import current_invocation, money
 from distilforge.pipeline.steps import Progress, RankContext, RunControl, use_context
-from distilforge.schemas.config import JobConfig
+from distilforge.schemas import JobConfig
 
 
 def report_stage(run_dir: Path, console: Console) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from distilforge.schemas.config import GenerationConfig
+from distilforge.schemas import GenerationConfig
 from distilforge.schemas.records import Seed
 
 PROMPTS_DIR = Path(__file__).parent

@@ -14,7 +14,7 @@ import yaml
 from distilforge import __version__
 from distilforge.core.run_files import read_run, write_atomic
 from distilforge.prompts import template_hash
-from distilforge.schemas.config import JobConfig
+from distilforge.schemas import JobConfig
 from distilforge.teachers import display_model
 
 

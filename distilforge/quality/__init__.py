@@ -8,7 +8,7 @@ kept records of all shards in `seed_id` order, so a resumed or sharded run keeps
 from __future__ import annotations
 
 from distilforge.pipeline.steps import Filter, PipelineStep
-from distilforge.schemas.config import JobConfig
+from distilforge.schemas import JobConfig
 
 GLOBAL_FILTERS = ("minhash", "embedding_dedup")
 

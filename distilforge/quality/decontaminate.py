@@ -14,7 +14,7 @@ from pathlib import Path
 
 from distilforge.core.seeds import iter_rows
 from distilforge.pipeline.steps import Filter
-from distilforge.schemas.config import DecontaminateSpec
+from distilforge.schemas import DecontaminateSpec
 from distilforge.schemas.records import Record
 
 _WORD = re.compile(r"[a-z0-9]+")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from distilforge.pipeline.steps import Filter
-from distilforge.schemas.config import EmbeddingDedupSpec, MinhashFilterSpec
+from distilforge.schemas import EmbeddingDedupSpec, MinhashFilterSpec
 from distilforge.schemas.records import Record
 
 _WORD = re.compile(r"[a-z0-9]+")

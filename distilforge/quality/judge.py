@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from distilforge.core.prices import judge_prices
 from distilforge.pipeline.steps import Filter, current_context
 from distilforge.prompts import render
-from distilforge.schemas.config import JudgeFilterSpec, TeacherConfig
+from distilforge.schemas import JudgeFilterSpec, TeacherConfig
 from distilforge.schemas.records import Record
 from distilforge.teachers.sampler import Outcome, open_sampler, sample_many
 from distilforge.teachers.structured import parse_model, with_schema

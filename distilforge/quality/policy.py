@@ -10,7 +10,7 @@ from collections import Counter
 
 from distilforge.core.grading import grade
 from distilforge.pipeline.steps import GroupFilter
-from distilforge.schemas.config import GenerationConfig
+from distilforge.schemas import GenerationConfig
 from distilforge.schemas.records import Record
 
 

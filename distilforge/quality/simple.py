@@ -6,7 +6,7 @@ import re
 
 from distilforge.core.grading import canonical
 from distilforge.pipeline.steps import Filter
-from distilforge.schemas.config import LengthFilterSpec
+from distilforge.schemas import LengthFilterSpec
 from distilforge.schemas.records import Record
 
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?")

@@ -12,7 +12,7 @@ from collections import Counter
 from distilforge.core.grading import canonical, grade, split_answer
 from distilforge.core.reasoning import CLOSE, OPEN
 from distilforge.pipeline.steps import Filter
-from distilforge.schemas.config import ThinkingConfig
+from distilforge.schemas import ThinkingConfig
 from distilforge.schemas.records import Record
 
 MIN_OTHER_LETTERS = 50  # language mixing is never judged on a handful of letters (a π, a name)

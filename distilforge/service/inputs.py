@@ -24,7 +24,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from distilforge.schemas.config import JobConfig
+from distilforge.schemas import JobConfig
 from distilforge.service.settings import Settings
 from distilforge.service.validate import HARD_LINK, MAX_DEPTH, MAX_ENTRIES, _inside, resolve_input
 

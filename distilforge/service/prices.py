@@ -16,7 +16,7 @@ from typing import Any
 
 from distilforge.core.prices import lookup_price
 from distilforge.core.urls import Url, UrlError, parse_url
-from distilforge.schemas.config import JobConfig, Prices, TeacherConfig
+from distilforge.schemas import JobConfig, Prices, TeacherConfig
 
 OPENAI_DEFAULT = "https://api.openai.com/v1"
 FREE = Prices(input_per_million=0.0, output_per_million=0.0)

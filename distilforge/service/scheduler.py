@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from distilforge.schemas.config import JobConfig
+from distilforge.schemas import JobConfig
 from distilforge.service.db import Schedule
 from distilforge.service.settings import Settings
 from distilforge.service.store import Store, now

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from distilforge.core.redact import register_secret
-from distilforge.schemas.config import Prices
+from distilforge.schemas import Prices
 
 OWNER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 

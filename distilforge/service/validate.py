@@ -36,7 +36,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from distilforge.core.urls import UrlError, parse_url, url_allowed
-from distilforge.schemas.config import JobConfig, TeacherConfig
+from distilforge.schemas import JobConfig, TeacherConfig
 from distilforge.service.prices import OPENAI_DEFAULT, run_prices
 from distilforge.service.settings import Settings
 

@@ -26,7 +26,7 @@ from distilforge.core.budget import Budget
 from distilforge.core.redact import redact
 from distilforge.core.response_cache import owner_cache_path
 from distilforge.pipeline.steps import RunControl
-from distilforge.schemas.config import JobConfig, Prices
+from distilforge.schemas import JobConfig, Prices
 from distilforge.service.browse import LOG_FILE, release_memory
 from distilforge.service.budgets import Ledger, LedgerBudget, month_scopes
 from distilforge.service.db import Job, Schedule

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from distilforge.schemas.config import TeacherConfig
+from distilforge.schemas import TeacherConfig
 from distilforge.teachers.base import AttemptFailed, Teacher, TeacherError
 
 

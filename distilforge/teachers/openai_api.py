@@ -31,7 +31,7 @@ import aiohttp
 from distilforge.core import fastjson
 from distilforge.core.redact import redact, register_secret, strip_userinfo
 from distilforge.core.tokens import estimate_prompt_tokens
-from distilforge.schemas.config import TeacherConfig
+from distilforge.schemas import TeacherConfig
 from distilforge.schemas.hidden_trace import hidden_trace_model
 from distilforge.schemas.records import TeacherResponse
 from distilforge.teachers.base import AttemptFailed, Teacher, TeacherError

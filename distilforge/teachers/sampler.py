@@ -35,7 +35,7 @@ from distilforge.core.journal import Journal, key_json, request_keys
 from distilforge.core.response_cache import ResponseCache, cache_keys
 from distilforge.core.tokens import prompt_tokens_upper_bound
 from distilforge.pipeline.steps import Progress, RankContext
-from distilforge.schemas.config import Prices, RetryConfig, TeacherConfig
+from distilforge.schemas import Prices, RetryConfig, TeacherConfig
 from distilforge.schemas.records import Completion, TeacherResponse
 from distilforge.teachers.base import AttemptFailed, Teacher
 

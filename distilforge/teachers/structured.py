@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from distilforge.schemas.config import TeacherConfig
+from distilforge.schemas import TeacherConfig
 
 M = TypeVar("M", bound=BaseModel)
 

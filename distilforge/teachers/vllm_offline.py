@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from distilforge.schemas.config import TeacherConfig
+from distilforge.schemas import TeacherConfig
 from distilforge.schemas.records import TeacherResponse
 from distilforge.teachers.base import TeacherError
 from distilforge.teachers.batched import BatchedTeacher

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distilforge.schemas.config import JobConfig
+from distilforge.schemas import JobConfig
 
 
 def train_student(config: JobConfig, run_dir: Path, should_stop: Callable[[], bool] | None = None,

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distilforge.schemas.config import JobConfig
+from distilforge.schemas import JobConfig
 from distilforge.trainers.sft import (
     CHATML,
     DEFAULT_LR,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from distilforge.core.formats import chat_example, step_by_step_examples, thinking_example
-from distilforge.schemas.config import JobConfig
+from distilforge.schemas import JobConfig
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"

@@ -1,0 +1,75 @@
+"""`filters:` (run in order after the built-in checks) and `thinking:` (checks on a reasoning trace)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from distilforge.schemas.base import Strict
+from distilforge.schemas.budget import Prices
+from distilforge.schemas.teacher import TeacherConfig
+
+
+class LengthFilterSpec(Strict):
+    name: Literal["length"]
+    min_words: int = Field(default=5, ge=0, description="shorter is not a rationale")
+    max_words: int = Field(default=1500, ge=1, description="longer is rambling")
+    max_ratio: float | None = Field(default=None, gt=0, description="rationale words / question words")
+
+
+class ConsistencyFilterSpec(Strict):
+    name: Literal["consistency"]
+
+
+class JudgeFilterSpec(Strict):
+    name: Literal["judge"]
+    teacher: TeacherConfig
+    prices: Prices | None = Field(default=None, description="the judge model's prices (default: the built-in table)")
+    min_score: float = Field(default=4.0, ge=1, le=5)
+    rubric: str = Field(default="correctness of each step, relevance to the question, clarity")
+    batch: int = Field(default=64, ge=1, description="records judged together (memory bound)")
+
+
+class MinhashFilterSpec(Strict):
+    name: Literal["minhash"]
+    threshold: float = Field(default=0.8, gt=0, le=1)
+    num_perm: int = Field(default=128, ge=16)
+    shingle: int = Field(default=3, ge=1, description="word n-grams")
+
+
+class EmbeddingDedupSpec(Strict):
+    name: Literal["embedding_dedup"]
+    threshold: float = Field(default=0.95, gt=0, le=1)
+
+
+class DecontaminateSpec(Strict):
+    name: Literal["decontaminate"]
+    eval_sets: list[str] = Field(min_length=1, description="files or Hub dataset ids")
+    ngram: int = Field(default=13, ge=3)
+    fields: list[str] = Field(default_factory=lambda: ["question"], description="eval-set fields to index")
+    split: str = "test"
+
+
+FilterSpec = Annotated[
+    LengthFilterSpec | ConsistencyFilterSpec | JudgeFilterSpec | MinhashFilterSpec | EmbeddingDedupSpec
+    | DecontaminateSpec,
+    Field(discriminator="name"),
+]
+
+
+class ThinkingConfig(Strict):
+    """Checks on a reasoning teacher's trace (records without one pass them). The defaults keep any
+    finished, well-formed trace, however short; each check has its own reject reason."""
+
+    min_tokens: int = Field(default=0, ge=0, description="thinking_length: fewer trace tokens are rejected")
+    max_tokens: int | None = Field(default=None, ge=1, description="thinking_length: more trace tokens are rejected")
+    loop_ngram: int = Field(default=8, ge=2, description="thinking_loop: words per repeated n-gram")
+    loop_repeats: int | None = Field(default=10, ge=2, description="thinking_loop: an n-gram seen this often "
+                                                                    "(and covering loop_share of the trace); null: off")
+    loop_share: float = Field(default=0.3, gt=0, le=1)
+    other_script_share: float | None = Field(
+        default=0.3, gt=0, le=1, description="language_mixing: letters in a script other than the question's, "
+                                             "above this share of the trace's (and 50 letters); null: off")
+    answer_supported: bool = Field(default=True, description="answer_not_in_thinking: the trace's last stated "
+                                                             "answer must agree with the final one (when both parse)")
