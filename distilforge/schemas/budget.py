@@ -8,8 +8,9 @@ from distilforge.schemas.base import Strict
 
 
 class Prices(Strict):
-    input_per_million: float = Field(ge=0)
-    output_per_million: float = Field(ge=0)
+    input_per_million: float = Field(ge=0, description="USD per million prompt tokens")
+    output_per_million: float = Field(
+        ge=0, description="USD per million completion tokens (reasoning tokens included)")
     cached_input_per_million: float | None = Field(
         default=None, ge=0, description="prompt tokens served from the provider's cache; default: the input price")
 

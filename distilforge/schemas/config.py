@@ -26,18 +26,34 @@ from distilforge.schemas.train import TrainConfig
 
 
 class JobConfig(Strict):
-    name: str | None = None
-    seeds: SeedsConfig
-    teacher: TeacherConfig = TeacherConfig()
-    generation: GenerationConfig = GenerationConfig()
-    thinking: ThinkingConfig = ThinkingConfig()
-    budget: BudgetConfig = BudgetConfig()
-    train: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
-    output: OutputConfig = OutputConfig()
-    filters: list[FilterSpec] = Field(default_factory=list)
-    executor: ExecutorConfig = ExecutorConfig()
-    loop: LoopConfig = LoopConfig()
+    name: str | None = Field(
+        default=None, description="the run's name: the card's title, run.json's name and the default run "
+                                  "folder runs/NAME (default: the config file's name)")
+    seeds: SeedsConfig = Field(description="the questions (or tasks) the teacher answers")
+    teacher: TeacherConfig = Field(
+        default=TeacherConfig(), description="the model that answers: backend openai, vllm, vllm-offline or "
+                                             "local, with its request parameters")
+    generation: GenerationConfig = Field(
+        default=GenerationConfig(), description="how seeds become teacher prompts (the mode) and which "
+                                                "samples are kept")
+    thinking: ThinkingConfig = Field(
+        default=ThinkingConfig(), description="checks on a reasoning teacher's trace (records without one "
+                                              "pass them)")
+    budget: BudgetConfig = Field(default=BudgetConfig(), description="prices and the run folder's spending cap")
+    train: TrainConfig = Field(
+        default=TrainConfig(), description="whether and how the student is trained on the kept samples")
+    eval: EvalConfig = Field(
+        default=EvalConfig(), description="what the trained student (and optionally the teacher) is scored on")
+    output: OutputConfig = Field(
+        default=OutputConfig(), description="the run folder, the validation split, the dataset's license and "
+                                            "where it is published")
+    filters: list[FilterSpec] = Field(
+        default_factory=list, description="quality filters run in order after the built-in checks, each "
+                                          "chosen by its `name`")
+    executor: ExecutorConfig = Field(
+        default=ExecutorConfig(), description="where the ranks run: this process or a Ray cluster")
+    loop: LoopConfig = Field(
+        default=LoopConfig(), description="targeted rounds after the first pass (0 rounds: one pass)")
 
     @model_validator(mode="after")
     def _openai_needs_url_or_key(self) -> JobConfig:
