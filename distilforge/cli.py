@@ -517,6 +517,16 @@ def cache_prune(
 
 
 @app.command()
+def schema() -> None:
+    """Print the job file's JSON Schema (for editors: `# yaml-language-server: $schema=FILE`)."""
+    import json
+
+    from distilforge.schemas.config import job_schema
+
+    print(json.dumps(job_schema(), indent=2))
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     print(__version__)

@@ -103,3 +103,70 @@ def test_renamed_key_still_works_with_a_one_line_hint(cli, tmp_path):
     assert json.loads(result.stdout)["batch_discount"] is not None  # the old key turned the Batch API on
     hints = [line for line in result.stderr.splitlines() if "teacher.batch is now teacher.batch_api" in line]
     assert len(hints) == 1 and hints[0].startswith("warning:")
+
+
+def _config_models() -> list[type]:
+    """Every model a job file reaches, from JobConfig down (union members included)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from distilforge.schemas import JobConfig
+
+    found: list[type] = []
+    stack: list[typing.Any] = [JobConfig]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            if item in found:
+                continue
+            found.append(item)
+            stack += [field.annotation for field in item.model_fields.values()]
+        stack += list(typing.get_args(item))
+    return found
+
+
+def test_every_config_field_has_a_description():
+    models = _config_models()
+    assert len(models) > 20
+    undescribed = [f"{m.__name__}.{name}" for m in models for name, field in m.model_fields.items()
+                   if not (field.description or "").strip()]
+    assert undescribed == []
+
+
+def test_schema_command_prints_the_job_files_json_schema_every_key_described(cli):
+    import json
+    from pathlib import Path
+
+    import jsonschema
+    import yaml
+
+    result = cli("schema")
+    assert result.exit_code == 0, result.output
+    schema = json.loads(result.stdout)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert {"seeds", "teacher", "generation", "filters", "loop"} <= set(schema["properties"])
+    assert schema["required"] == ["seeds"]
+    undescribed = [f"{where}.{key}" for where, obj in [("(top)", schema), *schema["$defs"].items()]
+                   for key, prop in obj.get("properties", {}).items() if not prop.get("description")]
+    assert undescribed == []
+    validator = jsonschema.Draft202012Validator(schema)
+    for path in sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml")):  # editors agree
+        assert list(validator.iter_errors(yaml.safe_load(path.read_text()))) == [], path
+    assert list(validator.iter_errors({"seeds": {"path": "s.jsonl"}, "teacher": {"temprature": 1}}))
+
+
+def test_a_cross_field_error_names_the_line_of_the_key_it_blames(cli, tmp_path):
+    path = _write(tmp_path, GOOD.replace("backend: openai", "backend: local\n  batch_api: true"))
+    result = cli("run", path, "--output", tmp_path / "run")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {path}:6: teacher.batch_api: the Batch API needs backend: openai"]
+    assert not (tmp_path / "run").exists()
+    path = _write(tmp_path, GOOD + "loop:\n  probe_fraction: 0.2\n  rounds: 2\n")
+    result = cli("estimate", path)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {path}:11: loop.rounds: targeted rounds train the student each round; set train.enabled"]
+    with pytest.raises(ConfigError, match=r"job.yaml:9: teacher.params.temperature: o3 is a reasoning model"):
+        load_config(_write(tmp_path, GOOD.replace("backend: openai", "backend: openai\n  model: o3")))

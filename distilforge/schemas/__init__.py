@@ -2,7 +2,7 @@
 and its YAML loader), seeds and records, run.json's report, eval results, the service's bodies. Imports no
 other room. The job config's models are re-exported here: `from distilforge.schemas import JobConfig`."""
 
-from distilforge.schemas.base import EMBEDDED_STUDENT, ConfigError, RenamedKey, Strict
+from distilforge.schemas.base import EMBEDDED_STUDENT, ConfigError, KeyConflict, RenamedKey, Strict
 from distilforge.schemas.budget import BudgetConfig, Prices
 from distilforge.schemas.config import JobConfig, load_config, parse_override
 from distilforge.schemas.evaluation import EvalConfig, EvalFile
@@ -31,10 +31,10 @@ from distilforge.schemas.teacher import RetryConfig, TeacherConfig, TeacherParam
 from distilforge.schemas.train import GKDSettings, LoraConfig, TrainConfig
 
 __all__ = [
-    "DEFAULT_TEMPLATES", "EMBEDDED_STUDENT", "AdaptiveConfig", "BudgetConfig", "ConfigError", "ConsistencyFilterSpec",
-    "DecontaminateSpec", "EmbeddingDedupSpec", "EvalConfig", "EvalFile", "ExecutorConfig", "FilterSpec",
-    "GKDSettings", "GenerationConfig", "IclConfig", "JobConfig", "JudgeFilterSpec", "LengthFilterSpec", "LoopConfig",
-    "LoraConfig", "MinhashFilterSpec", "Mode", "OutputConfig", "Prices", "RenamedKey", "RetryConfig", "SeedFields",
-    "SeedsConfig", "Strict", "TeacherConfig", "TeacherParams", "ThinkingConfig", "TrainConfig", "load_config",
-    "parse_override",
+    "DEFAULT_TEMPLATES", "EMBEDDED_STUDENT", "AdaptiveConfig", "BudgetConfig", "ConfigError",
+    "ConsistencyFilterSpec", "DecontaminateSpec", "EmbeddingDedupSpec", "EvalConfig", "EvalFile",
+    "ExecutorConfig", "FilterSpec", "GKDSettings", "GenerationConfig", "IclConfig", "JobConfig",
+    "JudgeFilterSpec", "KeyConflict", "LengthFilterSpec", "LoopConfig", "LoraConfig", "MinhashFilterSpec",
+    "Mode", "OutputConfig", "Prices", "RenamedKey", "RetryConfig", "SeedFields", "SeedsConfig", "Strict",
+    "TeacherConfig", "TeacherParams", "ThinkingConfig", "TrainConfig", "load_config", "parse_override",
 ]

@@ -12,6 +12,15 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the file, line and key."""
 
 
+class KeyConflict(ValueError):
+    """A value valid alone that contradicts another key. `path` (dotted, from the model that raises it)
+    names the key to blame, so the loader points at that key's line instead of the section's."""
+
+    def __init__(self, path: str, detail: str):
+        super().__init__(f"{path}: {detail}")
+        self.path, self.detail = tuple(path.split(".")), detail
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from distilforge.schemas.base import ConfigError, Strict
+from distilforge.schemas.base import ConfigError, KeyConflict, Strict
 from distilforge.schemas.budget import BudgetConfig
 from distilforge.schemas.evaluation import EvalConfig
 from distilforge.schemas.executor import ExecutorConfig
@@ -26,6 +26,8 @@ from distilforge.schemas.train import TrainConfig
 
 
 class JobConfig(Strict):
+    """A distilforge job file: seeds -> teacher -> filters -> dataset, then train, eval and publish."""
+
     name: str | None = Field(
         default=None, description="the run's name: the card's title, run.json's name and the default run "
                                   "folder runs/NAME (default: the config file's name)")
@@ -59,23 +61,29 @@ class JobConfig(Strict):
     def _openai_needs_url_or_key(self) -> JobConfig:
         t = self.teacher
         if t.backend == "openai" and not t.base_url and not t.api_key_env:
-            raise ValueError("teacher: the openai backend needs base_url or api_key_env")
+            raise KeyConflict("teacher.api_key_env", "the openai backend needs base_url or api_key_env")
         if t.backend == "vllm" and not t.base_url:
-            raise ValueError("teacher.base_url: the vllm backend needs the server's URL (or a list of replicas)")
+            raise KeyConflict("teacher.backend", "the vllm backend needs teacher.base_url (the server's URL, or a list of replicas)")
         if t.batch_api and t.backend != "openai":
-            raise ValueError("teacher.batch_api: the Batch API needs backend: openai")
+            raise KeyConflict("teacher.batch_api", "the Batch API needs backend: openai")
         if t.batch_api and self.executor.kind == "ray":
-            raise ValueError("teacher.batch_api: the Batch API runs in one process; use executor.kind local")
+            raise KeyConflict("teacher.batch_api", "the Batch API runs in one process; use executor.kind local")
         if t.batch_api and self.generation.mode in ("self-instruct", "evol-instruct"):
-            raise ValueError("teacher.batch_api: self-instruct and evol-instruct decide each round from the last one")
+            raise KeyConflict("teacher.batch_api", "self-instruct and evol-instruct decide each round from the last one")
         if self.loop.rounds:
             if not self.train.enabled:
-                raise ValueError("loop.rounds: targeted rounds train the student each round; set train.enabled")
+                raise KeyConflict("loop.rounds", "targeted rounds train the student each round; set train.enabled")
             if self.generation.mode not in ("cot", "icl") or self.seeds.fields.answer is None:
-                raise ValueError("loop.rounds: the probe split needs questions with gold answers (mode cot or icl)")
+                raise KeyConflict("loop.rounds", "the probe split needs questions with gold answers (mode cot or icl)")
         if self.generation.mode == "icl" and self.generation.icl.k >= 1 and self.generation.adaptive:
-            raise ValueError("generation.adaptive: works with cot only")
+            raise KeyConflict("generation.adaptive", "works with cot only")
         return self
+
+
+def job_schema() -> dict[str, Any]:
+    """The job file's JSON Schema (draft 2020-12), so editors validate and complete job files."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            **JobConfig.model_json_schema(), "title": "distilforge job file"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,8 +166,11 @@ def format_validation_error(exc: ValidationError, source: str, root: yaml.Node |
     lines = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        dotted = ".".join(str(p) for p in loc) or "(top level)"
         msg = "unknown key" + _did_you_mean(loc) if err["type"] == "extra_forbidden" else err["msg"]
+        conflict = (err.get("ctx") or {}).get("error")
+        if isinstance(conflict, KeyConflict):  # blame the key it names, at its own line
+            loc, msg = loc + conflict.path, conflict.detail
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
         if err["type"] == "missing":
             msg = "required key is missing"
         given = next((text for key, text in (overrides or {}).items()

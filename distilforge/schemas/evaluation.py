@@ -28,10 +28,15 @@ class EvalFile(Strict):
         return {"path": value} if isinstance(value, str) else value
 
 
+def _path_or_mapping(schema: dict[str, Any]) -> None:
+    # The schema says what `_bare_path` accepts: a bare path string is an eval file too.
+    schema["items"] = {"anyOf": [{"type": "string"}, schema["items"]]}
+
+
 class EvalConfig(Strict):
     files: list[EvalFile] = Field(
         default_factory=list, description="eval sets with gold answers: a path, or {path, fields, limit, "
-                                          "name}")
+                                          "name}", json_schema_extra=_path_or_mapping)
     limit: int | None = Field(default=None, ge=1, description="cap per file")
     max_tokens: int = Field(
         default=256, ge=1, description="tokens per greedy answer (the teacher's eval gets at least this many)")

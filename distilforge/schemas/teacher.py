@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from distilforge.schemas.base import EMBEDDED_STUDENT, RenamedKey, Strict
+from distilforge.schemas.base import EMBEDDED_STUDENT, KeyConflict, RenamedKey, Strict
 
 
 class TeacherParams(Strict):
@@ -138,7 +138,7 @@ class TeacherConfig(Strict):
         refused = [k for k in HIDDEN_REFUSES if k in given and not (k == "temperature" and self.params.temperature == 1)]
         if refused:
             names = ", ".join(f"params.{k}" for k in refused)
-            raise ValueError(f"{self.model} is a reasoning model and refuses {names}: remove "
+            raise KeyConflict(f"params.{refused[0]}", f"{self.model} is a reasoning model and refuses {names}: remove "
                              f"{'it' if len(refused) == 1 else 'them'} (it takes params.reasoning_effort and "
                              "params.max_completion_tokens)")
         return self
