@@ -300,3 +300,25 @@ def test_the_whole_chain_with_nothing_kept_renders_every_skipped_stage(fake, cli
     train = cli("train", out)
     assert train.exit_code == 2 and "no kept records" in train.output
     assert _run_json(out)["status"] == "completed"
+
+
+def test_one_merge_for_cost_tokens_and_counts():
+    """RunReport.merge: the folder's money replaces, a part's work adds, a first pass counts afresh."""
+    from distilforge.schemas.run_report import RunReport
+
+    first = RunReport.model_validate({
+        "cost_usd": 0.5, "tokens": {"prompt": 10}, "samples": {"expected": 4, "failed": 1, "new": 4},
+        "requests": {"sent": 3, "errors": {"429": 1}}, "stages": {"generate": {"cost_usd": 0.5}},
+        "budget": {"max_usd": 2.0, "unknown_outcome_usd": 0.1}, "train": {"steps": 7}})
+    teacher_eval = RunReport.model_validate({
+        "cost_usd": 0.75, "tokens": {"prompt": 30}, "requests": {"sent": 2, "errors": {"429": 2, "500": 1}},
+        "stages": {"eval_teacher": {"cost_usd": 0.25}}, "budget": {"max_usd": 2.0, "unknown_outcome_usd": 0.05}})
+    run = first.merge(teacher_eval).model_dump(exclude_unset=True)
+    assert run["cost_usd"] == 0.75 and run["tokens"] == {"prompt": 30}  # read whole from the journals
+    assert run["requests"] == {"sent": 5, "errors": {"429": 3, "500": 1}}
+    assert set(run["stages"]) == {"generate", "eval_teacher"} and run["budget"]["unknown_outcome_usd"] == 0.15
+    assert run["train"] == {"steps": 7} and "kept" not in run  # other stages' sections ride along; unset stays out
+    a_round = RunReport.model_validate({"samples": {"expected": 2, "failed": 3}, "kept": 9})
+    assert first.merge(a_round).samples == {"expected": 6, "failed": 3, "new": 4}
+    again = first.recounted().merge(RunReport.model_validate({"samples": {"expected": 4}, "requests": {"sent": 1}}))
+    assert again.samples == {"expected": 4} and again.requests == {"sent": 1} and again.cost_usd == 0.5

@@ -1,4 +1,4 @@
-"""The run folder's small files: run.json (merged section by section) and the config snapshot."""
+"""The run folder's small files: run.json (every write merged by `RunReport.merge`) and the config snapshot."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import yaml
 
 from distilforge.core.redact import redact, strip_userinfo
 from distilforge.schemas import ConfigError, JobConfig, load_config
+from distilforge.schemas.run_report import RunReport
 
 RUN_JSON = "run.json"
 CONFIG_SNAPSHOT = "config.yaml"
@@ -68,9 +69,13 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def update_run(run_dir: Path, **sections: Any) -> dict[str, Any]:
-    data = read_run(run_dir)
-    data.update(scrub(sections))
+def update_run(run_dir: Path, *, recount: bool = False, **sections: Any) -> dict[str, Any]:
+    """The one writer of run.json: `sections` (scrubbed) merge into it by `RunReport.merge`. `recount`: the
+    sections count the data stage afresh from its journals (a first pass), so its counters start over."""
+    report = RunReport.model_validate(read_run(run_dir))
+    if recount:
+        report = report.recounted()
+    data = report.merge(RunReport.model_validate(scrub(sections))).model_dump(mode="json", exclude_unset=True)
     write_atomic(run_dir / RUN_JSON, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     return data
 

@@ -22,7 +22,7 @@ from rich.console import Console
 
 from distilforge.core.budget import Budget
 from distilforge.core.journal import journal_totals, shard_path
-from distilforge.core.run_files import read_run, snapshot_config, update_run
+from distilforge.core.run_files import snapshot_config, update_run
 from distilforge.pipeline.build import Pipeline, build_pipeline
 from distilforge.pipeline.dataset_writer import (
     FAILED_COLUMNS,
@@ -202,9 +202,9 @@ async def _finish_round(config: JobConfig, run_dir: Path, summary: dict[str, Any
     """A targeted round's account goes back to the caller; run.json's counts and money grow by it."""
     summary["round_kept"] = n_kept
     summary["round_cost_usd"] = round_usd(budget.spent_this_run) if budget.prices is not None else None
-    # Every count covers one scope, the whole run: the first pass and every round so far.
-    samples = dict(read_run(run_dir).get("samples") or {})
-    samples.update(expected=samples.get("expected", 0) + facts.expected, failed=n_failed_all)
+    # Every count covers one scope, the whole run: the first pass and every round so far (the merge adds
+    # this round's expected samples; failed and kept are counted over every round's files).
+    samples = {"expected": facts.expected, "failed": n_failed_all}
     update_run(run_dir, kept=summary["kept"], rejected=_count_reasons(rejected), samples=samples,
                scope=f"whole run: the first pass and targeted rounds 1-{round}", budget=summary["budget"],
                **money(run_dir))
@@ -314,7 +314,7 @@ async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, 
                                    n_failed_all=n_failed_all, rejected=rejected, splits=splits)
     if config.seeds.on_bad_line == "skip":
         summary["rejected_seeds"] = len(facts.rejected_seeds)
-    run = update_run(run_dir, **summary)
+    run = update_run(run_dir, recount=True, **summary)
     from distilforge.publish import write_card
 
     await asyncio.to_thread(write_card, config, run_dir, splits)

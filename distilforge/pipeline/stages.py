@@ -63,14 +63,14 @@ def eval_stage(config: JobConfig, run_dir: Path, control: RunControl, console: C
         results["after"] = scored("after", model=str(student))
     sections: dict[str, Any] = {}
     if config.eval.teacher and results.get("teacher", {}).get("n") != len(questions):
-        results["teacher"], sections = asyncio.run(_eval_teacher(config, run_dir, control, questions, run))
+        results["teacher"], sections = asyncio.run(_eval_teacher(config, run_dir, control, questions))
     if results.get("teacher") and results.get("after") and results["teacher"]["accuracy"]:
         results["student_vs_teacher"] = round(results["after"]["accuracy"] / results["teacher"]["accuracy"], 4)
     return update_run(run_dir, eval=results, **sections)
 
 
-async def _eval_teacher(config: JobConfig, run_dir: Path, control: RunControl, questions: list[Any],
-                        run: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+async def _eval_teacher(config: JobConfig, run_dir: Path, control: RunControl,
+                        questions: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The teacher's eval goes through the run's budget (cap included) and rank 0's journal."""
     from distilforge.core.journal import Journal
     from distilforge.evaluation.accuracy import eval_teacher_config, evaluate_teacher
@@ -91,18 +91,8 @@ async def _eval_teacher(config: JobConfig, run_dir: Path, control: RunControl, q
         journal.close()
     stage = sampler.stats.report()
     stage["cost_usd"] = round(budget.by_stage.get("eval_teacher", 0.0), 6)
-    stages = {**(run.get("stages") or {}), "eval_teacher": stage}
     current_invocation(run_dir, budget.prices is not None).add(budget)
-    requests = dict(run.get("requests") or {})
-    for key, value in stage["requests"].items():
-        if isinstance(value, int):
-            requests[key] = requests.get(key, 0) + value
-    sections = {
-        "stages": stages,
-        "requests": requests,
-        **money(run_dir),
-        "budget": {**(run.get("budget") or {}), **budget.report(),
-                   "unknown_outcome_usd": round((run.get("budget") or {}).get("unknown_outcome_usd", 0.0)
-                                                + budget.unknown_outcome_usd, 6)},
-    }
+    # Its part of run.json; RunReport.merge adds its requests and unknown-outcome charges to the run's.
+    sections = {"stages": {"eval_teacher": stage}, "requests": stage["requests"], **money(run_dir),
+                "budget": budget.report()}
     return summary, sections
