@@ -16,6 +16,7 @@ from distilforge.core.seeds import SeedError, read_seeds
 from distilforge.pipeline.progress import LogLines, progress_bar
 from distilforge.prompts import build_messages
 from distilforge.schemas import JobConfig, TeacherConfig
+from distilforge.schemas.evaluation import EvalResult, EvalRow, EvalScore
 from distilforge.schemas.records import Seed
 from distilforge.teachers.sampler import Sampler, sample_many
 
@@ -100,7 +101,8 @@ def score(name: str, question: Seed, text: str) -> dict[str, Any]:
     _, raw = split_answer(text)
     answer = canonical(raw, question.answer_type) if raw is not None else None
     correct = grade(raw, question.gold, question.answer_type)
-    return {"set": name, "seed_id": question.seed_id, "gold": question.gold, "answer": answer, "correct": correct}
+    return EvalRow(set=name, seed_id=question.seed_id, gold=question.gold, answer=answer,
+                   correct=correct).model_dump(exclude_unset=True)
 
 
 def evaluate_model(
@@ -165,31 +167,28 @@ async def evaluate_teacher(config: JobConfig, questions: list[tuple[str, Seed]],
     outcomes = await sample_many(sampler, asks)
     texts = [o.samples[0].completion.text if o.samples else "" for o in outcomes]
     results = [score(name, q, text) for (name, q), text in zip(questions, texts, strict=True)]
-    summary = summarize(results, seconds=time.monotonic() - started, model=config.teacher.model, adapter=None)
     unanswered = sum(1 for o in outcomes if not o.samples)
-    if unanswered:
-        summary["unanswered"] = unanswered
-    return summary
+    return summarize(results, seconds=time.monotonic() - started, model=config.teacher.model, adapter=None,
+                     unanswered=unanswered)
 
 
-def summarize(results: list[dict[str, Any]], *, seconds: float, model: str, adapter: str | None) -> dict[str, Any]:
-    def block(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(results: list[dict[str, Any]], *, seconds: float, model: str, adapter: str | None,
+              unanswered: int = 0) -> dict[str, Any]:
+    """run.json's eval block for one model (`EvalResult`); `unanswered` appears only when some were."""
+    def block(rows: list[dict[str, Any]]) -> EvalScore:
         correct = [r["correct"] for r in rows]
         low, high = bootstrap_interval(correct)
         n = len(correct)
         # How many answers the grader could read at all: a student that never states an answer in the
         # trained form scores 0 for a different reason than one that states wrong answers.
         parsed = sum(r.get("answer") is not None for r in rows)
-        return {"n": n, "correct": sum(correct), "accuracy": round(sum(correct) / n, 4) if n else 0.0,
-                "ci95": [round(low, 4), round(high, 4)], "parsed": parsed}
+        return EvalScore(n=n, correct=sum(correct), accuracy=round(sum(correct) / n, 4) if n else 0.0,
+                         ci95=[round(low, 4), round(high, 4)], parsed=parsed)
 
     by_set: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         by_set.setdefault(r["set"], []).append(r)
-    return {
-        "model": model,
-        "adapter": adapter,
-        **block(results),
-        "sets": {name: block(rows) for name, rows in by_set.items()},
-        "seconds": round(seconds, 2),
-    }
+    result = EvalResult(model=model, adapter=adapter, **block(results).model_dump(),
+                        sets={name: block(rows) for name, rows in by_set.items()}, seconds=round(seconds, 2),
+                        **({"unanswered": unanswered} if unanswered else {}))
+    return result.model_dump(exclude_unset=True)
