@@ -30,10 +30,10 @@ from sqlalchemy import func, select, update
 from distilforge.core.run_files import scrub
 from distilforge.schemas.config import JobConfig
 from distilforge.schemas.service import BodyError, find_nul, parse_body
-from distilforge.service.browse import add_browse_routes, content_type, job_stage, schedule_timing
 from distilforge.service.budgets import Ledger
 from distilforge.service.db import STATES, Job, Schedule, make_engine, make_sessions
 from distilforge.service.migrate import migrate
+from distilforge.service.routes.browse import add_browse_routes, content_type, job_stage, schedule_timing
 from distilforge.service.settings import Principal, Settings
 from distilforge.service.store import COUNTERS, Store, now
 from distilforge.service.validate import check_job, cron_problem, stored_form

@@ -27,11 +27,11 @@ from distilforge.core.redact import redact
 from distilforge.core.response_cache import owner_cache_path
 from distilforge.pipeline.steps import RunControl
 from distilforge.schemas.config import JobConfig, Prices
-from distilforge.service.browse import LOG_FILE, release_memory
 from distilforge.service.budgets import Ledger, LedgerBudget, month_scopes
 from distilforge.service.db import Job, Schedule
 from distilforge.service.inputs import InputRefused, materialise, prepare_run_dir
 from distilforge.service.prices import apply_server_prices
+from distilforge.service.routes.browse import LOG_FILE, release_memory
 from distilforge.service.settings import Settings
 from distilforge.service.store import LeaseLost, Store
 from distilforge.service.validate import check_job, seeds_over_limit
