@@ -144,7 +144,7 @@ def test_schedules_show_their_next_fire_and_last_job(settings, fake):
 def test_job_stage_follows_the_run(settings):
     from types import SimpleNamespace
 
-    from distilforge.service.routes.browse import job_stage
+    from distilforge.service.routes.jobs import job_stage
 
     assert job_stage(SimpleNamespace(state="running", progress={"stage": "train"})) == "train"
     assert job_stage(SimpleNamespace(state="running", progress=None)) == "generate"
