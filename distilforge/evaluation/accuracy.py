@@ -140,10 +140,10 @@ def evaluate_model(
                 results.append({**score(name, q, text), "completion": text})
             progress.update(task, advance=len(chunk))
             lines.update(len(results), final=len(results) == len(questions))
-    summary = summarize(results, seconds=time.monotonic() - started, model=model, adapter=adapter)
+    result = eval_result(results, seconds=time.monotonic() - started, model=model, adapter=adapter)
     if details:
-        summary["results"] = results
-    return summary
+        result["results"] = results
+    return result
 
 
 def eval_teacher_config(config: JobConfig) -> TeacherConfig:
@@ -165,14 +165,15 @@ async def evaluate_teacher(config: JobConfig, questions: list[tuple[str, Seed]],
     outcomes = await sample_many(sampler, asks)
     texts = [o.samples[0].completion.text if o.samples else "" for o in outcomes]
     results = [score(name, q, text) for (name, q), text in zip(questions, texts, strict=True)]
-    summary = summarize(results, seconds=time.monotonic() - started, model=config.teacher.model, adapter=None)
+    result = eval_result(results, seconds=time.monotonic() - started, model=config.teacher.model, adapter=None)
     unanswered = sum(1 for o in outcomes if not o.samples)
     if unanswered:
-        summary["unanswered"] = unanswered
-    return summary
+        result["unanswered"] = unanswered
+    return result
 
 
-def summarize(results: list[dict[str, Any]], *, seconds: float, model: str, adapter: str | None) -> dict[str, Any]:
+def eval_result(results: list[dict[str, Any]], *, seconds: float, model: str, adapter: str | None) -> dict[str, Any]:
+    """One model's eval result (a run.json `eval` block): accuracy, 95% interval, parsed answers, per set."""
     def block(rows: list[dict[str, Any]]) -> dict[str, Any]:
         correct = [r["correct"] for r in rows]
         low, high = bootstrap_interval(correct)
