@@ -147,7 +147,8 @@ class Store:
         job = self.get(job_id)
         return bool(job and job.cancel_requested)
 
-    def check(self, job_id: str, epoch: int) -> None:
+    def check_lease(self, job_id: str, epoch: int) -> None:
+        """LeaseLost unless `epoch` is still the running job's lease."""
         with self.sessions() as s:
             current = s.scalar(select(Job.epoch).where(Job.id == job_id, Job.state == "running"))
         if current != epoch:

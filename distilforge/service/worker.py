@@ -152,7 +152,7 @@ class JobControl(RunControl):
     def check(self) -> None:
         if self._lost:
             raise LeaseLost(f"job {self.job_id}: lease lost")
-        self.store.check(self.job_id, self.epoch)
+        self.store.check_lease(self.job_id, self.epoch)
 
     def budget(self, config: JobConfig, spent: float) -> Budget:
         # Priced by the server (the table plus DISTILFORGE_PRICES), never by the job's own config.
