@@ -151,21 +151,21 @@ def _need_run_dir(run_dir: Path) -> None:
 
 
 def _job(config: Path, set_: list[str] | None, output: Path | None, stages: tuple[str, ...], *,
-         summary: str | None = "run") -> None:
+         table: str | None = "run") -> None:
     """Load the config (or a run folder's), run `stages` through the one lifecycle, exit with its code.
 
-    `summary`: which table closes the command (`run`: the generation summary, `eval`: accuracy only)."""
+    `table`: which table closes the command (`run`: the end-of-run table, `eval`: accuracy only)."""
     from rich.markup import escape
 
     from distilforge.pipeline.lifecycle import run_job
-    from distilforge.report.terminal import print_eval, print_summary
+    from distilforge.report.terminal import print_eval, print_run_table
 
     def go() -> None:
         cfg, run_dir = _load(config, set_, output)
         result = run_job(cfg, run_dir, console=console, stages=stages)
-        if summary == "run":
-            print_summary(result.run, console)
-        elif summary == "eval":
+        if table == "run":
+            print_run_table(result.run, console)
+        elif table == "eval":
             print_eval(result.run, console)
         if result.status == "interrupted":
             again = f"distilforge {'run' if 'train' in stages else 'generate'} {config} --output {run_dir}"
@@ -329,14 +329,14 @@ def export(
 def train(run_dir: RunDirArg, set_: SetOpt = None) -> None:
     """Fine-tune the student (TRL SFT, LoRA by default) on RUN_DIR/dataset; writes RUN_DIR/student."""
     _guard(lambda: _need_run_dir(run_dir))
-    _job(run_dir, set_, None, ("train",), summary=None)
+    _job(run_dir, set_, None, ("train",), table=None)
 
 
 @app.command("eval")
 def eval_(run_dir: RunDirArg, set_: SetOpt = None) -> None:
     """Score the student before (and, once trained, after) training on eval.files; writes run.json 'eval'."""
     _guard(lambda: _need_run_dir(run_dir))
-    _job(run_dir, set_, None, ("eval",), summary="eval")
+    _job(run_dir, set_, None, ("eval",), table="eval")
 
 
 @app.command()

@@ -298,6 +298,35 @@ class FakeOpenAI:
                     if self.in_flight_keys[key] <= 0:
                         del self.in_flight_keys[key]
 
+        app = web.Application(client_max_size=256 * 1024 * 1024)
+        self._batch_routes(app)
+        app.router.add_get("/v1/models", models)
+        app.router.add_get("/health", health)
+        app.router.add_post("/v1/chat/completions", chat)
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._runner = web.AppRunner(app, access_log=None)
+            self._loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=1024, reuse_address=True)
+            self._loop.run_until_complete(site.start())
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            ready.set()
+            self._loop.run_forever()
+            self._loop.run_until_complete(self._runner.cleanup())
+            self._loop.close()
+
+        self.thread = threading.Thread(target=serve, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _batch_routes(self, app: Any) -> None:
+        """The Files and Batch APIs: uploads kept in memory, batches advanced by `_advance_batch` when read."""
+        from aiohttp import web
+
         async def upload(request: web.Request) -> web.Response:
             form = await request.post()
             part = form["file"]
@@ -337,34 +366,11 @@ class FakeOpenAI:
             return web.json_response({"object": "list", "data": [self._batch_view(b) for b in self.batches],
                                       "has_more": False})
 
-        app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_post("/v1/files", upload)
         app.router.add_get("/v1/files/{file_id}/content", file_content)
         app.router.add_post("/v1/batches", create_batch)
         app.router.add_get("/v1/batches", list_batches)
         app.router.add_get("/v1/batches/{batch_id}", get_batch)
-        app.router.add_get("/v1/models", models)
-        app.router.add_get("/health", health)
-        app.router.add_post("/v1/chat/completions", chat)
-        self._loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def serve() -> None:
-            asyncio.set_event_loop(self._loop)
-            self._runner = web.AppRunner(app, access_log=None)
-            self._loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=1024, reuse_address=True)
-            self._loop.run_until_complete(site.start())
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            ready.set()
-            self._loop.run_forever()
-            self._loop.run_until_complete(self._runner.cleanup())
-            self._loop.close()
-
-        self.thread = threading.Thread(target=serve, daemon=True)
-        self.thread.start()
-        ready.wait(10)
-        return f"http://127.0.0.1:{self.port}/v1"
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

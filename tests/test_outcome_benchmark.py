@@ -69,13 +69,13 @@ def test_outcome_markdown_flags_unparsed_answers():
 def test_closing_table_says_when_most_answers_were_unreadable():
     from rich.console import Console
 
-    from distilforge.report.terminal import print_summary
+    from distilforge.report.terminal import print_run_table
 
     def block(parsed: int) -> dict:
         return {"n": 10, "correct": 0, "accuracy": 0.0, "ci95": [0.0, 0.0], "parsed": parsed}
 
     console = Console(record=True, width=200)
-    print_summary({"name": "x", "kept": 1, "eval": {"before": block(9), "after": block(3)}}, console)
+    print_run_table({"name": "x", "kept": 1, "eval": {"before": block(9), "after": block(3)}}, console)
     text = console.export_text()
     before, after = (line for line in text.splitlines() if "student accuracy" in line)
     assert "unreadable" not in before

@@ -97,7 +97,7 @@ def test_a_finished_job_can_be_read_in_a_browser(settings, fake):
 
 
 def test_an_expired_report_link_is_refused(settings, fake, monkeypatch):
-    from distilforge.service import browse
+    from distilforge.service.routes import browse
 
     with _client(settings) as client:
         created = client.post("/v1/jobs", content=json.dumps(_config(settings, fake, n=2)),
@@ -144,7 +144,7 @@ def test_schedules_show_their_next_fire_and_last_job(settings, fake):
 def test_job_stage_follows_the_run(settings):
     from types import SimpleNamespace
 
-    from distilforge.service.browse import job_stage
+    from distilforge.service.routes.jobs import job_stage
 
     assert job_stage(SimpleNamespace(state="running", progress={"stage": "train"})) == "train"
     assert job_stage(SimpleNamespace(state="running", progress=None)) == "generate"

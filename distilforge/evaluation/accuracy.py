@@ -142,10 +142,10 @@ def evaluate_model(
                 results.append({**score(name, q, text), "completion": text})
             progress.update(task, advance=len(chunk))
             lines.update(len(results), final=len(results) == len(questions))
-    summary = summarize(results, seconds=time.monotonic() - started, model=model, adapter=adapter)
+    result = eval_result(results, seconds=time.monotonic() - started, model=model, adapter=adapter)
     if details:
-        summary["results"] = results
-    return summary
+        result["results"] = results
+    return result
 
 
 def eval_teacher_config(config: JobConfig) -> TeacherConfig:
@@ -168,11 +168,11 @@ async def evaluate_teacher(config: JobConfig, questions: list[tuple[str, Seed]],
     texts = [o.samples[0].completion.text if o.samples else "" for o in outcomes]
     results = [score(name, q, text) for (name, q), text in zip(questions, texts, strict=True)]
     unanswered = sum(1 for o in outcomes if not o.samples)
-    return summarize(results, seconds=time.monotonic() - started, model=config.teacher.model, adapter=None,
-                     unanswered=unanswered)
+    return eval_result(results, seconds=time.monotonic() - started, model=config.teacher.model, adapter=None,
+                       unanswered=unanswered)
 
 
-def summarize(results: list[dict[str, Any]], *, seconds: float, model: str, adapter: str | None,
+def eval_result(results: list[dict[str, Any]], *, seconds: float, model: str, adapter: str | None,
               unanswered: int = 0) -> dict[str, Any]:
     """run.json's eval block for one model (`EvalResult`); `unanswered` appears only when some were."""
     def block(rows: list[dict[str, Any]]) -> EvalScore:

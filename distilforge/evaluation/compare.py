@@ -127,8 +127,8 @@ def compare_runs(run_dirs: list[Path]) -> dict[str, Any]:
     for run in runs:
         ev = run["eval"]
         for name in [*names, *(["overall"] if len(names) != 1 else [])]:
-            block = {stage: (ev[stage] if name == "overall" else (ev[stage].get("sets") or {}).get(name))
-                     for stage in ("before", "after") if ev.get(stage)}
+            block = {moment: (ev[moment] if name == "overall" else (ev[moment].get("sets") or {}).get(name))
+                     for moment in ("before", "after") if ev.get(moment)}
             row = {"label": run["label"], "run": run["run"], "method": run["method"], "student": run["student"], "set": name,
                    "n": run["sets"].get(name, sum(run["sets"].values())),
                    "before": _acc(block.get("before")), "after": _acc(block.get("after")), "vs_first": None}

@@ -36,7 +36,7 @@ from distilforge.pipeline.dataset_writer import (
 from distilforge.pipeline.executor import LocalExecutor, RankResult, merge_results, staging_dir
 from distilforge.pipeline.preflight import Facts
 from distilforge.pipeline.progress import ProgressView
-from distilforge.pipeline.run_report import money, summarize
+from distilforge.pipeline.run_report import build_run_report, money
 from distilforge.pipeline.steps import (
     Progress,
     RankContext,
@@ -305,9 +305,9 @@ async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, 
                             run_dir / "parquet" / "rejected.parquet")
     await asyncio.to_thread(write_sorted_jsonl, failed, FAILED_COLUMNS, run_dir / "failed.jsonl")
 
-    summary = summarize(config, pipeline, results, steps, stages, stop_reasons, budget, executor=executor,
-                        n_seeds=facts.n_seeds, expected=facts.expected, orphans=orphans, splits=splits,
-                        n_failed=n_failed, started=started, run_dir=run_dir)
+    summary = build_run_report(config, pipeline, results, steps, stages, stop_reasons, budget, executor=executor,
+                               n_seeds=facts.n_seeds, expected=facts.expected, orphans=orphans, splits=splits,
+                               n_failed=n_failed, started=started, run_dir=run_dir)
     status = summary["status"]
     if round:  # a targeted round: the caller keeps its account; the run's totals grow by it
         return await _finish_round(config, run_dir, summary, budget, facts, round=round, n_kept=n_kept,

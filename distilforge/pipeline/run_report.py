@@ -100,10 +100,10 @@ def money(run_dir: Path) -> dict[str, Any]:
 _STOP_ORDER = ("lease_lost", "interrupted", "cancelled", "key_refused", "budget")
 
 
-def status_of(stop_reasons: list[str], stages: dict[str, SpendStats]) -> tuple[str, str, str | None]:
-    """(status, stopped, error) of the generate stage."""
+def status_of(stop_reasons: list[str], spend: dict[str, SpendStats]) -> tuple[str, str, str | None]:
+    """(status, stopped, error) of the generate stage, from its stop reasons and its sampler's spend."""
     stopped = next((r for r in _STOP_ORDER if r in stop_reasons), stop_reasons[0] if stop_reasons else None)
-    gen = stages.get("generate") or SpendStats()
+    gen = spend.get("generate") or SpendStats()
     answered = gen.samples_new + gen.samples_from_journal + gen.samples_cached + gen.succeeded
     if stopped in (None, "cancelled") and not answered and gen.samples_failed:
         # Requests were needed and none was answered: not a completed run, whatever was written.
@@ -117,11 +117,11 @@ def status_of(stop_reasons: list[str], stages: dict[str, SpendStats]) -> tuple[s
     return status, stopped, None
 
 
-def _stages_report(stages: dict[str, SpendStats], budget: Budget) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """run.json's per-stage blocks, and requests and tokens summed over every stage."""
+def _spend_report(spend: dict[str, SpendStats], budget: Budget) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """run.json's per-stage blocks (`stages`), and requests and tokens summed over every stage."""
     per_stage: dict[str, Any] = {}
     total = SpendStats()
-    for name, stats in stages.items():
+    for name, stats in spend.items():
         block = stats.report()
         block["cost_usd"] = round(budget.by_stage.get(name, 0.0), 6)
         per_stage[name] = block
@@ -137,20 +137,21 @@ def _is_filter(pipeline: Pipeline, name: str) -> bool:
 
 
 
-def summarize(config: JobConfig, pipeline: Pipeline, results: list[RankResult], steps: dict[str, StepStats],
-              stages: dict[str, SpendStats], stop_reasons: list[str], budget: Budget, *, executor: Any,
-              n_seeds: int, expected: int, orphans: int, splits: dict[str, int], n_failed: int,
-              started: float, run_dir: Path) -> dict[str, Any]:
-    status, stopped, error = status_of(stop_reasons, stages)
+def build_run_report(config: JobConfig, pipeline: Pipeline, results: list[RankResult], steps: dict[str, StepStats],
+                     spend: dict[str, SpendStats], stop_reasons: list[str], budget: Budget, *, executor: Any,
+                     n_seeds: int, expected: int, orphans: int, splits: dict[str, int], n_failed: int,
+                     started: float, run_dir: Path) -> dict[str, Any]:
+    """run.json's fields for the data stage; `spend`: each sampler stage's requests, tokens and money."""
+    status, stopped, error = status_of(stop_reasons, spend)
     dead = [r for r in results if r.error]
     if dead:  # a rank died (a killed Ray worker): its shard is incomplete; a rerun resumes it from its journal
         status, error = "failed", "; ".join(f"rank {r.rank}: {r.error}" for r in dead)
-    per_stage, requests, _ = _stages_report(stages, budget)
-    gen = stages.get("generate") or SpendStats()
+    per_stage, requests, _ = _spend_report(spend, budget)
+    gen = spend.get("generate") or SpendStats()
     invocation = current_invocation(run_dir, budget.prices is not None)
-    invocation.add(budget, ["generate", *stages])  # the data stage ran, even when it had nothing left to pay for
+    invocation.add(budget, ["generate", *spend])  # the data stage ran, even when it had nothing left to pay for
     not_sent = sum(r.not_sent for r in results)
-    summary: dict[str, Any] = {
+    report: dict[str, Any] = {
         "name": config.name,
         "status": status,
         "stopped": stopped,
@@ -181,5 +182,5 @@ def summarize(config: JobConfig, pipeline: Pipeline, results: list[RankResult], 
         "notes": sorted({note for result in results for note in result.notes}),
     }
     for result in results:
-        summary.update(result.sections)
-    return summary
+        report.update(result.sections)
+    return report

@@ -1,4 +1,4 @@
-"""The end-of-run summary table: what was kept, why the rest was dropped, cost, accuracy."""
+"""The end-of-run table: what was kept, why the rest was dropped, cost, accuracy; and `eval`'s own table."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def print_eval(run: dict[str, Any], console: Console) -> None:
     console.print(table)
 
 
-def print_summary(run: dict[str, Any], console: Console) -> None:
+def print_run_table(run: dict[str, Any], console: Console) -> None:
     scope = f" ({run['scope']})" if run.get("scope") and run.get("rounds") else ""
     table = Table(title=f"distilforge run {run.get('name') or ''}".strip() + scope, show_header=True)
     table.add_column("what")

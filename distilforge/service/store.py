@@ -19,7 +19,7 @@ from distilforge.service.db import FINAL_STATES, Counter, Job, Schedule
 COUNTERS = ("teacher_requests", "rate_limited", "prompt_tokens", "completion_tokens", "kept", "rejected", "spend_usd")
 
 
-def summary_counts(summary: dict[str, Any]) -> dict[str, float]:
+def counter_increments(summary: dict[str, Any]) -> dict[str, float]:
     """What a finished job adds to the /metrics totals (counts and money only)."""
     req, tok = summary.get("requests") or {}, summary.get("tokens") or {}
     return {"teacher_requests": req.get("sent", 0) or 0, "rate_limited": req.get("rate_limited", 0) or 0,
@@ -147,7 +147,8 @@ class Store:
         job = self.get(job_id)
         return bool(job and job.cancel_requested)
 
-    def check(self, job_id: str, epoch: int) -> None:
+    def check_lease(self, job_id: str, epoch: int) -> None:
+        """LeaseLost unless `epoch` is still the running job's lease."""
         with self.sessions() as s:
             current = s.scalar(select(Job.epoch).where(Job.id == job_id, Job.state == "running"))
         if current != epoch:
@@ -167,7 +168,7 @@ class Store:
                                        lease_until=None))
             if result.rowcount != 1:
                 raise LeaseLost(f"job {job_id}: lease epoch {epoch} is no longer current")
-            counts = summary_counts(summary or {})
+            counts = counter_increments(summary or {})
             for name in COUNTERS:
                 s.execute(text("INSERT INTO counters (name, value) VALUES (:n, 0) ON CONFLICT (name) DO NOTHING"),
                           {"n": name})

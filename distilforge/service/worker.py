@@ -27,7 +27,6 @@ from distilforge.core.redact import redact
 from distilforge.core.response_cache import owner_cache_path
 from distilforge.pipeline.steps import RunControl
 from distilforge.schemas import JobConfig, Prices
-from distilforge.service.browse import LOG_FILE, release_memory
 from distilforge.service.budgets import Ledger, LedgerBudget, month_scopes
 from distilforge.service.db import Job, Schedule
 from distilforge.service.inputs import InputRefused, materialise, prepare_run_dir
@@ -37,6 +36,7 @@ from distilforge.service.store import LeaseLost, Store
 from distilforge.service.validate import check_job, seeds_over_limit
 
 log = logging.getLogger("distilforge.worker")
+LOG_FILE = "job.log"  # in the job's run folder; GET /v1/jobs/{id}/logs reads it
 
 # An absolute path in a message (a folder chain ending in a name): only its last part is shown.
 _ABS_PATH = re.compile(r"(?<![\w:/.~-])(?:/[\w.+@~-]+)+/(?=[\w.+@~-])")
@@ -152,7 +152,7 @@ class JobControl(RunControl):
     def check(self) -> None:
         if self._lost:
             raise LeaseLost(f"job {self.job_id}: lease lost")
-        self.store.check(self.job_id, self.epoch)
+        self.store.check_lease(self.job_id, self.epoch)
 
     def budget(self, config: JobConfig, spent: float) -> Budget:
         # Priced by the server (the table plus DISTILFORGE_PRICES), never by the job's own config.
@@ -179,6 +179,23 @@ def hub_without_redirects() -> None:
 
     huggingface_hub.set_client_factory(sync)
     huggingface_hub.set_async_client_factory(asynchronous)
+
+
+def release_memory() -> None:
+    """After a job (a cancelled training above all): drop cycles, the CUDA cache and glibc's free arenas,
+    so a long-lived worker goes back to its idle size."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):  # another libc: nothing to trim
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class Worker:
