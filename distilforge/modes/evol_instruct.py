@@ -89,10 +89,8 @@ class EvolInstruct(PipelineStep):
         records = []
         for seed, msgs, extra, outcome in zip(seeds, messages, fields, outcomes, strict=True):
             records += [build_record(seed, s, msgs, extra, self.teacher_model) for s in outcome.samples]
-            for index, error, _ in outcome.failed:
-                ctx.fail(seed.seed_id, index, error)
-            for index in outcome.not_sent:
-                ctx.fail(seed.seed_id, index, f"not sent (stopped: {ctx.stopped or 'budget'})")
+            for missing in outcome.missing(seed.seed_id, ctx.stopped):
+                ctx.fail(missing)
         return sorted(records, key=lambda r: (r.seed_id, r.sample_index))
 
     async def run(self, records: AsyncIterator[Record], rank: int = 0, world_size: int = 1) -> AsyncIterator[Record]:
