@@ -12,10 +12,12 @@ import pytest
 from conftest import api_config, write_jsonl
 
 from distilforge.core.budget import Budget
+from distilforge.core.seeds import SeedSelection
 from distilforge.pipeline.build import Pipeline
 from distilforge.pipeline.executor import Executor, LocalExecutor
 from distilforge.pipeline.rank import open_rank, staging_dir
-from distilforge.pipeline.steps import PipelineStep, Progress, RunControl, current_context
+from distilforge.pipeline.sources import SeedSource
+from distilforge.pipeline.steps import PipelineStep, Progress, RunControl, aiter_of, current_context
 from distilforge.schemas.config import JobConfig
 from distilforge.schemas.records import Missing, Record, Seed
 from distilforge.teachers.sampler import Outcome
@@ -67,7 +69,7 @@ def test_local_executor_keeps_the_contract(tmp_path):
     config = _config(tmp_path)
     executor = LocalExecutor()
     assert isinstance(executor, Executor) and executor.kind == "local" and executor.world_size == 1
-    results = _run(executor, Pipeline(config, [Answer()], []), tmp_path / "run")
+    results = _run(executor, Pipeline(config, [Answer()], [], SeedSource(config)), tmp_path / "run")
     assert results is executor.results and len(results) == 1
     result = results[0]
     assert (result.kept, result.failed, result.not_sent, result.stop_reasons) == (4, 1, 1, [])
@@ -86,7 +88,7 @@ def test_a_stop_before_the_rank_opens_reaches_it(tmp_path):
     executor.stop("cancelled")
     executor.stop("cancelled")  # the driver repeats stops: kept once
     assert executor.stop_reasons == ["cancelled"]
-    result = _run(executor, Pipeline(config, [Answer()], []), tmp_path / "run")[0]
+    result = _run(executor, Pipeline(config, [Answer()], [], SeedSource(config)), tmp_path / "run")[0]
     assert result.stop_reasons == ["cancelled"]
     failed = (staging_dir(tmp_path / "run", 0) / "failed.jsonl").read_text()
     assert "not sent (stopped: cancelled)" in failed
@@ -136,3 +138,48 @@ def test_open_rank_without_journal_or_files(tmp_path):
     asyncio.run(body())
     assert not (tmp_path / "run").exists()
 
+
+def test_seed_source_shards_by_seed_id_and_applies_the_selection(tmp_path):
+    config = _config(tmp_path, n=40)
+    everyone = [s.seed_id for s in SeedSource(config).read()]
+    assert everyone == [str(i) for i in range(40)]  # file order
+    shards = [[s.seed_id for s in SeedSource(config).read(rank, 3)] for rank in range(3)]
+    assert sorted(i for shard in shards for i in shard) == sorted(everyone) and all(shards)  # each seed on exactly one rank
+    assert [[s.seed_id for s in SeedSource(config).read(rank, 3)] for rank in range(3)] == shards  # stable
+    only = SeedSource(config, SeedSelection(only=frozenset({"3", "7", "30"})))
+    assert sorted(s.seed_id for r in range(3) for s in only.read(r, 3)) == ["3", "30", "7"]
+
+    async def stream(rank: int) -> list[str]:  # as a step: the rank's share, read on a worker thread
+        return [s.seed_id async for s in SeedSource(config).run(aiter_of(()), rank, 3)]
+
+    assert [asyncio.run(stream(r)) for r in range(3)] == shards
+
+
+def test_seed_source_takes_the_seed_settings(tmp_path):
+    config = _config(tmp_path, n=10)
+    config = config.model_copy(update={"seeds": config.seeds.model_copy(update={"limit": 4})})
+    assert [s.seed_id for s in SeedSource(config).read()] == ["0", "1", "2", "3"]
+    assert {s.answer_type for s in SeedSource(config, answer_type="text").read()} == {"text"}
+
+
+def test_preflight_reads_the_seed_file_once_with_a_probe_split(tmp_path, monkeypatch):
+    """`loop:` holds a probe split apart: preflight counts the first pass and collects the probe in one read."""
+    import distilforge.pipeline.sources as sources
+    from distilforge.core.seeds import in_probe
+    from distilforge.pipeline.preflight import _count_seeds
+
+    config = _config(tmp_path, n=40)
+    config = config.model_copy(update={"loop": config.loop.model_copy(update={"rounds": 1, "probe_fraction": 0.25})})
+    reads: list[str] = []
+    real = sources.read_seeds
+
+    def counting(path: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(sources, "read_seeds", counting)
+    facts = _count_seeds(config, None)
+    assert reads == [config.seeds.path]
+    probe = [str(i) for i in range(40) if in_probe(str(i), 0.25, config.generation.rng_seed)]
+    assert [row["id"] for row in facts.probe or []] == probe and facts.n_seeds == 40 - len(probe)
+    assert facts.probe and set(facts.probe[0]) == {"id", "question", "answer", "gold"}

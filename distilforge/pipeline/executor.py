@@ -9,22 +9,20 @@ N of them as Ray actors. Both hand each rank the same picklable `Pipeline`.
 from __future__ import annotations
 
 import abc
-import asyncio
 import hashlib
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from distilforge.core.budget import Budget
-from distilforge.core.seeds import read_seeds, shard_seeds
 from distilforge.pipeline.build import Pipeline
 from distilforge.pipeline.rank import open_rank, staging_dir
-from distilforge.pipeline.steps import Progress, RankContext, RunControl, StepStats, chain
-from distilforge.schemas.records import Record, Seed
+from distilforge.pipeline.steps import Progress, RankContext, RunControl, StepStats, aiter_of, chain
+from distilforge.schemas.records import Record
 from distilforge.teachers.sampler import SpendStats
 
 
@@ -97,39 +95,6 @@ def reusable(run_dir: Path, rank: int, fingerprint: str) -> RankResult | None:
     return result
 
 
-async def _threaded(items: Iterator[Seed], chunk: int = 256) -> AsyncIterator[Seed]:
-    """Seeds read in chunks on a worker thread: parsing a file never blocks the event loop."""
-    sentinel = object()
-
-    def take() -> list[Any]:
-        out = []
-        for _ in range(chunk):
-            item = next(items, sentinel)
-            if item is sentinel:
-                out.append(sentinel)
-                break
-            out.append(item)
-        return out
-
-    while True:
-        batch = await asyncio.to_thread(take)
-        for item in batch:
-            if item is sentinel:
-                return
-            yield item
-
-
-def _seed_stream(pipeline: Pipeline, rank: int, world_size: int) -> AsyncIterator[Any]:
-    if not pipeline.reads_seeds:
-        return _threaded(iter(()))
-    c = pipeline.config
-    s = c.seeds
-    seeds = read_seeds(s.path, s.fields, limit=s.limit, answer_type=c.generation.answer_type, split=s.split,
-                       subset=s.subset, format=s.format, on_bad_line=s.on_bad_line)
-    chosen = (seed for seed in seeds if pipeline.selection(seed.seed_id))
-    return _threaded(shard_seeds(chosen, rank, world_size))
-
-
 def _account(result: RankResult, ctx: RankContext) -> None:
     """What the rank did, read off its context once it closed."""
     result.steps = ctx.stats
@@ -165,8 +130,8 @@ async def run_rank(pipeline: Pipeline, run_dir: Path, rank: int, world_size: int
                              progress=progress, staging=staging, stops=stops or (), log=log) as ctx:
             if contexts is not None:
                 contexts.append(ctx)  # the executor forwards later stop requests to it
-            records: AsyncIterator[Record] = chain(_seed_stream(pipeline, rank, world_size), pipeline.steps,
-                                                   rank, world_size)
+            steps = [pipeline.source, *pipeline.steps] if pipeline.source is not None else pipeline.steps
+            records: AsyncIterator[Record] = chain(aiter_of(()), steps, rank, world_size)
             async for record in records:
                 ctx.keep(record)
                 progress.add_kept()

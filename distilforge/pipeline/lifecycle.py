@@ -107,7 +107,7 @@ def _generate(config: JobConfig, run_dir: Path, control: RunControl, console: Co
     if config.loop.rounds:  # the probe split is held apart, and every row is checked against it
         from distilforge.pipeline.rounds import with_probe_guard, write_probe
 
-        write_probe(config, run_dir)
+        write_probe(config, run_dir, facts.probe or [])
         first = with_probe_guard(config, run_dir)
     return asyncio.run(generate_stage(first, run_dir, control, console, executor or make_executor(config), facts))
 
