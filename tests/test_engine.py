@@ -183,3 +183,30 @@ def test_preflight_reads_the_seed_file_once_with_a_probe_split(tmp_path, monkeyp
     probe = [str(i) for i in range(40) if in_probe(str(i), 0.25, config.generation.rng_seed)]
     assert [row["id"] for row in facts.probe or []] == probe and facts.n_seeds == 40 - len(probe)
     assert facts.probe and set(facts.probe[0]) == {"id", "question", "answer", "gold"}
+
+
+def test_budget_travels_and_comes_back_whole():
+    """The Ray driver hands its budget to the actor (`portable`) and takes its account back (`absorb`)."""
+    here = Budget(None, None, spent=1.0)
+    there = here.portable()
+    assert there is not here and (there.spent, there.max_usd) == (1.0, None)
+
+    async def spend() -> None:
+        assert await there.reserve(0.5)
+        await there.settle(0.5, 0.25, "generate")
+        assert await there.reserve(0.5)
+        await there.charge_unknown(0.5, "judge")
+
+    asyncio.run(spend())
+    here.absorb(there.state())
+    assert (here.spent, here.spent_this_run, here.unknown_outcome_usd) == (1.75, 0.75, 0.5)
+    assert dict(here.by_stage) == {"generate": 0.25, "judge": 0.5}
+
+
+def test_the_teacher_backend_says_what_a_rank_holds(tmp_path):
+    from distilforge.teachers import rank_resources
+
+    config = _config(tmp_path)
+    assert rank_resources(config.teacher) == {"num_cpus": 1}
+    engine = config.teacher.model_copy(update={"backend": "vllm-offline", "engine_args": {"tensor_parallel_size": 2}})
+    assert rank_resources(engine) == {"num_cpus": 1, "num_gpus": 2}

@@ -1,7 +1,8 @@
 """Executors decide *where* a pipeline runs, never *what* runs.
 
-`run_rank` is one rank's whole life, whatever runs it: open the rank's journal shard and output
-shards, run the steps over the rank's share of the seeds, close everything, and return its stats.
+`run_rank` is one rank's whole life, whatever runs it: open the rank (`open_rank`: its journal shard
+and output shards), run the pipeline's source and steps (the source takes the rank's share of the
+seeds), close everything, and return its stats. Every executor implements `Executor`:
 `LocalExecutor` runs the single rank in this process's event loop; `RayExecutor` (pipeline/ray.py) runs
 N of them as Ray actors. Both hand each rank the same picklable `Pipeline`.
 """
