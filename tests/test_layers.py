@@ -9,13 +9,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "distilforge"
 
 # Lower numbers are lower layers. A room may import its own modules and any lower layer; rooms on the
 # same layer do not import each other. A key `room.module` puts one module on its own floor: the
-# pipeline's step API (steps, progress) is imported by every room that writes a step (samplers,
+# pipeline's step API (steps, progress, the seed source) is imported by every room that writes a step (samplers,
 # filters, modes, eval and training progress), so it sits low, while the rest of pipeline/ (the engine)
 # sits near the top; the floor imports nothing above it, its own room's engine included.
 LAYERS = {
     "schemas": 0,
     "core": 1,
-    "models": 2, "prompts": 2, "pipeline.steps": 2, "pipeline.progress": 2,
+    "models": 2, "prompts": 2, "pipeline.steps": 2, "pipeline.progress": 2, "pipeline.sources": 2,
     "teachers": 3,
     "quality": 4, "trainers": 4, "evaluation": 4, "report": 4, "publish": 4,
     "modes": 5,

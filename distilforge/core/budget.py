@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from distilforge.schemas import Prices
 
@@ -94,6 +95,24 @@ class Budget:
 
     async def close(self) -> None:
         """The run is done with the budget (a shared one hands back what it did not use)."""
+
+    def portable(self) -> Budget:
+        """The budget as another process holds it for the run (a Ray actor): the same account, no waiters.
+        A service's ledger budget returns itself and reconnects on the other side."""
+        return Budget(self.prices, self.max_usd, spent=self.spent, reserved=self.reserved)
+
+    def state(self) -> dict[str, Any]:
+        """The account, as `absorb` takes it back from the process that held it."""
+        return {"spent": self.spent, "spent_this_run": self.spent_this_run,
+                "unknown_outcome_usd": self.unknown_outcome_usd, "by_stage": dict(self.by_stage)}
+
+    def absorb(self, state: dict[str, Any]) -> None:
+        """Take back the account of this run's budget as another process held it (the Ray budget actor):
+        what it spent, in which stages, and what it charged at worst case."""
+        self.spent, self.spent_this_run = state["spent"], state["spent_this_run"]
+        self.unknown_outcome_usd = state["unknown_outcome_usd"]
+        self.by_stage.clear()
+        self.by_stage.update(state["by_stage"])
 
     def report(self) -> dict[str, object]:
         return {

@@ -360,6 +360,13 @@ def read_seeds(
             yield seed
 
 
+def read_questions(path: str, fields: SeedFields, *, answer_type: str = "auto",
+                   limit: int | None = None) -> Iterator[Seed]:
+    """Questions from a file that is not the job's seed file (eval sets, the ICL pool, a probe file):
+    the same reader and checks, none of `seeds:`'s settings (its split, subset, format, bad-line policy)."""
+    return read_seeds(path, fields, limit=limit, answer_type=answer_type)
+
+
 def seed_rank(seed_id: str, world_size: int) -> int:
     """The rank a seed belongs to: a stable hash of its id, so its samples (and its journal rows) always
     land on the same rank, whatever the order the file is read in."""

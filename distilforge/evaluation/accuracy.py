@@ -12,7 +12,7 @@ from rich.console import Console
 from distilforge.core.formats import LABEL_PREFIX
 from distilforge.core.grading import canonical, grade, split_answer
 from distilforge.core.reasoning import split_reasoning
-from distilforge.core.seeds import SeedError, read_seeds
+from distilforge.core.seeds import SeedError, read_questions
 from distilforge.pipeline.progress import LogLines, progress_bar
 from distilforge.prompts import build_messages
 from distilforge.schemas import JobConfig, TeacherConfig
@@ -50,7 +50,7 @@ def load_eval_questions(config: JobConfig, run_dir: Path | None = None) -> list[
         limit = min(x for x in (f.limit, config.eval.limit, 10**12) if x is not None)
         if f.fields.answer is None:
             raise SeedError(f"{f.path}: eval files need gold answers (eval.files[].fields.answer)")
-        for seed in read_seeds(f.path, f.fields, limit=limit, answer_type=config.generation.answer_type):
+        for seed in read_questions(f.path, f.fields, limit=limit, answer_type=config.generation.answer_type):
             questions.append((name, seed))
     return questions
 

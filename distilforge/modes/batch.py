@@ -24,9 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distilforge.core.seeds import read_seeds, shard_seeds
 from distilforge.core.tokens import prompt_tokens_upper_bound
 from distilforge.modes import Prompter
+from distilforge.pipeline.sources import SeedSource
 from distilforge.schemas.config import JobConfig
 from distilforge.teachers.chat_response import response_from_body
 from distilforge.teachers.sampler import Sampler
@@ -179,13 +179,10 @@ class BatchRun:
 
     async def _write_round(self, folder: Path) -> list[tuple[Path, dict[str, Any], float]]:
         """Batch files for every sample of the rank's seeds that the journal lacks, each reserved first."""
-        t, g, s = self.config.teacher, self.config.generation, self.config.seeds
+        t, g = self.config.teacher, self.config.generation
         writer = _Writer(folder, t.batch_max_requests)
         n_per = g.samples_per_seed if t.supports_n else 1
-        seeds = shard_seeds(read_seeds(s.path, s.fields, limit=s.limit, answer_type=g.answer_type, split=s.split,
-                                       subset=s.subset, format=s.format, on_bad_line=s.on_bad_line),
-                            self.rank, self.world_size)
-        for seed in seeds:
+        for seed in SeedSource(self.config).read(self.rank, self.world_size):
             messages, _ = self.prompter.build(seed)
             keys = self.sampler.keys(messages, range(g.samples_per_seed))
             found = await self.journal.lookup_async([k for k, _ in keys])

@@ -16,7 +16,6 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-from distilforge.core.seeds import SeedSelection, read_seeds, seed_rank
 from distilforge.modes import Prompter
 from distilforge.modes.sampling import build_record
 from distilforge.pipeline.steps import PipelineStep, current_context
@@ -61,14 +60,14 @@ def answer_problem(answer: str) -> str | None:
 
 
 class EvolInstruct(PipelineStep):
-    """A source step: evolves the rank's share of the seed instructions for `generation.rounds` rounds."""
+    """Evolves the seed instructions it is given (the rank's share, from the pipeline's `SeedSource`) for
+    `generation.rounds` rounds. It needs every parent of a round before the next, so it reads its input whole."""
 
     name = "evol_instruct"
     rejects = True
 
-    def __init__(self, config: JobConfig, selection: SeedSelection | None = None, round: int = 0):
+    def __init__(self, config: JobConfig, round: int = 0):
         self.config = config
-        self.selection = selection or SeedSelection()
         self.round = round
         self.template = config.generation.template_name
         self.template_sha = template_hash(self.template)
@@ -89,21 +88,16 @@ class EvolInstruct(PipelineStep):
         records = []
         for seed, msgs, extra, outcome in zip(seeds, messages, fields, outcomes, strict=True):
             records += [build_record(seed, s, msgs, extra, self.teacher_model) for s in outcome.samples]
-            for index, error, _ in outcome.failed:
-                ctx.fail(seed.seed_id, index, error)
-            for index in outcome.not_sent:
-                ctx.fail(seed.seed_id, index, f"not sent (stopped: {ctx.stopped or 'budget'})")
+            for missing in outcome.missing(seed.seed_id, ctx.stopped):
+                ctx.fail(missing)
         return sorted(records, key=lambda r: (r.seed_id, r.sample_index))
 
-    async def run(self, records: AsyncIterator[Record], rank: int = 0, world_size: int = 1) -> AsyncIterator[Record]:
+    async def run(self, seeds: AsyncIterator[Seed], rank: int = 0, world_size: int = 1) -> AsyncIterator[Record]:
         ctx = current_context()
         sampler = await open_sampler(ctx, "generate", self.config.teacher, stage="generate")
         answer_prompter = Prompter(self.answering)
         stats = self.stats
-        s = self.config.seeds
-        parents = [seed for seed in read_seeds(s.path, s.fields, limit=s.limit, answer_type="text", split=s.split,
-                                               subset=s.subset, format=s.format, on_bad_line=s.on_bad_line)
-                   if seed_rank(seed.seed_id, world_size) == rank and self.selection(seed.seed_id)]
+        parents = [seed async for seed in seeds]
         for round_no in range(1, self.config.generation.rounds + 1):
             if not parents or sampler.stopped:
                 break

@@ -12,7 +12,7 @@ import random
 from typing import Any
 
 from distilforge.core.grading import split_answer
-from distilforge.core.seeds import read_seeds
+from distilforge.core.seeds import read_questions
 from distilforge.modes import Prompter, student_prompt
 from distilforge.prompts import ANSWER_HINTS, build_messages, render
 from distilforge.schemas.config import ConfigError, GenerationConfig
@@ -41,7 +41,7 @@ class IclPrompter(Prompter):
         path = self.icl.pool or seeds_path
         if path is None:
             raise ConfigError("generation.icl.pool: a demonstration file is needed")
-        rows = sum(1 for _ in read_seeds(path, self.icl.fields, answer_type=self.generation.answer_type))
+        rows = sum(1 for _ in read_questions(path, self.icl.fields, answer_type=self.generation.answer_type))
         if rows <= self.icl.k:
             raise ConfigError(f"generation.icl.pool: the pool ({path}) needs more than k={self.icl.k} rows")
         if self.icl.selection == "nearest":
@@ -54,7 +54,7 @@ class IclPrompter(Prompter):
         if path is None:
             raise ConfigError("generation.icl.pool: a demonstration file is needed")
         fields = self.icl.fields
-        for seed in read_seeds(path, fields, answer_type=self.generation.answer_type):
+        for seed in read_questions(path, fields, answer_type=self.generation.answer_type):
             raw = None
             if fields.answer is not None:
                 # Keep the worked solution (GSM8K's steps) when the gold field has one.

@@ -129,10 +129,8 @@ class Generate(PipelineStep):
         """Report what is missing for good; True when the seed should wait for the second pass."""
         if not final and not outcome.not_sent and any(retryable for _, _, retryable in outcome.failed):
             return True
-        for index, error, _ in outcome.failed:
-            ctx.fail(seed.seed_id, index, error)
-        for index in outcome.not_sent:
-            ctx.fail(seed.seed_id, index, f"not sent (stopped: {ctx.stopped or 'budget'})")
+        for missing in outcome.missing(seed.seed_id, ctx.stopped):
+            ctx.fail(missing)
         return False
 
     # -- the stream -------------------------------------------------------------------------------

@@ -103,10 +103,8 @@ class SelfInstruct(PipelineStep):
         for seed, outcome in zip(seeds, outcomes, strict=True):
             for sample in outcome.samples:
                 records.append(build_record(seed, sample, seed.messages or [], {}, self.teacher_model))
-            for index, error, _ in outcome.failed:
-                ctx.fail(seed.seed_id, index, error)
-            for index in outcome.not_sent:
-                ctx.fail(seed.seed_id, index, f"not sent (stopped: {ctx.stopped or 'budget'})")
+            for missing in outcome.missing(seed.seed_id, ctx.stopped):
+                ctx.fail(missing)
         return sorted(records, key=lambda r: (r.seed_id, r.sample_index))
 
     async def _with_repairs(self, sampler: Sampler, batch: list[Record]) -> list[Record]:

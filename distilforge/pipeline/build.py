@@ -8,10 +8,11 @@ file, a connection or a model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from distilforge.core.seeds import SeedSelection
 from distilforge.modes import ANSWERABLE, ParseAnswer, filters_for
+from distilforge.pipeline.sources import SeedSource
 from distilforge.pipeline.steps import Filter, PipelineStep
 from distilforge.quality import build_filters
 from distilforge.quality.builtin import ExactDuplicate
@@ -25,8 +26,7 @@ class Pipeline:
     config: JobConfig
     steps: list[PipelineStep]  # stage 1, per rank; what comes out of the last step is kept
     global_filters: list[Filter]  # stage 2, over every rank's kept records in seed_id order
-    reads_seeds: bool = True  # False: the first step is a source (self-instruct, evol-instruct)
-    selection: SeedSelection = field(default_factory=SeedSelection)
+    source: PipelineStep | None = None  # the stream the steps start from (None: the first step makes its own)
 
 
 def main_selection(config: JobConfig) -> SeedSelection:
@@ -48,20 +48,21 @@ def build_pipeline(config: JobConfig, selection: SeedSelection | None = None, *,
     if g.mode == "self-instruct":
         from distilforge.modes.self_instruct import SelfInstruct
 
-        return Pipeline(config, [SelfInstruct(config), *filters_for(g.mode), *tail], final, reads_seeds=False)
+        return Pipeline(config, [SelfInstruct(config), *filters_for(g.mode), *tail], final)
     if g.mode == "evol-instruct":
         from distilforge.modes.evol_instruct import EvolInstruct
 
-        steps: list[PipelineStep] = [EvolInstruct(config, selection=selection, round=round), ParseAnswer(thinking),
+        steps: list[PipelineStep] = [EvolInstruct(config, round=round), ParseAnswer(thinking),
                                      *filters_for("instruct"), *thinking_filters(config.thinking, False), *tail]
-        return Pipeline(config, steps, final, reads_seeds=False, selection=selection)
+        # The seed instructions are evolved as text, whatever their answers look like.
+        return Pipeline(config, steps, final, SeedSource(config, selection, answer_type="text"))
     from distilforge.modes.sampling import Generate
 
     steps = [Generate(config, round=round, first_sample=first_sample), ParseAnswer(thinking), *filters_for(g.mode),
              *thinking_filters(config.thinking, g.mode in ANSWERABLE), *tail]
     if g.self_consistency or g.keep != "all" or g.max_per_seed:
         steps.append(SeedPolicy(g))
-    return Pipeline(config, steps, final, selection=selection)
+    return Pipeline(config, steps, final, SeedSource(config, selection))
 
 
 def expected_samples(config: JobConfig, n_seeds: int) -> int:

@@ -27,31 +27,29 @@ from distilforge.pipeline.build import Pipeline, build_pipeline
 from distilforge.pipeline.dataset_writer import (
     FAILED_COLUMNS,
     REJECTED_COLUMNS,
-    JsonlSink,
     jsonl_to_dataset,
     sorted_rows,
     write_dataset,
     write_sorted_jsonl,
 )
-from distilforge.pipeline.executor import LocalExecutor, RankResult, merge_results, staging_dir
+from distilforge.pipeline.executor import Executor, LocalExecutor, RankResult, merge_results
 from distilforge.pipeline.preflight import Facts
 from distilforge.pipeline.progress import ProgressView
+from distilforge.pipeline.rank import open_rank, staging_dir
 from distilforge.pipeline.run_report import build_run_report, money
 from distilforge.pipeline.steps import (
     Progress,
-    RankContext,
     RunControl,
     StepStats,
     aiter_of,
     chain,
-    use_context,
 )
 from distilforge.schemas.config import JobConfig
 from distilforge.schemas.records import Record
 from distilforge.teachers import display_model
 
 
-def make_executor(config: JobConfig) -> Any:
+def make_executor(config: JobConfig) -> Executor:
     if config.executor.kind == "ray":
         from distilforge.pipeline.ray import RayExecutor
 
@@ -87,7 +85,7 @@ def _migrate_legacy_journal(run_dir: Path) -> None:
 class _Driver:
     """Stops and signals for the generate stage: Ctrl-C, the embedding process's control, the lease."""
 
-    def __init__(self, executor: Any, control: RunControl, progress: Progress, console: Console):
+    def __init__(self, executor: Executor, control: RunControl, progress: Progress, console: Console):
         self.executor, self.control, self.progress, self.console = executor, control, progress, console
         self.interrupts = 0
         self.task: asyncio.Task[Any] | None = None
@@ -119,20 +117,12 @@ async def _global_stage(pipeline: Pipeline, run_dir: Path, kept: list[Path], bud
                         control: RunControl) -> tuple[Path, Path, dict[str, StepStats]]:
     """Stage 2: the global filters over every rank's kept records in seed_id order."""
     folder = run_dir / ".staging" / "global"
-    kept_sink = JsonlSink(folder / "kept.jsonl", REJECTED_COLUMNS)
-    rejected_sink = JsonlSink(folder / "rejected.jsonl", REJECTED_COLUMNS)
-    ctx = RankContext(pipeline.config, run_dir, 0, 1, None, budget, control, Progress(),
-                      reject=rejected_sink.write, fail=lambda *_: None)
-    try:
-        with use_context(ctx):
-            records = (Record.from_row(row) for row in sorted_rows(kept, folder))
-            async for record in chain(aiter_of(records), list(pipeline.global_filters)):
-                kept_sink.write(record)
-    finally:
-        await ctx.aclose()
-        kept_sink.close()
-        rejected_sink.close()
-    return kept_sink.path, rejected_sink.path, ctx.stats
+    async with open_rank(pipeline.config, run_dir, budget, control, journal=False, staging=folder,
+                         failed=False) as ctx:
+        records = (Record.from_row(row) for row in sorted_rows(kept, folder))
+        async for record in chain(aiter_of(records), list(pipeline.global_filters)):
+            ctx.keep(record)
+    return folder / "kept.jsonl", folder / "rejected.jsonl", ctx.stats
 
 
 def _lines(paths: list[Path]) -> int:
@@ -215,7 +205,7 @@ async def _finish_round(config: JobConfig, run_dir: Path, summary: dict[str, Any
     return summary
 
 
-async def _run_ranks(executor: Any, pipeline: Pipeline, run_dir: Path, budget: Budget, control: RunControl,
+async def _run_ranks(executor: Executor, pipeline: Pipeline, run_dir: Path, budget: Budget, control: RunControl,
                      progress: Progress, driver: _Driver) -> list[RankResult]:
     """The executor's run under Ctrl-C handling and the progress view; a second Ctrl-C or a lost lease
     ends it with the results the ranks have."""
@@ -239,7 +229,7 @@ async def _run_ranks(executor: Any, pipeline: Pipeline, run_dir: Path, budget: B
                 if not (driver.interrupts >= 2 or control.lost()):
                     raise
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                results = list(getattr(executor, "results", []))
+                results = list(executor.results)
                 executor.stop("interrupted" if driver.interrupts >= 2 else "lease_lost")
             finally:
                 watcher.cancel()
@@ -250,7 +240,7 @@ async def _run_ranks(executor: Any, pipeline: Pipeline, run_dir: Path, budget: B
     return results
 
 
-async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, console: Console, executor: Any,
+async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, console: Console, executor: Executor,
                          facts: Facts, *, pipeline: Pipeline | None = None, round: int = 0) -> dict[str, Any]:
     """Run the ranks, then write the dataset, rejected and failed files, run.json and the card.
 
@@ -273,7 +263,7 @@ async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, 
     g = config.generation
     console.print(f"[dim]{facts.n_seeds} seeds x {g.samples_per_seed} samples; teacher "
                   f"{config.teacher.backend}:{display_model(config.teacher)}"
-                  + (f"; {executor.kind} executor, {executor.workers} ranks" if executor.kind != "local" else "")
+                  + (f"; {executor.kind} executor, {executor.world_size} ranks" if executor.kind != "local" else "")
                   + (f"; budget ${budget.spent:.4f} of ${config.budget.max_usd} spent" if config.budget.max_usd else "")
                   + "[/dim]")
     results = await _run_ranks(executor, pipeline, run_dir, budget, control, progress, driver)
@@ -281,10 +271,10 @@ async def generate_stage(config: JobConfig, run_dir: Path, control: RunControl, 
         return {"status": "lease_lost", "stopped": "lease_lost"}
 
     steps, stages = merge_results(results, [s.name for s in pipeline.steps])
-    stop_reasons = sorted({r for result in results for r in result.stop_reasons} | set(getattr(executor, "stop_reasons", [])))
+    stop_reasons = sorted({r for result in results for r in result.stop_reasons} | set(executor.stop_reasons))
     if driver.interrupts and "interrupted" not in stop_reasons:
         stop_reasons.append("interrupted")
-    ranks = list(range(getattr(executor, "workers", 1)))
+    ranks = list(range(executor.world_size))
     kept = [staging_dir(run_dir, r) / "kept.jsonl" for r in ranks]
     rejected = [staging_dir(run_dir, r) / "rejected.jsonl" for r in ranks]
     failed = [staging_dir(run_dir, r) / "failed.jsonl" for r in ranks]

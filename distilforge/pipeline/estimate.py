@@ -6,9 +6,9 @@ from typing import Any
 
 from distilforge.core.budget import Budget
 from distilforge.core.prices import PRICES_CHECKED, resolve_prices
-from distilforge.core.seeds import read_seeds
 from distilforge.core.tokens import estimate_prompt_tokens, prompt_tokens_upper_bound
 from distilforge.modes import make_prompter
+from distilforge.pipeline.sources import SeedSource
 from distilforge.schemas import ConfigError, JobConfig
 from distilforge.schemas.hidden_trace import hidden_trace_model
 
@@ -27,9 +27,7 @@ def estimate_cost(config: JobConfig, expected_completion_tokens: int | None = No
                           "estimated in advance; use budget.max_usd to cap it")
     prompter = make_prompter(g)
     prompter.prepare(config.seeds.path)
-    for seed in read_seeds(config.seeds.path, config.seeds.fields, limit=config.seeds.limit,
-                           answer_type=g.answer_type, split=config.seeds.split, subset=config.seeds.subset,
-                           format=config.seeds.format):
+    for seed in SeedSource(config).read():
         messages, _ = prompter.build(seed)
         seeds += 1
         prompt_est += estimate_prompt_tokens(messages) * prompts_per_seed

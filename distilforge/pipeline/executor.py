@@ -1,36 +1,30 @@
 """Executors decide *where* a pipeline runs, never *what* runs.
 
-`run_rank` is one rank's whole life, whatever runs it: open the rank's journal shard and output
-shards, run the steps over the rank's share of the seeds, close everything, and return its stats.
+`run_rank` is one rank's whole life, whatever runs it: open the rank (`open_rank`: its journal shard
+and output shards), run the pipeline's source and steps (the source takes the rank's share of the
+seeds), close everything, and return its stats. Every executor implements `Executor`:
 `LocalExecutor` runs the single rank in this process's event loop; `RayExecutor` (pipeline/ray.py) runs
 N of them as Ray actors. Both hand each rank the same picklable `Pipeline`.
 """
 
 from __future__ import annotations
 
-import asyncio
+import abc
 import hashlib
 import json
-import shutil
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from distilforge.core.budget import Budget
-from distilforge.core.journal import Journal, shard_path
-from distilforge.core.seeds import read_seeds, shard_seeds
 from distilforge.pipeline.build import Pipeline
-from distilforge.pipeline.dataset_writer import REJECTED_COLUMNS, JsonlSink
-from distilforge.pipeline.steps import Progress, RankContext, RunControl, StepStats, chain, use_context
-from distilforge.schemas.records import Record, Seed
+from distilforge.pipeline.rank import open_rank, staging_dir
+from distilforge.pipeline.steps import Progress, RankContext, RunControl, StepStats, aiter_of, chain
+from distilforge.schemas.records import Record
 from distilforge.teachers.sampler import SpendStats
-
-
-def staging_dir(run_dir: Path, rank: int) -> Path:
-    return run_dir / ".staging" / f"rank-{rank:05d}"
 
 
 @dataclass
@@ -102,26 +96,19 @@ def reusable(run_dir: Path, rank: int, fingerprint: str) -> RankResult | None:
     return result
 
 
-async def _threaded(items: Iterator[Seed], chunk: int = 256) -> AsyncIterator[Seed]:
-    """Seeds read in chunks on a worker thread: parsing a file never blocks the event loop."""
-    sentinel = object()
-
-    def take() -> list[Any]:
-        out = []
-        for _ in range(chunk):
-            item = next(items, sentinel)
-            if item is sentinel:
-                out.append(sentinel)
-                break
-            out.append(item)
-        return out
-
-    while True:
-        batch = await asyncio.to_thread(take)
-        for item in batch:
-            if item is sentinel:
-                return
-            yield item
+def _account(result: RankResult, ctx: RankContext) -> None:
+    """What the rank did, read off its context once it closed."""
+    result.steps = ctx.stats
+    for sampler in ctx.samplers:
+        result.stages.setdefault(sampler.stage, SpendStats()).merge(sampler.stats)
+        notes = getattr(sampler.teacher, "notes", None)
+        if notes is not None:
+            result.notes += notes()
+    result.stop_reasons = list(ctx.stop_reasons)
+    result.sections = dict(ctx.sections)
+    result.kept = ctx.counts["kept"]
+    result.failed = ctx.counts["failed"]
+    result.not_sent = ctx.counts["not_sent"]
 
 
 async def run_rank(pipeline: Pipeline, run_dir: Path, rank: int, world_size: int, budget: Budget,
@@ -134,82 +121,72 @@ async def run_rank(pipeline: Pipeline, run_dir: Path, rank: int, world_size: int
     The executor forwards stops to the context once it is in `contexts`; `stops` holds those that came
     before (the context starts with them, so a stop reaches the rank whenever it arrives).
     """
-    config = pipeline.config
     staging = staging_dir(run_dir, rank)
-    shutil.rmtree(staging, ignore_errors=True)
-    journal = Journal(shard_path(run_dir, rank), fence=control.fence())
-    kept = JsonlSink(staging / "kept.jsonl", REJECTED_COLUMNS)
-    rejected = JsonlSink(staging / "rejected.jsonl", REJECTED_COLUMNS)
-    failed = JsonlSink(staging / "failed.jsonl")
     result = result or RankResult(rank)
     result.fingerprint = pipeline_fingerprint(pipeline, world_size)
     started, cpu = time.monotonic(), time.process_time()
-
-    def fail(seed_id: str, index: int, error: str) -> None:
-        failed.write_row({"seed_id": seed_id, "sample_index": index, "error": error})
-        if error.startswith("not sent"):
-            result.not_sent += 1
-        else:
-            result.failed += 1
-
-    ctx = RankContext(config, run_dir, rank, world_size, journal, budget, control, progress,
-                      reject=rejected.write, fail=fail, log=log or (lambda message: None))
-    for reason in stops or ():
-        ctx.stop(reason)
-    if contexts is not None:
-        contexts.append(ctx)  # the executor forwards later stop requests to it
+    ctx: RankContext | None = None
     try:
-        with use_context(ctx):
-            if pipeline.reads_seeds:
-                s = config.seeds
-                seeds = read_seeds(s.path, s.fields, limit=s.limit, answer_type=config.generation.answer_type,
-                                   split=s.split, subset=s.subset, format=s.format, on_bad_line=s.on_bad_line)
-                chosen = (seed for seed in seeds if pipeline.selection(seed.seed_id))
-                source: AsyncIterator[Any] = _threaded(shard_seeds(chosen, rank, world_size))
-            else:
-                source = _threaded(iter(()))
-            records: AsyncIterator[Record] = chain(source, pipeline.steps, rank, world_size)
+        async with open_rank(pipeline.config, run_dir, budget, control, rank=rank, world_size=world_size,
+                             progress=progress, staging=staging, stops=stops or (), log=log) as ctx:
+            if contexts is not None:
+                contexts.append(ctx)  # the executor forwards later stop requests to it
+            steps = [pipeline.source, *pipeline.steps] if pipeline.source is not None else pipeline.steps
+            records: AsyncIterator[Record] = chain(aiter_of(()), steps, rank, world_size)
             async for record in records:
-                kept.write(record)
+                ctx.keep(record)
                 progress.add_kept()
     finally:
-        try:
-            await ctx.aclose()
-        finally:
-            for sink in (kept, rejected, failed):
-                sink.close()
-            journal.close()
-            result.steps = ctx.stats
-            for sampler in ctx.samplers:
-                result.stages.setdefault(sampler.stage, SpendStats()).merge(sampler.stats)
-                notes = getattr(sampler.teacher, "notes", None)
-                if notes is not None:
-                    result.notes += notes()
-            result.stop_reasons = list(ctx.stop_reasons)
-            result.sections = dict(ctx.sections)
-            result.kept = kept.count
-            result.seconds = round(time.monotonic() - started, 3)
-            result.cpu_seconds = round(time.process_time() - cpu, 3)
+        if ctx is not None:
+            _account(result, ctx)
+        result.seconds = round(time.monotonic() - started, 3)
+        result.cpu_seconds = round(time.process_time() - cpu, 3)
     # Written last: only a rank that got here left a shard a rerun may reuse.
     (staging / "result.json").write_text(json.dumps(result.to_json()), encoding="utf-8")
     return result
 
 
-class LocalExecutor:
+class Executor(abc.ABC):
+    """Where a pipeline's ranks run, never what runs: the driver's one view of every executor.
+
+    `run` runs `world_size` ranks of the pipeline and returns their results (also kept in `results`, so
+    a run cut short still reports what its ranks did); `stop` reaches every rank whenever it comes,
+    before a rank starts included; `stop_reasons` holds every stop received.
+    """
+
+    kind: str = "local"
+
+    def __init__(self, world_size: int = 1) -> None:
+        self.world_size = world_size
+        self.results: list[RankResult] = []
+        self.stop_reasons: list[str] = []
+
+    def stop(self, reason: str) -> None:
+        # The driver repeats a stop a few times a second: kept once, forwarded each time.
+        if reason not in self.stop_reasons:
+            self.stop_reasons.append(reason)
+        self._forward(reason)
+
+    @abc.abstractmethod
+    def _forward(self, reason: str) -> None:
+        """Hand a stop to the ranks running now (those that start later begin with `stop_reasons`)."""
+
+    @abc.abstractmethod
+    async def run(self, pipeline: Pipeline, run_dir: Path, budget: Budget, control: RunControl,
+                  progress: Progress) -> list[RankResult]: ...
+
+
+class LocalExecutor(Executor):
     """One rank in this process's event loop."""
 
     kind = "local"
-    workers = 1
 
     def __init__(self, log: Any = None) -> None:
+        super().__init__(1)
         self._contexts: list[RankContext] = []
-        self._stops: list[str] = []
-        self.results: list[RankResult] = []
         self.log = log
 
-    def stop(self, reason: str) -> None:
-        if reason not in self._stops:
-            self._stops.append(reason)
+    def _forward(self, reason: str) -> None:
         for ctx in self._contexts:
             ctx.stop(reason)
 
@@ -222,7 +199,7 @@ class LocalExecutor:
             return self.results
         self.results = [RankResult(0)]
         await run_rank(pipeline, run_dir, 0, 1, budget, control, progress, result=self.results[0],
-                       contexts=self._contexts, stops=self._stops, log=self.log)
+                       contexts=self._contexts, stops=self.stop_reasons, log=self.log)
         return self.results
 
 

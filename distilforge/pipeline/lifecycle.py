@@ -24,6 +24,7 @@ from distilforge.core.run_files import RUN_JSON, hold_run_folder, read_run, upda
 from distilforge.core.seeds import SeedError
 from distilforge.models import ModelError
 from distilforge.pipeline.data_stage import generate_stage, make_executor, prefetch_imports
+from distilforge.pipeline.executor import Executor
 from distilforge.pipeline.preflight import ChecksStopped, Facts, check_inputs, probe_teachers
 from distilforge.pipeline.run_report import money, start_invocation
 from distilforge.pipeline.stages import eval_stage, report_stage, train_stage
@@ -48,7 +49,7 @@ class JobResult:
 
 
 def run_job(config: JobConfig, run_dir: Path, control: RunControl | None = None, *, console: Console | None = None,
-            stages: tuple[str, ...] = ALL_STAGES, executor: Any = None) -> JobResult:
+            stages: tuple[str, ...] = ALL_STAGES, executor: Executor | None = None) -> JobResult:
     """Run `stages` of a job in `run_dir`. Input errors raise (nothing written, nothing paid); outcomes are a status.
 
     The folder's lock is taken before any request (a second writer is refused, exit 2), then every
@@ -100,19 +101,19 @@ def _ended_by(exc: BaseException, run_dir: Path, control: RunControl, stages: tu
 
 
 def _generate(config: JobConfig, run_dir: Path, control: RunControl, console: Console, stages: tuple[str, ...],
-              executor: Any, facts: Facts) -> dict[str, Any]:
+              executor: Executor | None, facts: Facts) -> dict[str, Any]:
     prefetch_imports()
     first = config
     if config.loop.rounds:  # the probe split is held apart, and every row is checked against it
         from distilforge.pipeline.rounds import with_probe_guard, write_probe
 
-        write_probe(config, run_dir)
+        write_probe(config, run_dir, facts.probe or [])
         first = with_probe_guard(config, run_dir)
     return asyncio.run(generate_stage(first, run_dir, control, console, executor or make_executor(config), facts))
 
 
 def _run_stages(config: JobConfig, run_dir: Path, control: RunControl, console: Console, stages: tuple[str, ...],
-                executor: Any, facts: Facts) -> JobResult:
+                executor: Executor | None, facts: Facts) -> JobResult:
     explicit = len(stages) == 1  # `distilforge train DIR`: the stage was asked for by name
     started = time.monotonic()
     if "generate" in stages:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from distilforge.core.prices import resolve_prices
-from distilforge.core.seeds import iter_rows, read_seeds
+from distilforge.core.seeds import iter_rows
 from distilforge.models import check_model
 from distilforge.modes import make_prompter
+from distilforge.pipeline.sources import SeedSource
 from distilforge.prompts import template_hash
 from distilforge.schemas import ConfigError, JobConfig, TeacherConfig
 from distilforge.teachers import make_teacher
@@ -29,6 +30,7 @@ class Facts:
     expected: int
     eval_questions: int | None = None
     rejected_seeds: list[dict[str, str]] = field(default_factory=list)  # seeds.on_bad_line: skip
+    probe: list[dict[str, Any]] | None = None  # `loop:`'s probe split, read in the same pass (written under the lock)
 
 
 def _teacher(config: TeacherConfig, where: str) -> None:
@@ -50,16 +52,25 @@ class ChecksStopped(Exception):
     """The run was told to stop (a cancel) while its inputs were being checked; the reason is the message."""
 
 
-def _count(seeds: Any, should_stop: Callable[[], str | None] | None) -> int:
-    """Count (and so validate) every seed; a million of them take minutes to grade, so a stop request
-    is looked at every few thousand rows."""
-    n = 0
-    for n, _ in enumerate(seeds, 1):
+def _count_seeds(config: JobConfig, should_stop: Callable[[], str | None] | None) -> Facts:
+    """Read (and so validate) every seed once: how many the first pass works on, the lines left out,
+    and with `loop:` the probe split it holds apart. A million seeds take minutes to grade, so a stop
+    request is looked at every few thousand rows."""
+    from distilforge.pipeline.build import main_selection
+    from distilforge.pipeline.rounds import probe_row
+
+    facts = Facts(0, 0, probe=[] if config.loop.rounds else None)
+    chosen = main_selection(config)
+    for n, seed in enumerate(SeedSource(config).read(rejected=facts.rejected_seeds), 1):
+        if chosen(seed.seed_id):
+            facts.n_seeds += 1
+        elif facts.probe is not None:
+            facts.probe.append(probe_row(seed))
         if should_stop is not None and n % 4096 == 0:
             reason = should_stop()
             if reason:
                 raise ChecksStopped(reason)
-    return n
+    return facts
 
 
 def _probe(config: TeacherConfig, where: str) -> None:
@@ -98,21 +109,9 @@ def check_inputs(config: JobConfig, stages: tuple[str, ...],
         if g.mode == "self-instruct":
             from distilforge.modes.self_instruct import load_seed_tasks
 
-            n_seeds = len(load_seed_tasks(config.seeds.path)[: config.seeds.limit])
+            seeds = Facts(len(load_seed_tasks(config.seeds.path)[: config.seeds.limit]), 0)
         else:
-            s = config.seeds
-            rejected: list[dict[str, str]] = []
-            n_seeds = _count(read_seeds(s.path, s.fields, limit=s.limit, answer_type=g.answer_type, split=s.split,
-                                        subset=s.subset, format=s.format, on_bad_line=s.on_bad_line,
-                                        rejected=rejected), should_stop)
-            if config.loop.rounds:  # the probe split is held apart from the first pass
-                from distilforge.pipeline.build import main_selection
-
-                chosen = main_selection(config)
-                n_seeds = sum(1 for seed in read_seeds(s.path, s.fields, limit=s.limit, answer_type=g.answer_type,
-                                                       split=s.split, subset=s.subset, format=s.format,
-                                                       on_bad_line=s.on_bad_line)
-                              if chosen(seed.seed_id))
+            seeds = _count_seeds(config, should_stop)
         try:
             template_hash(g.template_name)
         except FileNotFoundError as exc:
@@ -137,10 +136,9 @@ def check_inputs(config: JobConfig, stages: tuple[str, ...],
                     except Exception as exc:
                         raise ConfigError(f"filters.{i}.eval_sets.{j}: {source}: {exc}") from None
     else:
-        n_seeds = 0
-    facts = Facts(n_seeds, expected_samples(config, n_seeds))
-    if "generate" in stages and g.mode != "self-instruct":
-        facts.rejected_seeds = rejected
+        seeds = Facts(0, 0)
+    facts = Facts(seeds.n_seeds, expected_samples(config, seeds.n_seeds), rejected_seeds=seeds.rejected_seeds,
+                  probe=seeds.probe)
     if config.loop.rounds and ("generate" in stages or "rounds" in stages):
         from distilforge.models.embeddings import minilm_path
 

@@ -24,9 +24,10 @@ from typing import Any
 from distilforge.core.budget import Budget
 from distilforge.core.redact import redact
 from distilforge.pipeline.build import Pipeline
-from distilforge.pipeline.executor import RankResult, pipeline_fingerprint, reusable, run_rank
+from distilforge.pipeline.executor import Executor, RankResult, pipeline_fingerprint, reusable, run_rank
 from distilforge.pipeline.steps import Progress, RankContext, RunControl
 from distilforge.schemas.config import ExecutorConfig
+from distilforge.teachers import rank_resources
 
 POLL_SECONDS = 0.25
 
@@ -89,9 +90,7 @@ class _BudgetHolder:
         await self.budget.close()
 
     def state(self) -> dict[str, Any]:
-        b = self.budget
-        return {"spent": b.spent, "reserved": b.reserved, "spent_this_run": b.spent_this_run,
-                "unknown_outcome_usd": b.unknown_outcome_usd, "by_stage": dict(b.by_stage)}
+        return self.budget.state()
 
 
 class _RankControl(RunControl):
@@ -137,21 +136,17 @@ class _Rank:
         return p.done, p.kept, p.tokens, p.spend
 
 
-class RayExecutor:
+class RayExecutor(Executor):
     """N ranks as Ray actors (`executor: {kind: ray, workers: N, address: ...}`)."""
 
     kind = "ray"
 
     def __init__(self, config: ExecutorConfig):
-        self.workers = config.workers
+        super().__init__(config.workers)
         self.address = config.address
-        self.results: list[RankResult] = []
-        self.stop_reasons: list[str] = []
         self._actors: list[Any] = []
 
-    def stop(self, reason: str) -> None:
-        if reason not in self.stop_reasons:
-            self.stop_reasons.append(reason)
+    def _forward(self, reason: str) -> None:
         for actor in self._actors:
             with contextlib.suppress(Exception):
                 actor.stop.remote(reason)
@@ -164,7 +159,7 @@ class RayExecutor:
         if address:
             ray.init(address=address, log_to_driver=False)
             return True
-        ray.init(num_cpus=max(self.workers, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=max(self.world_size, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
         return True
 
     def _rank_options(self, pipeline: Pipeline) -> dict[str, Any]:
@@ -190,31 +185,27 @@ class RayExecutor:
 
     async def _run(self, ray: Any, pipeline: Pipeline, run_dir: Path, budget: Budget, control: RunControl,
                    progress: Progress) -> list[RankResult]:
-        fingerprint = pipeline_fingerprint(pipeline, self.workers)
-        earlier = {r: reusable(run_dir, r, fingerprint) for r in range(self.workers)}
+        fingerprint = pipeline_fingerprint(pipeline, self.world_size)
+        earlier = {r: reusable(run_dir, r, fingerprint) for r in range(self.world_size)}
         todo = [r for r, result in earlier.items() if result is None]
-        holder = ray.remote(num_cpus=0, max_concurrency=1000)(_BudgetHolder).remote(_portable(budget))
+        holder = ray.remote(num_cpus=0, max_concurrency=1000)(_BudgetHolder).remote(budget.portable())
         rank_class = ray.remote(max_concurrency=1000)(_Rank)
         tag = f"distilforge-{os.getpid()}-{id(self):x}"  # named, so an operator (or a test) can find a rank
-        self._actors = [rank_class.options(name=f"{tag}-rank-{rank}", **self._rank_options(pipeline)).remote()
-                        for rank in todo]
+        resources = rank_resources(pipeline.config.teacher)  # the teacher's backend says what a rank holds
+        self._actors = [rank_class.options(name=f"{tag}-rank-{rank}", **resources).remote() for rank in todo]
         for reason in self.stop_reasons:
-            self.stop(reason)
+            self._forward(reason)
         cache = control.response_cache()
-        refs = [actor.run.remote(pipeline, str(run_dir), rank, self.workers, holder, budget.prices, budget.max_usd,
+        refs = [actor.run.remote(pipeline, str(run_dir), rank, self.world_size, holder, budget.prices, budget.max_usd,
                                  control.fence(), None if cache is None else str(cache)) for rank, actor in zip(todo, self._actors, strict=True)]
-        base = sum(1 for r in earlier.values() if r is not None) * progress.total // max(1, self.workers)
+        base = sum(1 for r in earlier.values() if r is not None) * progress.total // max(1, self.world_size)
         poller = asyncio.create_task(self._poll(progress, base))
         try:
             outcomes = await asyncio.gather(*refs, return_exceptions=True)
         finally:
             poller.cancel()
         await holder.close.remote()
-        state = await holder.state.remote()
-        budget.spent, budget.spent_this_run = state["spent"], state["spent_this_run"]
-        budget.unknown_outcome_usd = state["unknown_outcome_usd"]
-        budget.by_stage.clear()
-        budget.by_stage.update(state["by_stage"])
+        budget.absorb(await holder.state.remote())
         self.results = [r for r in earlier.values() if r is not None]
         for rank, outcome in zip(todo, outcomes, strict=True):
             if isinstance(outcome, ray.exceptions.RayTaskError):  # the rank raised: say what
@@ -239,9 +230,3 @@ class RayExecutor:
             progress.tokens = sum(c[2] for c in counts)
             progress.spend = sum(c[3] for c in counts)
 
-
-def _portable(budget: Budget) -> Budget:
-    """The budget as the actor will hold it (a service's ledger budget reconnects on the other side)."""
-    portable = getattr(budget, "portable", None)
-    return portable() if callable(portable) else Budget(budget.prices, budget.max_usd, spent=budget.spent,
-                                                        reserved=budget.reserved)

@@ -25,13 +25,15 @@ from rich.console import Console
 
 from distilforge.core.journal import journal_totals
 from distilforge.core.run_files import read_run, update_run, write_atomic
-from distilforge.core.seeds import SeedSelection, in_probe, read_seeds
+from distilforge.core.seeds import SeedSelection, read_questions
 from distilforge.pipeline.build import build_pipeline
 from distilforge.pipeline.data_stage import generate_stage, make_executor
 from distilforge.pipeline.preflight import Facts
+from distilforge.pipeline.sources import SeedSource
 from distilforge.pipeline.stages import eval_stage, train_stage
 from distilforge.pipeline.steps import RunControl
 from distilforge.schemas import ConfigError, DecontaminateSpec, JobConfig
+from distilforge.schemas.records import Seed
 
 PROBE_FILE = "probe.jsonl"
 
@@ -47,15 +49,18 @@ def with_probe_guard(config: JobConfig, run_dir: Path) -> JobConfig:
     return config.model_copy(update={"filters": [*config.filters, guard]}, deep=True)
 
 
+def probe_row(seed: Seed) -> dict[str, Any]:
+    """A probe question as the probe file keeps it (with its gold and its worked answer)."""
+    return {"id": seed.seed_id, "question": seed.question, "answer": seed.meta.get("raw_answer", seed.gold),
+            "gold": seed.gold}
+
+
 def _seed_rows(config: JobConfig, path: str, keep: Any) -> list[dict[str, Any]]:
-    s, g = config.seeds, config.generation
-    same = path == s.path
-    return [{"id": seed.seed_id, "question": seed.question, "answer": seed.meta.get("raw_answer", seed.gold),
-             "gold": seed.gold}
-            for seed in read_seeds(path, s.fields, limit=s.limit if same else None, answer_type=g.answer_type,
-                                   split=s.split if same else None, subset=s.subset if same else None,
-                                   format=s.format if same else None)
-            if keep(seed.seed_id)]
+    """The rows of the job's seeds (through its `SeedSource`) or of another file with the seeds' fields."""
+    s = config.seeds
+    seeds = SeedSource(config).read() if path == s.path else read_questions(
+        path, s.fields, answer_type=config.generation.answer_type)
+    return [probe_row(seed) for seed in seeds if keep(seed.seed_id)]
 
 
 def _write_probe_rows(run_dir: Path, rows: list[dict[str, Any]]) -> int:
@@ -65,10 +70,10 @@ def _write_probe_rows(run_dir: Path, rows: list[dict[str, Any]]) -> int:
     return len(rows)
 
 
-def write_probe(config: JobConfig, run_dir: Path) -> int:
-    """The probe split's questions (with gold), kept in the run folder so every round uses the same."""
-    loop, g = config.loop, config.generation
-    rows = _seed_rows(config, config.seeds.path, lambda i: in_probe(i, loop.probe_fraction, g.rng_seed))
+def write_probe(config: JobConfig, run_dir: Path, rows: list[dict[str, Any]]) -> int:
+    """The probe split's questions (with gold, read by preflight), kept in the run folder so every round
+    uses the same."""
+    loop = config.loop
     if not rows:
         raise ConfigError(f"loop.probe_fraction: {loop.probe_fraction} of these seeds leaves no probe question")
     return _write_probe_rows(run_dir, rows)
@@ -141,8 +146,8 @@ def _probe_questions(config: JobConfig, run_dir: Path) -> list[tuple[str, Any]]:
     from distilforge.schemas import SeedFields
 
     fields = SeedFields(question="question", answer="answer", id="id")
-    return [("probe", seed) for seed in read_seeds(str(probe_path(run_dir)), fields,
-                                                   answer_type=config.generation.answer_type)]
+    return [("probe", seed) for seed in read_questions(str(probe_path(run_dir)), fields,
+                                                       answer_type=config.generation.answer_type)]
 
 
 def _evaluate_probe(config: JobConfig, run_dir: Path, console: Console) -> dict[str, Any]:
@@ -166,11 +171,8 @@ class _Neighbours:
 
         from distilforge.models.embeddings import Embedder
 
-        s, g = config.seeds, config.generation
         probe = {seed.seed_id for _, seed in _probe_questions(config, run_dir)}
-        train = [(seed.seed_id, seed.question) for seed in read_seeds(
-            s.path, s.fields, limit=s.limit, answer_type=g.answer_type, split=s.split, subset=s.subset, format=s.format)
-            if seed.seed_id not in probe]
+        train = [(seed.seed_id, seed.question) for seed in SeedSource(config).read() if seed.seed_id not in probe]
         self.ids = [i for i, _ in train]
         self.embedder = Embedder()
         cache = run_dir / "rounds" / "index.npy"

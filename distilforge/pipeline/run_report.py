@@ -19,7 +19,7 @@ from distilforge.core.budget import Budget
 from distilforge.core.journal import journal_tokens, journal_totals
 from distilforge.core.run_files import read_run
 from distilforge.pipeline.build import Pipeline
-from distilforge.pipeline.executor import RankResult, rejected_by_reason
+from distilforge.pipeline.executor import Executor, RankResult, rejected_by_reason
 from distilforge.pipeline.steps import StepStats
 from distilforge.schemas import JobConfig
 from distilforge.teachers import display_model
@@ -138,7 +138,7 @@ def _is_filter(pipeline: Pipeline, name: str) -> bool:
 
 
 def build_run_report(config: JobConfig, pipeline: Pipeline, results: list[RankResult], steps: dict[str, StepStats],
-                     spend: dict[str, SpendStats], stop_reasons: list[str], budget: Budget, *, executor: Any,
+                     spend: dict[str, SpendStats], stop_reasons: list[str], budget: Budget, *, executor: Executor,
                      n_seeds: int, expected: int, orphans: int, splits: dict[str, int], n_failed: int,
                      started: float, run_dir: Path) -> dict[str, Any]:
     """run.json's fields for the data stage; `spend`: each sampler stage's requests, tokens and money."""
@@ -160,7 +160,7 @@ def build_run_report(config: JobConfig, pipeline: Pipeline, results: list[RankRe
         "teacher": {"backend": config.teacher.backend, "model": display_model(config.teacher),
                     "params": config.teacher.params.model_dump(mode="json", exclude_none=True)},
         "seeds": {"path": Path(config.seeds.path).name, "count": n_seeds},
-        "executor": {"kind": executor.kind, "workers": getattr(executor, "workers", 1),
+        "executor": {"kind": executor.kind, "workers": executor.world_size,
                      "reused_ranks": [r.rank for r in results if r.reused],
                      "ranks": [{"rank": r.rank, "seconds": r.seconds, "cpu_seconds": r.cpu_seconds, "kept": r.kept}
                                for r in results]},

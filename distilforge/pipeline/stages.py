@@ -10,10 +10,10 @@ from typing import Any
 
 from rich.console import Console
 
-from distilforge.core.journal import journal_totals, shard_path
+from distilforge.core.journal import journal_totals
 from distilforge.core.run_files import read_run, update_run, write_atomic
 from distilforge.pipeline.run_report import current_invocation, money
-from distilforge.pipeline.steps import Progress, RankContext, RunControl, use_context
+from distilforge.pipeline.steps import RunControl
 from distilforge.schemas import JobConfig
 
 
@@ -72,23 +72,18 @@ def eval_stage(config: JobConfig, run_dir: Path, control: RunControl, console: C
 async def _eval_teacher(config: JobConfig, run_dir: Path, control: RunControl,
                         questions: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The teacher's eval goes through the run's budget (cap included) and rank 0's journal."""
-    from distilforge.core.journal import Journal
     from distilforge.evaluation.accuracy import eval_teacher_config, evaluate_teacher
+    from distilforge.pipeline.rank import open_rank
     from distilforge.teachers.sampler import open_sampler
 
     spent, _ = journal_totals(run_dir)
     budget = control.budget(config, spent)
-    journal = Journal(shard_path(run_dir, 0), fence=control.fence())
-    ctx = RankContext(config, run_dir, 0, 1, journal, budget, control, Progress(), reject=lambda r: None,
-                      fail=lambda *_: None)
     try:
-        with use_context(ctx):
+        async with open_rank(config, run_dir, budget, control) as ctx:
             sampler = await open_sampler(ctx, "eval_teacher", eval_teacher_config(config), stage="eval_teacher")
             summary = await evaluate_teacher(config, questions, sampler)
     finally:
-        await ctx.aclose()
         await budget.close()
-        journal.close()
     stage = sampler.stats.report()
     stage["cost_usd"] = round(budget.by_stage.get("eval_teacher", 0.0), 6)
     current_invocation(run_dir, budget.prices is not None).add(budget)

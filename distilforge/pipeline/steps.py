@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distilforge.schemas.records import Record
+from distilforge.schemas.records import Missing, Record
 
 if TYPE_CHECKING:
     from distilforge.core.budget import Budget
@@ -145,8 +145,10 @@ class RankContext:
     control: RunControl
     progress: Progress
     reject: Sink
-    fail: Callable[[str, int, str], None]  # (seed_id, sample_index, error): a sample still missing
+    fail: Callable[[Missing], None]  # a sample that ends in failed.jsonl
+    keep: Sink = field(default=lambda record: None)  # what comes out of the rank's last step
     log: Callable[[str], None] = field(default=lambda message: None)
+    counts: Counter[str] = field(default_factory=Counter)  # rows the rank's sinks took: kept, failed, not_sent
     stop_reasons: list[str] = field(default_factory=list)
     sections: dict[str, Any] = field(default_factory=dict)  # extra run.json sections (the Batch API report)
     stats: dict[str, StepStats] = field(default_factory=dict)

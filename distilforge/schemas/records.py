@@ -8,7 +8,7 @@ teacher responses) instead of on every hop.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(slots=True)
@@ -47,6 +47,30 @@ class Seed:
     # openai-chat seeds: the conversation before the question (system turns, earlier user/assistant
     # turns), kept in front of the question in the teacher's and the student's prompt
     context: list[dict[str, str]] | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Missing:
+    """A seed's sample that ends in failed.jsonl rather than the dataset: sent and failed for good
+    (`detail` is the error), or never sent because the run stopped (`detail` is the stop reason)."""
+
+    seed_id: str
+    sample_index: int
+    reason: Literal["failed", "not_sent"]
+    detail: str
+
+    @classmethod
+    def not_sent(cls, seed_id: str, sample_index: int, stopped: str | None) -> Missing:
+        # A sampler that ran out of budget stops only itself: the rank has no stop reason then.
+        return cls(seed_id, sample_index, "not_sent", stopped or "budget")
+
+    @property
+    def error(self) -> str:
+        """The text users read in failed.jsonl (unchanged since it was the record itself)."""
+        return f"not sent (stopped: {self.detail})" if self.reason == "not_sent" else self.detail
+
+    def row(self) -> dict[str, Any]:
+        return {"seed_id": self.seed_id, "sample_index": self.sample_index, "error": self.error}
 
 
 @dataclass(slots=True)

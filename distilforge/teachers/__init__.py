@@ -36,6 +36,16 @@ def make_teacher(config: TeacherConfig, share: float = 1.0) -> Teacher:
     raise TeacherError(f"teacher.backend: unknown backend {config.backend!r}")
 
 
+def rank_resources(config: TeacherConfig) -> dict[str, int]:
+    """What one rank of this teacher needs on a cluster node (a Ray actor's options): a CPU, and for
+    an in-process vLLM engine its GPUs."""
+    if config.backend == "vllm-offline":
+        from distilforge.teachers.vllm_offline import rank_resources as engine_resources
+
+        return engine_resources(config)
+    return {"num_cpus": 1}
+
+
 def teacher_identity(config: TeacherConfig) -> dict[str, Any]:
     """What makes two requests the same logical request: not the URL or replica, not concurrency."""
     backend = "openai" if config.backend == "vllm" else config.backend  # a vLLM server speaks the same API
@@ -53,4 +63,4 @@ def display_model(config: TeacherConfig) -> str:
     return config.model
 
 
-__all__ = ["AttemptFailed", "Teacher", "TeacherError", "display_model", "make_teacher", "teacher_identity"]
+__all__ = ["AttemptFailed", "Teacher", "TeacherError", "display_model", "make_teacher", "rank_resources", "teacher_identity"]

@@ -36,7 +36,7 @@ from distilforge.core.response_cache import ResponseCache, cache_keys
 from distilforge.core.tokens import prompt_tokens_upper_bound
 from distilforge.pipeline.steps import Progress, RankContext
 from distilforge.schemas import Prices, RetryConfig, TeacherConfig
-from distilforge.schemas.records import Completion, TeacherResponse
+from distilforge.schemas.records import Completion, Missing, TeacherResponse
 from distilforge.teachers.base import AttemptFailed, Teacher
 
 RETRY_AFTER_CAP = 120.0  # never sleep longer than this on a server's say-so
@@ -121,6 +121,11 @@ class Outcome:
     samples: list[Sample] = field(default_factory=list)
     failed: list[tuple[int, str, bool]] = field(default_factory=list)
     not_sent: list[int] = field(default_factory=list)
+
+    def missing(self, seed_id: str, stopped: str | None) -> list[Missing]:
+        """What the seed lacks for good: each failure, then each sample left unsent by a stop."""
+        return ([Missing(seed_id, index, "failed", error) for index, error, _ in self.failed]
+                + [Missing.not_sent(seed_id, index, stopped) for index in self.not_sent])
 
 
 class Sampler:

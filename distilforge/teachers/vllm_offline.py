@@ -15,6 +15,11 @@ from distilforge.teachers.batched import BatchedTeacher
 from distilforge.teachers.chat_response import completion_of
 
 
+def rank_resources(config: TeacherConfig) -> dict[str, int]:
+    """One engine per GPU, or per tensor-parallel group: a rank holds that many GPUs."""
+    return {"num_cpus": 1, "num_gpus": int(config.engine_args.get("tensor_parallel_size", 1))}
+
+
 class VllmOfflineTeacher(BatchedTeacher):
     def __init__(self, config: TeacherConfig):
         super().__init__(config.model, config.batch_size)
