@@ -73,7 +73,7 @@ def test_restart_polls_the_submitted_batch_instead_of_paying_again(fake, tmp_pat
         time.sleep(0.05)
     time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]  # killed mid-run, not exited
     assert len(fake.batches) == 1 and len(fake.files) == 1
 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)

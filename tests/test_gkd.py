@@ -111,7 +111,7 @@ def test_a_stopped_gkd_training_saves_nothing(fake, cli, tmp_path, tiny_model, t
 def test_gkd_refuses_mismatched_tokenizers_before_writing(fake, cli, tmp_path, tiny_model, other_model):
     data = _job(fake, tmp_path, tiny_model, **_gkd(other_model))
     out = tmp_path / "run"
-    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out)
+    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out, expect=2)
     assert result.exit_code == 2
     line = result.output.strip()
     assert "\n" not in line and "different vocabularies" in line
@@ -122,7 +122,7 @@ def test_gkd_refuses_mismatched_tokenizers_before_writing(fake, cli, tmp_path, t
 def test_gkd_refuses_an_api_teacher_without_a_local_one(fake, cli, tmp_path, tiny_model):
     data = _job(fake, tmp_path, tiny_model, **_gkd(None))
     out = tmp_path / "run"
-    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out)
+    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out, expect=2)
     assert result.exit_code == 2
     line = result.output.strip()
     assert "\n" not in line and "an API teacher has none" in line and "train.gkd.teacher" in line
@@ -181,13 +181,13 @@ def test_compare_refuses_runs_it_cannot_compare(fake, cli, tmp_path, tiny_model)
     data["train"]["max_steps"] = 1
     assert cli("run", write_config(tmp_path / "job.yaml", data), "--output", tmp_path / "done").exit_code == 0
 
-    result = cli("compare", tmp_path / "done", tmp_path / "plain")
+    result = cli("compare", tmp_path / "done", tmp_path / "plain", expect=2)
     assert result.exit_code == 2 and result.output.count("\n") == 1
     assert "no eval yet" in result.output and f"distilforge eval {tmp_path / 'plain'}" in result.output
 
     two = write_jsonl(tmp_path / "two.jsonl", EVALS[:2])
     assert cli("eval", tmp_path / "plain", "--set", f"eval.files=[{{path: {two}, name: mixed}}]").exit_code == 0
-    result = cli("compare", tmp_path / "done", tmp_path / "plain")
+    result = cli("compare", tmp_path / "done", tmp_path / "plain", expect=2)
     assert result.exit_code == 2 and result.output.count("\n") == 1
     assert "different question sets: mixed (3) vs mixed (2)" in result.output
 

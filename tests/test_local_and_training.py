@@ -108,7 +108,7 @@ def test_training_on_an_empty_dataset_is_a_clear_error(fake, cli, tmp_path, tiny
     seeds = write_jsonl(tmp_path / "seeds.jsonl", [{"question": "3 dozen eggs at $.50?", "answer": "#### 18"}])
     cli("generate", write_config(tmp_path / "job.yaml", api_config(seeds, fake.base_url)), "--output", tmp_path / "run")
     assert len(load_kept(tmp_path / "run")) == 0
-    result = cli("train", tmp_path / "run", "--set", f"train.student={tiny_model}")
+    result = cli("train", tmp_path / "run", "--set", f"train.student={tiny_model}", expect=2)
     assert result.exit_code == 2 and "no kept records" in result.output
 
 

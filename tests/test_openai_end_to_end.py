@@ -144,7 +144,7 @@ def test_non_retryable_4xx_is_not_retried_and_a_run_with_no_answer_fails(fake, c
     fake.script = {"Q-correct": Behaviour(always="400")}
     seeds = write_jsonl(tmp_path / "seeds.jsonl", SEEDS[:1])
     config = write_config(tmp_path / "job.yaml", api_config(seeds, fake.base_url))
-    result = cli("run", config, "--output", tmp_path / "run")
+    result = cli("run", config, "--output", tmp_path / "run", expect=1)
     # Every request failed and nothing came from the journal: not a completed run.
     assert result.exit_code == 1 and "400" in result.output
     run = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -169,7 +169,7 @@ def test_missing_api_key_is_a_clear_error(fake, cli, tmp_path, monkeypatch):
     seeds = write_jsonl(tmp_path / "seeds.jsonl", SEEDS[:1])
     config = write_config(tmp_path / "job.yaml", api_config(seeds, fake.base_url))
     monkeypatch.delenv("DISTILFORGE_TEST_KEY")
-    result = cli("run", config, "--output", tmp_path / "run")
+    result = cli("run", config, "--output", tmp_path / "run", expect=2)
     assert result.exit_code == 2
     assert "DISTILFORGE_TEST_KEY is not set" in result.output
     assert fake.requests == [] and not (tmp_path / "run").exists()  # nothing written

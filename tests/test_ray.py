@@ -105,7 +105,7 @@ def test_a_killed_rank_is_resumed_from_its_journal(ray_cluster, fake, cli, tmp_p
 
     killer = threading.Thread(target=kill_rank_1)
     killer.start()
-    first = cli("run", config, "--output", out)
+    first = cli("run", config, "--output", out, expect=1)
     killer.join()
     assert first.exit_code == 1 and "rank 1" in first.output, first.output
     billed_first = fake.billed_keys()

@@ -110,7 +110,7 @@ def test_export_keeps_the_final_answer_or_the_think_block(fake, cli, tmp_path):
 def test_o_series_refused_params_fail_before_anything_is_sent(fake, cli, tmp_path):
     data = _config(tmp_path, fake, model="o3-mini")
     data["teacher"]["params"] = {"temperature": 0.5, "top_p": 0.9, "max_completion_tokens": 100}
-    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", tmp_path / "run")
+    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", tmp_path / "run", expect=2)
     assert result.exit_code == 2, result.output
     assert "refuses params.temperature, params.top_p" in result.output and "o3-mini" in result.output
     assert len(result.output.strip().splitlines()) == 1
@@ -287,7 +287,7 @@ def test_trace_checks_follow_their_knobs(fake, cli, tmp_path):
     assert run["rejected"] == {"unfinished_thinking": 2, "thinking_length": 5}
     assert sorted(_by_question(load_kept(out))) == ["Q-mixed", "Q-unsupported", "[hidden]"]
     data["thinking"] = {"bogus": 1}
-    result = cli("run", write_config(tmp_path / "bad.yaml", data), "--output", tmp_path / "bad")
+    result = cli("run", write_config(tmp_path / "bad.yaml", data), "--output", tmp_path / "bad", expect=2)
     assert result.exit_code == 2 and "thinking.bogus" in result.output
 
 

@@ -121,7 +121,7 @@ def test_improve_runs_the_rounds_asked_for_on_any_finished_run(fake, cli, tmp_pa
     plain["output"] = {"validation_fraction": 0.0}
     every = tmp_path / "every"
     assert cli("run", write_config(tmp_path / "every.yaml", plain), "--output", every).exit_code == 0
-    refused = cli("improve", every, "--rounds", "1")
+    refused = cli("improve", every, "--rounds", "1", expect=2)
     assert refused.exit_code == 2 and "--probe" in refused.output, refused.output
     assert not (every / "rounds").exists()
     held = write_jsonl(tmp_path / "held.jsonl", [{"id": f"H{i}", "question": f"H{i}: Bo has {i} cups and gets one "

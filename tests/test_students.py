@@ -61,7 +61,7 @@ def test_base_student_without_a_chat_template_gets_chatml(fake, cli, tmp_path, t
 
 def test_qlora_and_packing_on_cpu(fake, cli, tmp_path, tiny_model):
     run = _generate(fake, cli, tmp_path, tiny_model)
-    result = cli("train", run, "--set", "train.method=qlora")
+    result = cli("train", run, "--set", "train.method=qlora", expect=2)
     assert result.exit_code == 2 and "qlora needs a CUDA GPU and bitsandbytes" in result.output
     result = cli("train", run, "--set", "train.packing=true")
     assert result.exit_code == 0, result.output
