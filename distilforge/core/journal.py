@@ -16,6 +16,8 @@ Tables:
 - `batches`: OpenAI Batch API jobs, so a restart polls a submitted batch instead of paying again.
 - `meta`: the fencing epoch. A service worker writes its lease epoch when it claims the job; every
   write transaction checks it, so a worker that lost its lease cannot write a single row more.
+
+Whatever reads a run folder's journals afterwards (reports, tests) goes through `JournalReader`, read-only.
 """
 
 from __future__ import annotations
