@@ -17,6 +17,8 @@ from fake_openai import Behaviour
 
 from distilforge.core.journal import JournalReader
 
+pytestmark = pytest.mark.slow
+
 
 def start_then_kill(cmd: list[str], env: dict[str, str], journal: JournalReader, ready) -> None:
     """Run `cmd`, SIGKILL it once `ready(journal)` is true of its run folder's journal (or after 60 s)."""

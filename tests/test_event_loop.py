@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import api_config, write_jsonl
+
+pytestmark = pytest.mark.slow
 
 SERVER = """
 import sys, time

@@ -11,12 +11,29 @@ An AST scan of tests/ and tests_compat/:
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = sorted([*ROOT.glob("tests/*.py"), *ROOT.glob("tests_compat/*.py")])
 SPAWNERS = {"run", "Popen", "call"}  # subprocess.X; check_call/check_output raise on a non-zero exit
 STATUS = {"returncode", "wait", "poll"}
+
+
+@functools.cache
+def _index(path: Path) -> tuple[list[ast.AST], dict[int, ast.AST]]:
+    """Every node of a file, and each node's parent (one walk per file)."""
+    nodes = list(ast.walk(ast.parse(path.read_text())))
+    return nodes, {id(child): node for node in nodes for child in ast.iter_child_nodes(node)}
+
+
+def _scopes(path: Path, node: ast.AST) -> list[ast.AST]:
+    """The functions and classes around `node`, innermost first."""
+    parents, found = _index(path)[1], []
+    while (node := parents.get(id(node))) is not None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            found.append(node)
+    return found
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -27,7 +44,7 @@ def _dotted(node: ast.AST) -> str | None:
     return None
 
 
-def _is_spawn(node: ast.AST, launchers: set[str]) -> bool:
+def _is_spawn(node: ast.AST | None, launchers: set[str]) -> bool:
     if not isinstance(node, ast.Call):
         return False
     f = node.func
@@ -41,23 +58,24 @@ def _launchers() -> set[str]:
     found: set[str] = set()
     for _ in range(2):  # a helper returning another helper's process
         for path in FILES:
-            for fn in ast.walk(ast.parse(path.read_text())):
-                if isinstance(fn, ast.FunctionDef) and any(
-                        isinstance(r, ast.Return) and _is_spawn(r.value, found) for r in ast.walk(fn)):
-                    found.add(fn.name)
+            for node in _index(path)[0]:
+                if isinstance(node, ast.Return) and _is_spawn(node.value, found) and (scopes := _scopes(path, node)):
+                    found.add(scopes[0].name)
     return found
 
 
-def _status_reads(tree: ast.AST) -> set[str]:
+@functools.cache
+def _status_reads(tree: ast.AST) -> frozenset[str]:
     """Names whose exit status is read in an assert, or in an `if` that raises or fails the test."""
     checked: set[str] = set()
     derived: dict[str, str] = {}  # code = proc.wait(): asserting on `code` checks `proc`
-    for node in ast.walk(tree):
+    nodes = list(ast.walk(tree))
+    for node in nodes:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and (target := _dotted(node.targets[0])):
             for sub in ast.walk(node.value):
                 if isinstance(sub, ast.Attribute) and sub.attr in STATUS and (base := _dotted(sub.value)):
                     derived[target] = base
-    for node in ast.walk(tree):
+    for node in nodes:
         tests = [node.test] if isinstance(node, ast.Assert) else []
         if isinstance(node, ast.If) and any(isinstance(s, ast.Raise) or (
                 isinstance(s, ast.Expr) and "fail" in ast.unparse(s.value)) for s in node.body):
@@ -68,49 +86,41 @@ def _status_reads(tree: ast.AST) -> set[str]:
                     checked.add(base)
                 if (name := _dotted(sub)) in derived:
                     checked.add(derived[name])
-    for node in ast.walk(tree):  # for proc in procs: assert proc.returncode == 0
+    for node in nodes:  # for proc in procs: assert proc.returncode == 0
         if isinstance(node, ast.For) and _dotted(node.target) in checked and (seq := _dotted(node.iter)):
             checked.add(seq)
-    return checked
+    return frozenset(checked)
 
 
 def _unchecked_processes(path: Path, launchers: set[str]) -> list[str]:
-    tree = ast.parse(path.read_text())
     problems = []
-    scopes = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
-    classes = {id(fn): cls for cls in ast.walk(tree) if isinstance(cls, ast.ClassDef) for fn in ast.walk(cls)}
-    for fn in scopes:
-        checked = _status_reads(fn) | _status_reads(classes.get(id(fn), fn))
-        for node in ast.walk(fn):
-            value = getattr(node, "value", None)
-            if isinstance(node, ast.Return) and _is_spawn(value, launchers):
-                continue  # a launcher: its callers are checked
-            if isinstance(node, ast.Assign | ast.AnnAssign) and value is not None:
-                target = _dotted(node.targets[0] if isinstance(node, ast.Assign) else node.target)
-                spawned = _is_spawn(value, launchers) or (
-                    isinstance(value, ast.ListComp) and _is_spawn(value.elt, launchers))
-                if spawned and target not in checked:
-                    problems.append(f"{path.name}:{node.lineno}: {target}: exit code never checked")
-            if isinstance(node, ast.Expr) and _is_spawn(node.value, launchers):
-                problems.append(f"{path.name}:{node.lineno}: a process started and its exit code dropped")
+    for node in _index(path)[0]:
+        value = getattr(node, "value", None)
+        if isinstance(node, ast.Expr) and _is_spawn(value, launchers):
+            problems.append(f"{path.name}:{node.lineno}: a process started and its exit code dropped")
+        if not isinstance(node, ast.Assign | ast.AnnAssign) or value is None:
+            continue
+        if _is_spawn(value, launchers) or (isinstance(value, ast.ListComp) and _is_spawn(value.elt, launchers)):
+            target = _dotted(node.targets[0] if isinstance(node, ast.Assign) else node.target)
+            if not any(target in _status_reads(scope) for scope in _scopes(path, node)):
+                problems.append(f"{path.name}:{node.lineno}: {target}: exit code never checked")
     return problems
 
 
 def _cli_calls_without_a_check(path: Path) -> list[str]:
-    tree = ast.parse(path.read_text())
     problems = []
-    for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
-        asserted = {_dotted(sub.value) for a in ast.walk(fn) if isinstance(a, ast.Assert) for sub in ast.walk(a.test)
-                    if isinstance(sub, ast.Attribute) and sub.attr == "exit_code"}
-        for node in ast.walk(fn):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "cli"):
-                continue
-            unchecked = any(k.arg == "expect" and isinstance(k.value, ast.Constant) and k.value.value is None
-                            for k in node.keywords)
-            if unchecked:
-                bound = [_dotted(a.targets[0]) for a in ast.walk(fn) if isinstance(a, ast.Assign) and a.value is node]
-                if not bound or bound[0] not in asserted:
-                    problems.append(f"{path.name}:{node.lineno}: cli(..., expect=None) and no assert on its exit_code")
+    for node in _index(path)[0]:
+        if not (isinstance(node, ast.Assign | ast.Expr) and isinstance(node.value, ast.Call)
+                and isinstance(node.value.func, ast.Name) and node.value.func.id == "cli"):
+            continue
+        if any(k.arg == "expect" and isinstance(k.value, ast.Constant) and k.value.value is None
+               for k in node.value.keywords):
+            bound = _dotted(node.targets[0]) if isinstance(node, ast.Assign) else None
+            scopes = _scopes(path, node)
+            asserted = {_dotted(sub.value) for a in ast.walk(scopes[0]) if isinstance(a, ast.Assert)
+                        for sub in ast.walk(a.test) if isinstance(sub, ast.Attribute) and sub.attr == "exit_code"}
+            if bound is None or bound not in asserted:
+                problems.append(f"{path.name}:{node.lineno}: cli(..., expect=None) and no assert on its exit_code")
     return problems
 
 
@@ -121,7 +131,7 @@ def test_the_cli_fixture_checks_the_exit_code_by_default():
     assert isinstance(defaults.get("expect"), ast.Constant) and defaults["expect"].value == 0
     assert any(isinstance(n, ast.Assert) and "exit_code" in ast.unparse(n.test) for n in ast.walk(invoke))
     others = [p.name for p in FILES if p.name != "conftest.py" and any(
-        isinstance(n, ast.Name) and n.id == "CliRunner" for n in ast.walk(ast.parse(p.read_text())))]
+        isinstance(n, ast.Name) and n.id == "CliRunner" for n in _index(p)[0])]
     assert others == [], f"drive the CLI through the `cli` fixture, which checks exit codes: {others}"
 
 

@@ -244,6 +244,7 @@ SCENARIOS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_faults_never_cost_more_than_reported(fake, cli, tmp_path, scenario):
     fake.latency = scenario.latency
@@ -310,6 +311,7 @@ def wait_for(predicate: Any, timeout: float) -> bool:
 KILL_FAULTS = {"no_usage": 0.05, "hang": 0.05, "drop_after": 0.05, "cut": 0.03, "500": 0.05, "429": 0.03}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(10))
 def test_sigkill_at_a_random_point_then_resume(fake, cli, tmp_path, seed):
     rng = random.Random(seed)

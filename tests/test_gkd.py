@@ -49,6 +49,7 @@ def _gkd(teacher: Path | None, **gkd) -> dict:
     return {"method": "gkd", "gkd": {"teacher": str(teacher) if teacher else None, "max_new_tokens": 8, **gkd}}
 
 
+@pytest.mark.train
 def test_gkd_run_trains_a_student_from_the_teachers_logits(fake, cli, tmp_path, tiny_model, teacher_model,
                                                            monkeypatch):
     from distilforge.trainers.gkd import trl_gkd
@@ -78,6 +79,7 @@ def test_gkd_run_trains_a_student_from_the_teachers_logits(fake, cli, tmp_path, 
     assert "library_name: peft" in card and "GKDTrainer" in card
 
 
+@pytest.mark.train
 def test_gkd_teacher_defaults_to_the_jobs_local_teacher(fake, cli, tmp_path, tiny_model, teacher_model):
     """`distilforge train` on a finished run: teacher.backend local names the model whose logits teach;
     with train.gkd.lora false every weight of the student trains and a full model is saved."""
@@ -94,6 +96,7 @@ def test_gkd_teacher_defaults_to_the_jobs_local_teacher(fake, cli, tmp_path, tin
     assert (out / "student" / "config.json").exists() and (out / "student" / "loss.json").exists()
 
 
+@pytest.mark.train
 def test_a_stopped_gkd_training_saves_nothing(fake, cli, tmp_path, tiny_model, teacher_model):
     from distilforge.core.config import load_config
     from distilforge.trainers import train_student
@@ -143,6 +146,7 @@ def test_the_service_keeps_the_gkd_teacher_inside_the_data_roots(tmp_path, teach
     assert [where for where, _ in errors] == ["train.gkd.teacher"]
 
 
+@pytest.mark.train
 def test_compare_prints_an_sft_and_a_gkd_student_side_by_side(fake, cli, tmp_path, tiny_model, teacher_model,
                                                                 monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
@@ -172,6 +176,7 @@ def test_compare_prints_an_sft_and_a_gkd_student_side_by_side(fake, cli, tmp_pat
     assert diff["ci95"][0] <= diff["difference"] <= diff["ci95"][1]
 
 
+@pytest.mark.train
 def test_compare_refuses_runs_it_cannot_compare(fake, cli, tmp_path, tiny_model):
     """A run without eval, and runs scored on different question sets: exit 2 with one line."""
     data = _job(fake, tmp_path, tiny_model)

@@ -67,6 +67,7 @@ def test_the_judge_pays_from_the_same_budget_and_the_cap_covers_both(fake, cli, 
     assert run["tokens"]["prompt"] == sum(s["tokens"]["prompt"] for s in run["stages"].values())
 
 
+@pytest.mark.train
 def test_eval_teacher_pays_from_the_run_budget(fake, cli, tmp_path, tiny_model):
     _answers(fake, 4)
     eval_file = write_jsonl(tmp_path / "eval.jsonl", [{"question": "P9: what is 9 + 1?", "answer": "#### 10"}])
@@ -200,6 +201,7 @@ def test_structured_output_is_negotiated_once_per_endpoint(fake, cli, tmp_path):
     assert any("json_schema refused" in note for note in run["notes"])
 
 
+@pytest.mark.slow
 def test_a_refused_connection_is_a_connection_error_and_a_short_restart_loses_nothing(fake, cli, tmp_path):
     n = 6
     _answers(fake, n)
@@ -243,6 +245,7 @@ def test_failures_of_an_earlier_config_do_not_count_against_a_new_one(fake, cli,
 # -- exit codes -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_generate_exits_130_after_ctrl_c(fake, tmp_path):
     fake.latency = (0.3, 0.35)
     fake.default = Behaviour(["Add one.\nThe answer is 1."])

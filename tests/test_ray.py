@@ -12,6 +12,8 @@ import pytest
 from conftest import api_config, load_kept, write_config, write_jsonl
 from fake_openai import Behaviour
 
+pytestmark = pytest.mark.ray
+
 PRICES = {"input_per_million": 1000.0, "output_per_million": 1000.0}
 
 

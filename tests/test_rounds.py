@@ -41,6 +41,7 @@ def _job(tmp_path, fake, tiny_model, **loop):
     return data, rows, probe
 
 
+@pytest.mark.train
 def test_rounds_target_the_failed_probe_questions_and_their_neighbours(fake, cli, tmp_path, tiny_model):
     data, rows, probe = _job(tmp_path, fake, tiny_model)
     out = tmp_path / "run"
@@ -91,6 +92,7 @@ def test_rounds_target_the_failed_probe_questions_and_their_neighbours(fake, cli
     assert "<h2>Targeted rounds</h2>" in page and "gained no more" in page
 
 
+@pytest.mark.train
 def test_improve_runs_the_rounds_asked_for_on_any_finished_run(fake, cli, tmp_path, tiny_model):
     data, _, _ = _job(tmp_path, fake, tiny_model, rounds=1, min_gain=-0.5)  # min_gain may go below 0
     out = tmp_path / "run"

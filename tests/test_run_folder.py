@@ -90,6 +90,7 @@ def test_every_sample_of_a_seed_is_on_one_side_of_the_split(fake, cli, tmp_path)
 # -- 2. money: the whole folder's, across every invocation ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cost_and_tokens_cover_an_interrupted_resumed_and_rerun_folder(fake, cli, tmp_path):
     n = 16
     data = _job(tmp_path, fake, n)
@@ -129,6 +130,7 @@ def test_cost_and_tokens_cover_an_interrupted_resumed_and_rerun_folder(fake, cli
 # -- 3. one writer at a time ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_with_the_holders_pid_and_bills_nothing(fake, cli, tmp_path):
     n = 12
     data = _job(tmp_path, fake, n)
@@ -249,6 +251,7 @@ def test_a_run_whose_first_requests_all_get_401_stops_at_once(fake, cli, tmp_pat
 # -- 6. Ctrl-C during training --------------------------------------------------------------------------------
 
 
+@pytest.mark.train
 def test_ctrl_c_during_training_is_interrupted_and_the_money_stays_whole(fake, cli, tmp_path, tiny_model):
     data = _job(tmp_path, fake, 8)
     data["train"] = {"enabled": True, "student": str(tiny_model), "epochs": 500, "batch_size": 1, "max_length": 256,

@@ -18,6 +18,8 @@ import yaml
 from conftest import api_config, write_jsonl
 from fake_openai import Behaviour
 
+pytestmark = pytest.mark.service
+
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 

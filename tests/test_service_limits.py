@@ -21,6 +21,8 @@ from conftest import write_jsonl
 from fake_openai import Behaviour
 from test_service import ADMIN, AUTH, _client, _job_config, _wait, database_url, service
 
+pytestmark = pytest.mark.service
+
 SHARED_FIXTURES = (database_url, service)  # every test here runs on SQLite and PostgreSQL
 
 

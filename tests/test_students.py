@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from conftest import DATA, api_config, write_config, write_jsonl
 from fake_openai import Behaviour
 
 from distilforge.core.config import load_config
+
+pytestmark = pytest.mark.train
 
 QUESTIONS = [{"question": f"Q{i}: 3 dozen eggs at $.50 each, how much?", "answer": "#### 18"} for i in range(4)]
 

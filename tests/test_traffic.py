@@ -38,6 +38,7 @@ def _accounted(out, run, expected):
     return pairs
 
 
+@pytest.mark.slow
 def test_rpm_limit_is_sustained_without_a_429_storm(fake, cli, tmp_path):
     fake.rpm_limit = 1200  # 20 requests/s, enforced by the server
     fake.default = Behaviour(["Add one.\nThe answer is 1."])
@@ -55,6 +56,7 @@ def test_rpm_limit_is_sustained_without_a_429_storm(fake, cli, tmp_path):
     assert elapsed >= 1.8
 
 
+@pytest.mark.slow
 def test_without_a_client_limit_429s_cool_down_the_endpoint(fake, cli, tmp_path):
     fake.rpm_limit = 600
     fake.default = Behaviour(["Add one.\nThe answer is 1."])
@@ -68,6 +70,7 @@ def test_without_a_client_limit_429s_cool_down_the_endpoint(fake, cli, tmp_path)
     assert 0 < run["requests"]["rate_limited"] < 60  # the cool-down stops a storm of retries
 
 
+@pytest.mark.slow
 def test_failure_storm_loses_and_duplicates_nothing(fake, cli, tmp_path):
     rng = random.Random(7)
     n = 40
@@ -148,6 +151,7 @@ def test_max_usd_without_a_price_is_refused(fake, cli, tmp_path):
     assert result.exit_code == 2 and "budget.prices" in result.output and fake.requests == []
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_resumes(fake, tmp_path):
     n = 16
     fake.latency = (0.3, 0.35)
