@@ -87,6 +87,7 @@ def test_eval_teacher_pays_from_the_run_budget(fake, cli, tmp_path, tiny_model):
     assert run["budget"]["spent_usd_total"] >= billed - 1e-9
 
 
+@pytest.mark.slow
 def test_a_run_without_a_cap_still_persists_reservations(fake, tmp_path):
     """Spend after a crash is known whether or not max_usd is set: the reservation is on disk first."""
     from distilforge.core.journal import JournalReader
