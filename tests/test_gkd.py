@@ -111,6 +111,7 @@ def test_a_stopped_gkd_training_saves_nothing(fake, cli, tmp_path, tiny_model, t
     assert not (out / "student").exists() and not (out / ".checkpoints").exists()
 
 
+@pytest.mark.slow  # its own tiny model and tokenizer are built first (seconds)
 def test_gkd_refuses_mismatched_tokenizers_before_writing(fake, cli, tmp_path, tiny_model, other_model):
     data = _job(fake, tmp_path, tiny_model, **_gkd(other_model))
     out = tmp_path / "run"
