@@ -9,7 +9,7 @@ COMPAT_VENV ?= .venv-compat
 LLAMA_CPP_PYTHON_VERSION ?= 0.3.36
 COMPAT_STAMP := $(COMPAT_VENV)/.installed-$(LLAMA_CPP_PYTHON_VERSION)
 
-.PHONY: install demo test test-compat lint clean
+.PHONY: install demo test test-fast test-compat lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,9 +36,14 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Every test; the 25 slowest are listed at the end, so a test that grows slow is seen.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=25
+
+# The fast tier, for the edit-test loop (under a minute): no slow, service, Ray or training tests.
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow and not service and not ray and not train"
 
 # llama-cpp-python compiles llama.cpp from source (CPU build): about 6 minutes on 2 cores, up to 25 on a
 # busy machine; only the first time. GGML_NATIVE=OFF: the -march=native build (AVX-512 here) crashed with a

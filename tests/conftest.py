@@ -84,8 +84,14 @@ def cli(monkeypatch: pytest.MonkeyPatch):
 
     runner = CliRunner()
 
-    def invoke(*args: str) -> Any:
-        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    def invoke(*args: str, expect: int | None = 0) -> Any:
+        """The CLI as a user runs it. It fails the test unless the exit code is `expect` (pass the
+        code a refusal must give), so no call passes on a crash; None: the caller asserts it."""
+        result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+        if expect is not None:
+            assert result.exit_code == expect, \
+                f"distilforge {' '.join(map(str, args))}: exit {result.exit_code}, expected {expect}\n{result.output}"
+        return result
 
     return invoke
 

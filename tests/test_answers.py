@@ -172,6 +172,7 @@ def test_rationale_ends_before_the_statement():
     assert split_answer("Yes, because penguins are birds.") == ("because penguins are birds.", "Yes")
 
 
+@pytest.mark.slow
 def test_parser_stays_fast_on_long_degenerate_texts():
     for text in ("1" * 100_000, "answer is " * 10_000, " " * 100_000 + "x", "{" * 100_000, "\\boxed{" * 14_000,
                  "Yes. " * 20_000, "= " * 50_000, "$" * 100_000, "The answer is 4. " * 6_000):
@@ -235,6 +236,7 @@ def _timed(fn):
     return out["result"], out["seconds"]
 
 
+@pytest.mark.slow
 def test_pathological_latex_is_wrong_within_the_deadline_from_a_thread():
     assert grade("\\sqrt{4}", "2", "number")  # the worker is up: its start-up is not part of the deadline
     result, seconds = _timed(lambda: grade(PATHOLOGICAL, "42", "number"))

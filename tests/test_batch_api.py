@@ -28,6 +28,7 @@ def _job(tmp_path, fake, n=10, **teacher):
     return write_config(tmp_path / "job.yaml", data)
 
 
+@pytest.mark.slow
 def test_batch_flow_with_partial_failure_and_discount(fake, cli, tmp_path):
     fake.batch_seconds = 0.2
     out = tmp_path / "run"
@@ -44,6 +45,7 @@ def test_batch_flow_with_partial_failure_and_discount(fake, cli, tmp_path):
     assert run["cost_usd"] == pytest.approx(full * 0.5)  # the batch discount
 
 
+@pytest.mark.slow
 def test_expired_batch_rows_are_resubmitted(fake, cli, tmp_path):
     fake.batch_expire = True
     out = tmp_path / "run"
@@ -61,6 +63,7 @@ def test_expired_batch_rows_are_resubmitted(fake, cli, tmp_path):
     assert run["samples"]["failed"] == 0 and run["kept"] == 4
 
 
+@pytest.mark.slow
 def test_restart_polls_the_submitted_batch_instead_of_paying_again(fake, tmp_path):
     fake.batch_seconds = 2.0
     config = _job(tmp_path, fake, n=6)
@@ -73,7 +76,7 @@ def test_restart_polls_the_submitted_batch_instead_of_paying_again(fake, tmp_pat
         time.sleep(0.05)
     time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]  # killed mid-run, not exited
     assert len(fake.batches) == 1 and len(fake.files) == 1
 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
@@ -86,6 +89,7 @@ def test_restart_polls_the_submitted_batch_instead_of_paying_again(fake, tmp_pat
     assert len(fake.files[second["input_file_id"]].splitlines()) == 2  # B0 and B4 failed once
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("presses", [1, 2])
 def test_ctrl_c_while_a_batch_runs_exits_130_within_seconds(fake, tmp_path, presses):
     """The batch stays on the server; the next run polls it instead of paying again."""

@@ -79,7 +79,7 @@ def test_a_pasted_key_is_refused(tmp_path):
 
 def test_cli_bad_config_exits_2_with_one_line(cli, tmp_path):
     path = _write(tmp_path, GOOD.replace("backend: openai", "backend: anthropic-direct"))
-    result = cli("run", path)
+    result = cli("run", path, expect=2)
     assert result.exit_code == 2
     assert "teacher.backend" in result.output and "job.yaml:5" in result.output
     assert "Traceback" not in result.output

@@ -15,22 +15,25 @@ import pytest
 from conftest import api_config, write_config, write_jsonl
 from fake_openai import Behaviour
 
+from distilforge.core.journal import JournalReader
 
-def start_then_kill(cmd: list[str], env: dict[str, str], journal, ready) -> None:
-    """Run `cmd`, SIGKILL it once `ready(db)` is true of its journal (or after 60 s)."""
+pytestmark = pytest.mark.slow
+
+
+def start_then_kill(cmd: list[str], env: dict[str, str], journal: JournalReader, ready) -> None:
+    """Run `cmd`, SIGKILL it once `ready(journal)` is true of its run folder's journal (or after 60 s)."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         time.sleep(0.05)
-        if journal.exists():
+        if journal.paths:
             try:
-                with sqlite3.connect(journal) as db:
-                    if ready(db):
-                        break
-            except sqlite3.OperationalError:
+                if ready(journal):
+                    break
+            except sqlite3.OperationalError:  # the shard is being created
                 pass
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, f"the run exited {proc.returncode} before it was killed"
     time.sleep(0.5)  # let the server log requests that were on the wire at the kill
 
 
@@ -48,10 +51,9 @@ def test_sigkill_then_resume_pays_only_for_in_flight(fake, tmp_path):
     env = {**os.environ, "DISTILFORGE_TEST_KEY": "sk-test"}
     cmd = [sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)]
 
-    journal = out / "journal" / "rank-00000.sqlite"
-    start_then_kill(cmd, env, journal, lambda db: db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] >= 4)
-    with sqlite3.connect(journal) as db:
-        committed = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    journal = JournalReader(out)
+    start_then_kill(cmd, env, journal, lambda j: j.totals().answers >= 4)
+    committed = journal.totals().answers
     assert 4 <= committed < n_seeds, "the run should have been killed part-way"
     first_run_requests = len(fake.requests)
     in_flight = first_run_requests - committed  # sent, but not committed when the process died
@@ -61,8 +63,7 @@ def test_sigkill_then_resume_pays_only_for_in_flight(fake, tmp_path):
     assert result.returncode == 0, result.stderr
     run = json.loads((out / "run.json").read_text())
     assert run["kept"] == n_seeds
-    with sqlite3.connect(journal) as db:
-        assert db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == n_seeds
+    assert journal.totals().answers == n_seeds
 
     asked = Counter(r["body"]["messages"][-1]["content"].split(":")[0] for r in fake.requests)
     paid_twice = sum(c - 1 for c in asked.values())
@@ -85,12 +86,10 @@ def test_reservations_of_a_killed_run_count_at_worst_case(fake, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "DISTILFORGE_TEST_KEY": "sk-test"}
     cmd = [sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)]
-    journal = out / "journal" / "rank-00000.sqlite"
-    start_then_kill(cmd, env, journal, lambda db: db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] >= 2
-                    and db.execute("SELECT COUNT(*) FROM inflight").fetchone()[0] > 0)
-    with sqlite3.connect(journal) as db:
-        orphans, worst = db.execute("SELECT COUNT(*), SUM(reserved_usd) FROM inflight").fetchone()
-        billed = db.execute("SELECT SUM(cost_usd) FROM responses").fetchone()[0]
+    journal = JournalReader(out)
+    start_then_kill(cmd, env, journal, lambda j: j.totals().answers >= 2 and j.totals().orphans > 0)
+    totals = journal.totals()
+    orphans, worst, billed = totals.orphans, totals.orphaned_usd, totals.answered_usd
     assert orphans >= 1
 
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)

@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import api_config, write_jsonl
+
+pytestmark = pytest.mark.slow
 
 SERVER = """
 import sys, time
@@ -83,6 +86,7 @@ def test_the_loop_never_stalls_with_256_requests_in_flight_and_the_shared_budget
         # stall of a second or more is blocking. The lag itself is a figure, printed above, for benchmarks.
         assert max(lags) < 1.0, f"the event loop stalled {max(lags) * 1000:.0f} ms"
         assert out["ledger"]["reserved_usd"] < 1e-9 and out["ledger"]["spent_usd"] > 0  # every call went through it
+        assert server.poll() is None, f"the fake server exited {server.returncode} during the run"
     finally:
         server.kill()
         server.wait()

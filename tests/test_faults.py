@@ -19,12 +19,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,8 @@ import datasets
 import pytest
 from conftest import api_config, load_kept, write_config, write_jsonl
 from fake_openai import Behaviour, FakeOpenAI
+
+from distilforge.core.journal import JournalReader
 
 PRICE = 1000.0  # USD per million tokens, in and out: a request costs cents, so every token shows
 PRICES = {"input_per_million": PRICE, "output_per_million": PRICE}
@@ -244,6 +244,7 @@ SCENARIOS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_faults_never_cost_more_than_reported(fake, cli, tmp_path, scenario):
     fake.latency = scenario.latency
@@ -293,18 +294,9 @@ def test_faults_never_cost_more_than_reported(fake, cli, tmp_path, scenario):
 # -- 2. SIGKILL at random points, then resume ----------------------------------------------------------
 
 
-def journals(out: Path) -> list[Path]:
-    """DIR/journal.sqlite, or the per-rank DIR/journal/*.sqlite."""
-    return [p for p in [out / "journal.sqlite", *sorted((out / "journal").glob("*.sqlite"))] if p.is_file()]
-
-
 def committed_samples(out: Path) -> set[tuple[str, int]]:
     """(seed_id, sample_index) of every answer committed to the journal (a dead writer's WAL included)."""
-    found: set[tuple[str, int]] = set()
-    for path in journals(out):
-        with closing(sqlite3.connect(path)) as db:
-            found |= {(str(s), int(i)) for s, i in db.execute("SELECT seed_id, sample_index FROM responses")}
-    return found
+    return {(a.seed_id, a.sample_index) for a in JournalReader(out).answers()}
 
 
 def wait_for(predicate: Any, timeout: float) -> bool:
@@ -319,6 +311,7 @@ def wait_for(predicate: Any, timeout: float) -> bool:
 KILL_FAULTS = {"no_usage": 0.05, "hang": 0.05, "drop_after": 0.05, "cut": 0.03, "500": 0.05, "429": 0.03}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(10))
 def test_sigkill_at_a_random_point_then_resume(fake, cli, tmp_path, seed):
     rng = random.Random(seed)

@@ -49,6 +49,7 @@ def _gkd(teacher: Path | None, **gkd) -> dict:
     return {"method": "gkd", "gkd": {"teacher": str(teacher) if teacher else None, "max_new_tokens": 8, **gkd}}
 
 
+@pytest.mark.train
 def test_gkd_run_trains_a_student_from_the_teachers_logits(fake, cli, tmp_path, tiny_model, teacher_model,
                                                            monkeypatch):
     from distilforge.trainers.gkd import trl_gkd
@@ -78,6 +79,7 @@ def test_gkd_run_trains_a_student_from_the_teachers_logits(fake, cli, tmp_path, 
     assert "library_name: peft" in card and "GKDTrainer" in card
 
 
+@pytest.mark.train
 def test_gkd_teacher_defaults_to_the_jobs_local_teacher(fake, cli, tmp_path, tiny_model, teacher_model):
     """`distilforge train` on a finished run: teacher.backend local names the model whose logits teach;
     with train.gkd.lora false every weight of the student trains and a full model is saved."""
@@ -94,6 +96,7 @@ def test_gkd_teacher_defaults_to_the_jobs_local_teacher(fake, cli, tmp_path, tin
     assert (out / "student" / "config.json").exists() and (out / "student" / "loss.json").exists()
 
 
+@pytest.mark.train
 def test_a_stopped_gkd_training_saves_nothing(fake, cli, tmp_path, tiny_model, teacher_model):
     from distilforge.schemas import load_config
     from distilforge.trainers import train_student
@@ -108,10 +111,11 @@ def test_a_stopped_gkd_training_saves_nothing(fake, cli, tmp_path, tiny_model, t
     assert not (out / "student").exists() and not (out / ".checkpoints").exists()
 
 
+@pytest.mark.slow  # its own tiny model and tokenizer are built first (seconds)
 def test_gkd_refuses_mismatched_tokenizers_before_writing(fake, cli, tmp_path, tiny_model, other_model):
     data = _job(fake, tmp_path, tiny_model, **_gkd(other_model))
     out = tmp_path / "run"
-    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out)
+    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out, expect=2)
     assert result.exit_code == 2
     line = result.output.strip()
     assert "\n" not in line and "different vocabularies" in line
@@ -122,7 +126,7 @@ def test_gkd_refuses_mismatched_tokenizers_before_writing(fake, cli, tmp_path, t
 def test_gkd_refuses_an_api_teacher_without_a_local_one(fake, cli, tmp_path, tiny_model):
     data = _job(fake, tmp_path, tiny_model, **_gkd(None))
     out = tmp_path / "run"
-    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out)
+    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out, expect=2)
     assert result.exit_code == 2
     line = result.output.strip()
     assert "\n" not in line and "an API teacher has none" in line and "train.gkd.teacher" in line
@@ -143,6 +147,7 @@ def test_the_service_keeps_the_gkd_teacher_inside_the_data_roots(tmp_path, teach
     assert [where for where, _ in errors] == ["train.gkd.teacher"]
 
 
+@pytest.mark.train
 def test_compare_prints_an_sft_and_a_gkd_student_side_by_side(fake, cli, tmp_path, tiny_model, teacher_model,
                                                                 monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
@@ -172,6 +177,7 @@ def test_compare_prints_an_sft_and_a_gkd_student_side_by_side(fake, cli, tmp_pat
     assert diff["ci95"][0] <= diff["difference"] <= diff["ci95"][1]
 
 
+@pytest.mark.train
 def test_compare_refuses_runs_it_cannot_compare(fake, cli, tmp_path, tiny_model):
     """A run without eval, and runs scored on different question sets: exit 2 with one line."""
     data = _job(fake, tmp_path, tiny_model)
@@ -181,13 +187,13 @@ def test_compare_refuses_runs_it_cannot_compare(fake, cli, tmp_path, tiny_model)
     data["train"]["max_steps"] = 1
     assert cli("run", write_config(tmp_path / "job.yaml", data), "--output", tmp_path / "done").exit_code == 0
 
-    result = cli("compare", tmp_path / "done", tmp_path / "plain")
+    result = cli("compare", tmp_path / "done", tmp_path / "plain", expect=2)
     assert result.exit_code == 2 and result.output.count("\n") == 1
     assert "no eval yet" in result.output and f"distilforge eval {tmp_path / 'plain'}" in result.output
 
     two = write_jsonl(tmp_path / "two.jsonl", EVALS[:2])
     assert cli("eval", tmp_path / "plain", "--set", f"eval.files=[{{path: {two}, name: mixed}}]").exit_code == 0
-    result = cli("compare", tmp_path / "done", tmp_path / "plain")
+    result = cli("compare", tmp_path / "done", tmp_path / "plain", expect=2)
     assert result.exit_code == 2 and result.output.count("\n") == 1
     assert "different question sets: mixed (3) vs mixed (2)" in result.output
 

@@ -30,6 +30,7 @@ def test_local_teacher_batches_concurrent_requests(tiny_model):
     assert teacher.batches < 5  # several requests shared a generate() call
 
 
+@pytest.mark.train
 def test_run_with_training_and_eval_through_the_cli(fake, cli, tmp_path, tiny_model):
     fake.script = {
         "eggs": Behaviour(["36 eggs at 0.5 each.\nThe answer is 18.", "3 * 12 * 0.5 = 18.\n#### 18"]),
@@ -71,6 +72,7 @@ def test_run_with_training_and_eval_through_the_cli(fake, cli, tmp_path, tiny_mo
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.train
 def test_full_fine_tuning_saves_a_model(fake, cli, tmp_path, tiny_model):
     fake.script = {"eggs": Behaviour(["36 * 0.5 = 18.\nThe answer is 18."])}
     seeds = write_jsonl(tmp_path / "seeds.jsonl", [{"question": "3 dozen eggs at $.50?", "answer": "#### 18"}])
@@ -83,6 +85,7 @@ def test_full_fine_tuning_saves_a_model(fake, cli, tmp_path, tiny_model):
     assert (tmp_path / "run" / "student" / "config.json").exists()
 
 
+@pytest.mark.train
 def test_default_method_fine_tunes_a_small_student_fully(fake, cli, tmp_path, tiny_model):
     """`train.method: auto`: every weight of a student under 1B parameters, at 1e-4; the default (LoRA) at 2e-4."""
     fake.script = {"eggs": Behaviour(["36 * 0.5 = 18.\nThe answer is 18."])}
@@ -108,10 +111,11 @@ def test_training_on_an_empty_dataset_is_a_clear_error(fake, cli, tmp_path, tiny
     seeds = write_jsonl(tmp_path / "seeds.jsonl", [{"question": "3 dozen eggs at $.50?", "answer": "#### 18"}])
     cli("generate", write_config(tmp_path / "job.yaml", api_config(seeds, fake.base_url)), "--output", tmp_path / "run")
     assert len(load_kept(tmp_path / "run")) == 0
-    result = cli("train", tmp_path / "run", "--set", f"train.student={tiny_model}")
+    result = cli("train", tmp_path / "run", "--set", f"train.student={tiny_model}", expect=2)
     assert result.exit_code == 2 and "no kept records" in result.output
 
 
+@pytest.mark.slow
 @pytest.mark.embedded
 def test_embedded_smollm2_answers_offline():
     """The packaged SmolLM2-135M-Instruct GGUF: dequantized once into the cache, then generates."""
@@ -121,6 +125,7 @@ def test_embedded_smollm2_answers_offline():
     assert responses[0].completion_tokens > 0
 
 
+@pytest.mark.train
 def test_step_by_step_format_trains_label_and_rationale_tasks(fake, cli, tmp_path, tiny_model):
     fake.default = Behaviour(["3 dozen is 36; 36 * 0.5 = 18.\nThe answer is 18.", "Half of 36 is 18.\nThe answer is 18."])
     seeds = write_jsonl(tmp_path / "seeds.jsonl", [{"question": f"Q{i}: 3 dozen eggs at $.50?", "answer": "#### 18"}

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from conftest import api_config, write_config, write_jsonl
 from fake_openai import Behaviour
+
+pytestmark = pytest.mark.train
 
 
 def test_train_and_eval_print_lines_not_bars_in_a_log(fake, cli, tmp_path, tiny_model):

@@ -78,6 +78,7 @@ def test_keep_distinct_caps_per_seed(fake, cli, tmp_path):
     assert run["kept"] == 2 and run["rejected"] == {"keep_policy": 3}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("selection", ["random", "nearest"])
 def test_icl_never_shows_a_query_its_own_answer(fake, cli, tmp_path, selection):
     rows = [dict(r, id=f"g{i}") for i, r in enumerate(_rows("gsm8k/train.jsonl", 30))]

@@ -19,22 +19,22 @@ def _script(fake):
 def test_set_mistakes_are_blamed_on_set_with_the_closest_key(cli, tmp_path):
     seeds = write_jsonl(tmp_path / "s.jsonl", GOOD)
     config = write_config(tmp_path / "job.yaml", api_config(seeds, "http://127.0.0.1:9/v1"))
-    result = cli("estimate", config, "--set", "teacher.params.temprature=0.2")
+    result = cli("estimate", config, "--set", "teacher.params.temprature=0.2", expect=2)
     assert result.exit_code == 2
     assert "--set teacher.params.temprature=0.2: teacher.params.temprature: unknown key (did you mean " \
            "'temperature'?)" in result.output
     assert "job.yaml:" not in result.output
-    result = cli("estimate", config, "--set", "generation.samples_per_seed=-1")
+    result = cli("estimate", config, "--set", "generation.samples_per_seed=-1", expect=2)
     assert result.exit_code == 2 and "--set generation.samples_per_seed=-1: generation.samples_per_seed" in result.output
     (tmp_path / "typo.yaml").write_text((tmp_path / "job.yaml").read_text().replace("max_tokens", "max_token"))
-    result = cli("estimate", tmp_path / "typo.yaml")
+    result = cli("estimate", tmp_path / "typo.yaml", expect=2)
     assert result.exit_code == 2 and "unknown key (did you mean 'max_tokens'?)" in result.output
 
 
 def test_a_missing_field_lists_the_columns(cli, tmp_path):
     seeds = write_jsonl(tmp_path / "s.jsonl", [{"prompt": "1 + 1?", "answer": "2"}])
     config = write_config(tmp_path / "job.yaml", api_config(seeds, "http://127.0.0.1:9/v1"))
-    result = cli("estimate", config)
+    result = cli("estimate", config, expect=2)
     assert result.exit_code == 2
     assert "s.jsonl:1: missing field 'question' (seeds.fields.question); the columns are 'prompt', 'answer'" \
         in result.output
@@ -47,13 +47,13 @@ def test_csv_delimiter_header_spaces_and_an_unclosed_quote(cli, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["seeds"] == 2
     (tmp_path / "s.csv").write_text("question,answer\nWhat is 1 + 1?,2\n\"What is 2 + 2?,4\nWhat is 3 + 3?,6\n")
-    result = cli("estimate", config)
+    result = cli("estimate", config, expect=2)
     assert result.exit_code == 2 and "s.csv:3: unexpected end of data (a quote opened on this line" in result.output
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "report", "improve"])
 def test_commands_on_a_missing_run_folder_say_so(cli, tmp_path, command):
-    result = cli(command, tmp_path / "nope")
+    result = cli(command, tmp_path / "nope", expect=2)
     assert result.exit_code == 2
     assert "nope: no such run folder" in result.output and "config file" not in result.output
 
@@ -84,7 +84,7 @@ def test_bad_seed_lines_stop_by_default_with_the_right_column(fake, cli, tmp_pat
              *[json.dumps(r) for r in GOOD[2:]]]
     (tmp_path / "s.jsonl").write_text("\n".join(lines) + "\n")
     data = api_config(tmp_path / "s.jsonl", fake.base_url)
-    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", tmp_path / "run")
+    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", tmp_path / "run", expect=2)
     assert result.exit_code == 2
     assert "s.jsonl:2: invalid JSON (Expecting value at column 38)" in result.output
     assert lines[1][37] == "}" and not (tmp_path / "run").exists() and not fake.bills
@@ -118,7 +118,7 @@ def test_examples_work_when_copied_out_of_the_repo(cli, tmp_path, monkeypatch, e
     copy.write_text((REPO / "examples" / example).read_text())
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used")
-    result = cli("estimate", copy, "--json")  # reads and checks the seed file the config names
+    result = cli("estimate", copy, "--json", expect=None)  # reads and checks the seed file the config names
     if "grows its own prompts" in result.output:  # self-/evol-instruct: no estimate, but the files are there
         assert result.exit_code == 2 and "cannot be estimated in advance" in result.output
     else:
@@ -133,7 +133,7 @@ def test_examples_work_when_copied_out_of_the_repo(cli, tmp_path, monkeypatch, e
 
 def test_an_unknown_packaged_file_is_named(cli, tmp_path):
     data = api_config("distilforge://demo/nope.jsonl", "http://127.0.0.1:9/v1")
-    result = cli("estimate", write_config(tmp_path / "job.yaml", data))
+    result = cli("estimate", write_config(tmp_path / "job.yaml", data), expect=2)
     assert result.exit_code == 2
     assert "distilforge://demo/nope.jsonl: no such packaged file (known: distilforge://demo/eval_gsm8k.jsonl" \
         in result.output

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import datasets
+import pytest
 from conftest import api_config, load_kept, write_config, write_jsonl
 from fake_openai import Behaviour
 
@@ -106,6 +107,7 @@ def test_mixed_answers_keep_exactly_the_correct_complete_ones(fake, cli, tmp_pat
     assert (out / "parquet" / "train.parquet").exists() and (out / "parquet" / "validation.parquet").exists()
 
 
+@pytest.mark.slow
 def test_secret_never_lands_in_run_files(fake, cli, tmp_path):
     fake.require_key = "sk-test-secret-123"
     result, out = _run(fake, cli, tmp_path)
@@ -117,6 +119,7 @@ def test_secret_never_lands_in_run_files(fake, cli, tmp_path):
     assert "sk-test-secret-123" not in result.output
 
 
+@pytest.mark.slow
 def test_rerun_resumes_from_the_journal_and_pays_only_for_failures(fake, cli, tmp_path):
     result, out = _run(fake, cli, tmp_path)
     assert result.exit_code == 0
@@ -131,6 +134,7 @@ def test_rerun_resumes_from_the_journal_and_pays_only_for_failures(fake, cli, tm
     assert run["samples"]["failed"] == 0 and run["kept"] == 11
 
 
+@pytest.mark.slow
 def test_server_without_n_gets_one_request_per_sample(fake, cli, tmp_path):
     fake.supports_n = False  # ignores n and returns one choice
     result, out = _run(fake, cli, tmp_path)
@@ -144,7 +148,7 @@ def test_non_retryable_4xx_is_not_retried_and_a_run_with_no_answer_fails(fake, c
     fake.script = {"Q-correct": Behaviour(always="400")}
     seeds = write_jsonl(tmp_path / "seeds.jsonl", SEEDS[:1])
     config = write_config(tmp_path / "job.yaml", api_config(seeds, fake.base_url))
-    result = cli("run", config, "--output", tmp_path / "run")
+    result = cli("run", config, "--output", tmp_path / "run", expect=1)
     # Every request failed and nothing came from the journal: not a completed run.
     assert result.exit_code == 1 and "400" in result.output
     run = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -169,12 +173,13 @@ def test_missing_api_key_is_a_clear_error(fake, cli, tmp_path, monkeypatch):
     seeds = write_jsonl(tmp_path / "seeds.jsonl", SEEDS[:1])
     config = write_config(tmp_path / "job.yaml", api_config(seeds, fake.base_url))
     monkeypatch.delenv("DISTILFORGE_TEST_KEY")
-    result = cli("run", config, "--output", tmp_path / "run")
+    result = cli("run", config, "--output", tmp_path / "run", expect=2)
     assert result.exit_code == 2
     assert "DISTILFORGE_TEST_KEY is not set" in result.output
     assert fake.requests == [] and not (tmp_path / "run").exists()  # nothing written
 
 
+@pytest.mark.slow
 def test_at_most_max_concurrency_requests_in_flight(fake, cli, tmp_path):
     fake.latency = (0.05, 0.1)
     fake.default = Behaviour(["1 + 2 = 3.\nThe answer is 3."])
@@ -188,6 +193,7 @@ def test_at_most_max_concurrency_requests_in_flight(fake, cli, tmp_path):
     assert fake.max_in_flight == 3
 
 
+@pytest.mark.slow
 def test_dropped_connection_and_timeout_are_retried(fake, cli, tmp_path):
     fake.script = {
         "Q-drop": Behaviour(["1 + 1 = 2.\nThe answer is 2."], failures=["drop"]),

@@ -249,12 +249,12 @@ def test_export_skips_and_names_invalid_rows(cli, tmp_path):
 
 def test_export_exit_codes(cli, tmp_path):
     run_dir = tmp_path / "run"
-    result = cli("export", run_dir)
+    result = cli("export", run_dir, expect=2)
     assert result.exit_code == 2 and "no dataset to export" in result.output
     _dataset(run_dir, [[{"role": "user", "content": "q"}]], [[{"role": "system", "content": "s"}]])
-    result = cli("export", run_dir, "--format", "alpaca")
+    result = cli("export", run_dir, "--format", "alpaca", expect=2)
     assert result.exit_code == 2 and "unknown export format" in result.output
-    result = cli("export", run_dir)
+    result = cli("export", run_dir, expect=1)
     assert result.exit_code == 1
     assert "no row to export (2 invalid); nothing written" in result.output
     assert not (run_dir / "export" / "openai-chat" / "train.jsonl").exists()

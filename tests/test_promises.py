@@ -35,9 +35,9 @@ def _judge(fake, **params) -> dict:
         "retry": {"max_attempts": 2, "second_pass_after_s": 0.1}, "params": {"temperature": 0.0, "max_tokens": 64, **params}}}
 
 
-def _run(cli, tmp_path, data, *extra):
+def _run(cli, tmp_path, data, *extra, expect=0):
     out = tmp_path / "run"
-    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out, *extra)
+    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out, *extra, expect=expect)
     run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else None
     return result, run, out
 
@@ -67,6 +67,7 @@ def test_the_judge_pays_from_the_same_budget_and_the_cap_covers_both(fake, cli, 
     assert run["tokens"]["prompt"] == sum(s["tokens"]["prompt"] for s in run["stages"].values())
 
 
+@pytest.mark.train
 def test_eval_teacher_pays_from_the_run_budget(fake, cli, tmp_path, tiny_model):
     _answers(fake, 4)
     eval_file = write_jsonl(tmp_path / "eval.jsonl", [{"question": "P9: what is 9 + 1?", "answer": "#### 10"}])
@@ -86,9 +87,10 @@ def test_eval_teacher_pays_from_the_run_budget(fake, cli, tmp_path, tiny_model):
     assert run["budget"]["spent_usd_total"] >= billed - 1e-9
 
 
+@pytest.mark.slow
 def test_a_run_without_a_cap_still_persists_reservations(fake, tmp_path):
     """Spend after a crash is known whether or not max_usd is set: the reservation is on disk first."""
-    import sqlite3
+    from distilforge.core.journal import JournalReader
 
     fake.latency = (1.0, 1.0)
     _answers(fake, 2)
@@ -98,15 +100,13 @@ def test_a_run_without_a_cap_still_persists_reservations(fake, tmp_path):
     cmd = [sys.executable, "-m", "distilforge", "run", str(write_config(tmp_path / "job.yaml", data)), "--output", str(out)]
     proc = subprocess.Popen(cmd, env={**os.environ, "DISTILFORGE_TEST_KEY": "sk-test"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    journal = out / "journal" / "rank-00000.sqlite"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and fake.in_flight == 0:
         time.sleep(0.02)
     time.sleep(0.2)
     proc.kill()
-    proc.wait()
-    with sqlite3.connect(journal) as db:
-        assert db.execute("SELECT COUNT(*) FROM inflight").fetchone()[0] >= 1
+    assert proc.wait() == -signal.SIGKILL, f"the run exited {proc.returncode} before it was killed"
+    assert JournalReader(out).totals().orphans >= 1
 
 
 # -- answers -----------------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(fake, cli, tmp_path,
     elif case == "decontaminate":
         data["filters"] = [{"name": "decontaminate", "eval_sets": [str(tmp_path / "nope.jsonl")]}]
         expect = "filters.0.eval_sets.0"
-    result, _, out = _run(cli, tmp_path, data)
+    result, _, out = _run(cli, tmp_path, data, expect=2)
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], result.output
@@ -163,7 +163,7 @@ def test_estimate_of_a_mode_it_cannot_price_is_one_line(fake, cli, tmp_path):
                                                     for i in range(3)])
     data = api_config(seeds, fake.base_url)
     data["generation"] = {"mode": "self-instruct"}
-    result = cli("estimate", write_config(tmp_path / "job.yaml", data))
+    result = cli("estimate", write_config(tmp_path / "job.yaml", data), expect=2)
     assert result.exit_code == 2 and "generation.mode" in result.output and "Traceback" not in result.output
 
 
@@ -202,6 +202,7 @@ def test_structured_output_is_negotiated_once_per_endpoint(fake, cli, tmp_path):
     assert any("json_schema refused" in note for note in run["notes"])
 
 
+@pytest.mark.slow
 def test_a_refused_connection_is_a_connection_error_and_a_short_restart_loses_nothing(fake, cli, tmp_path):
     n = 6
     _answers(fake, n)
@@ -233,7 +234,7 @@ def test_failures_of_an_earlier_config_do_not_count_against_a_new_one(fake, cli,
     _seeds(tmp_path, 2)
     data = api_config(tmp_path / "seeds.jsonl", fake.base_url)
     data["teacher"]["retry"] = {"max_attempts": 1, "second_pass_after_s": 0}
-    result, run, out = _run(cli, tmp_path, data)
+    result, run, out = _run(cli, tmp_path, data, expect=1)
     assert result.exit_code == 1 and run["status"] == "failed" and len((out / "failed.jsonl").read_text().splitlines()) == 4
     fake.default = Behaviour(["Some reasoning.\nThe answer is 1."])
     data["teacher"]["params"]["temperature"] = 0.3  # another logical request: the old dead letters are not its own
@@ -245,6 +246,7 @@ def test_failures_of_an_earlier_config_do_not_count_against_a_new_one(fake, cli,
 # -- exit codes -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_generate_exits_130_after_ctrl_c(fake, tmp_path):
     fake.latency = (0.3, 0.35)
     fake.default = Behaviour(["Add one.\nThe answer is 1."])
@@ -269,7 +271,7 @@ def test_a_run_where_every_request_failed_reports_wall_time(fake, cli, tmp_path)
     fake.default = Behaviour(always="503")
     data = api_config(_seeds(tmp_path, 1), fake.base_url)
     data["teacher"]["retry"] = {"max_attempts": 2, "second_pass_after_s": 0}
-    result, run, _ = _run(cli, tmp_path, data)
+    result, run, _ = _run(cli, tmp_path, data, expect=1)
     assert result.exit_code == 1
     assert run["wall_seconds"] > 0 and "503" in run["error"]
 

@@ -131,7 +131,7 @@ def test_publish_at_the_hub_boundary(fake, cli, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.HfApi, "create_commit",
                         lambda self, repo_id, **kw: calls.append(("create_commit", repo_id, kw)) or type("C", (), {"oid": "abc"})())
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    result = cli("publish", out, "--repo", "org/gsm8k-cot")
+    result = cli("publish", out, "--repo", "org/gsm8k-cot", expect=2)
     assert result.exit_code == 2 and "HF_TOKEN" in result.output and calls == []
 
     monkeypatch.setenv("HF_TOKEN", "hf_secret_token")
@@ -148,7 +148,7 @@ def test_publish_at_the_hub_boundary(fake, cli, tmp_path, monkeypatch):
         raise RuntimeError("502 Bad Gateway")
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", broken)
-    result = cli("publish", out, "--repo", "org/gsm8k-cot")
+    result = cli("publish", out, "--repo", "org/gsm8k-cot", expect=1)
     assert result.exit_code == 1 and "none of data/train.parquet" in result.output  # a failure, not bad input
 
 

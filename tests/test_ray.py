@@ -12,6 +12,8 @@ import pytest
 from conftest import api_config, load_kept, write_config, write_jsonl
 from fake_openai import Behaviour
 
+pytestmark = pytest.mark.ray
+
 PRICES = {"input_per_million": 1000.0, "output_per_million": 1000.0}
 
 
@@ -105,7 +107,7 @@ def test_a_killed_rank_is_resumed_from_its_journal(ray_cluster, fake, cli, tmp_p
 
     killer = threading.Thread(target=kill_rank_1)
     killer.start()
-    first = cli("run", config, "--output", out)
+    first = cli("run", config, "--output", out, expect=1)
     killer.join()
     assert first.exit_code == 1 and "rank 1" in first.output, first.output
     billed_first = fake.billed_keys()

@@ -111,7 +111,7 @@ def test_export_keeps_the_final_answer_or_the_think_block(fake, cli, tmp_path):
 def test_o_series_refused_params_fail_before_anything_is_sent(fake, cli, tmp_path):
     data = _config(tmp_path, fake, model="o3-mini")
     data["teacher"]["params"] = {"temperature": 0.5, "top_p": 0.9, "max_completion_tokens": 100}
-    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", tmp_path / "run")
+    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", tmp_path / "run", expect=2)
     assert result.exit_code == 2, result.output
     assert "refuses params.temperature, params.top_p" in result.output and "o3-mini" in result.output
     assert len(result.output.strip().splitlines()) == 1
@@ -135,6 +135,7 @@ def test_o_series_hidden_trace_is_counted_and_parameters_pass_through(fake, cli,
     assert hidden_trace_model("openai/o3") and hidden_trace_model("gpt-5-mini") and not hidden_trace_model("gpt-5-chat")
 
 
+@pytest.mark.slow
 def test_a_16k_token_thinking_at_40_tokens_a_second_is_kept_without_a_retry(fake, cli, tmp_path):
     """400 s of generation at 1/100 time scale (4 s), against a 120 s timeout at the same scale (1.2 s):
     streamed, the timeout is the silence between chunks, so the long answer is never cut."""
@@ -153,6 +154,7 @@ def test_a_16k_token_thinking_at_40_tokens_a_second_is_kept_without_a_retry(fake
     assert load_kept(out)[0]["reasoning"] == trace
 
 
+@pytest.mark.slow
 def test_a_long_answer_not_streamed_gets_time_at_the_floor_rate(fake, cli, tmp_path):
     """Not streamed, the same answer gets max_completion_tokens / min_tokens_per_second (scaled 1/100)."""
     trace = " ".join(f"step{i}" for i in range(16_000))
@@ -168,6 +170,7 @@ def test_a_long_answer_not_streamed_gets_time_at_the_floor_rate(fake, cli, tmp_p
     assert run["kept"] == 1 and run["requests"]["attempts"] == 1 and fake.chat_requests == 1
 
 
+@pytest.mark.slow
 def test_an_abandoned_stream_is_charged_at_worst_case_and_retried(fake, cli, tmp_path):
     fake.script = {"[reasoning_content]": Behaviour([ANSWER], reasoning=[TRACE], failures=["stall"])}
     fake.hang_seconds = 2.0
@@ -220,6 +223,7 @@ def test_estimate_uses_max_completion_tokens_and_says_what_thinking_may_take(fak
     assert est["worst_case"]["completion_tokens"] == 8000 * len(SEEDS) and fake.chat_requests == 0
 
 
+@pytest.mark.train
 def test_thinking_format_trains_the_tiny_student(fake, cli, tmp_path, tiny_model):
     fake.script = {f"[{s}]": SCRIPT[f"[{s}]"] for s in SHAPES}
     data = _config(tmp_path, fake)
@@ -288,7 +292,7 @@ def test_trace_checks_follow_their_knobs(fake, cli, tmp_path):
     assert run["rejected"] == {"unfinished_thinking": 2, "thinking_length": 5}
     assert sorted(_by_question(load_kept(out))) == ["Q-mixed", "Q-unsupported", "[hidden]"]
     data["thinking"] = {"bogus": 1}
-    result = cli("run", write_config(tmp_path / "bad.yaml", data), "--output", tmp_path / "bad")
+    result = cli("run", write_config(tmp_path / "bad.yaml", data), "--output", tmp_path / "bad", expect=2)
     assert result.exit_code == 2 and "thinking.bogus" in result.output
 
 
@@ -314,6 +318,7 @@ QWEN3_LIKE = (
 )
 
 
+@pytest.mark.train
 def test_a_student_template_with_reasoning_content_gets_the_trace_there(fake, cli, tmp_path, tiny_model):
     import shutil
 

@@ -103,7 +103,7 @@ def test_cache_stats_and_prune_leave_the_model_cache_alone(fake, cli, tmp_path, 
     assert everything.exit_code == 0 and "removed" in everything.output
     assert json.loads(cli("cache", "stats", "--json").output)["entries"] == 0
     assert model_file.read_bytes() == b"weights"
-    bad = cli("cache", "prune", "--max-size", "lots")
+    bad = cli("cache", "prune", "--max-size", "lots", expect=2)
     assert bad.exit_code == 2 and "--max-size" in bad.output
 
 

@@ -41,6 +41,7 @@ def _job(tmp_path, fake, tiny_model, **loop):
     return data, rows, probe
 
 
+@pytest.mark.train
 def test_rounds_target_the_failed_probe_questions_and_their_neighbours(fake, cli, tmp_path, tiny_model):
     data, rows, probe = _job(tmp_path, fake, tiny_model)
     out = tmp_path / "run"
@@ -91,6 +92,7 @@ def test_rounds_target_the_failed_probe_questions_and_their_neighbours(fake, cli
     assert "<h2>Targeted rounds</h2>" in page and "gained no more" in page
 
 
+@pytest.mark.train
 def test_improve_runs_the_rounds_asked_for_on_any_finished_run(fake, cli, tmp_path, tiny_model):
     data, _, _ = _job(tmp_path, fake, tiny_model, rounds=1, min_gain=-0.5)  # min_gain may go below 0
     out = tmp_path / "run"
@@ -121,7 +123,7 @@ def test_improve_runs_the_rounds_asked_for_on_any_finished_run(fake, cli, tmp_pa
     plain["output"] = {"validation_fraction": 0.0}
     every = tmp_path / "every"
     assert cli("run", write_config(tmp_path / "every.yaml", plain), "--output", every).exit_code == 0
-    refused = cli("improve", every, "--rounds", "1")
+    refused = cli("improve", every, "--rounds", "1", expect=2)
     assert refused.exit_code == 2 and "--probe" in refused.output, refused.output
     assert not (every / "rounds").exists()
     held = write_jsonl(tmp_path / "held.jsonl", [{"id": f"H{i}", "question": f"H{i}: Bo has {i} cups and gets one "

@@ -90,6 +90,7 @@ def test_every_sample_of_a_seed_is_on_one_side_of_the_split(fake, cli, tmp_path)
 # -- 2. money: the whole folder's, across every invocation ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cost_and_tokens_cover_an_interrupted_resumed_and_rerun_folder(fake, cli, tmp_path):
     n = 16
     data = _job(tmp_path, fake, n)
@@ -129,6 +130,7 @@ def test_cost_and_tokens_cover_an_interrupted_resumed_and_rerun_folder(fake, cli
 # -- 3. one writer at a time ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_with_the_holders_pid_and_bills_nothing(fake, cli, tmp_path):
     n = 12
     data = _job(tmp_path, fake, n)
@@ -139,7 +141,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid_and_bills_nothing(fake,
     first = _subprocess(["generate", str(job), "--output", str(out)])
     try:
         _wait(lambda: fake.chat_requests >= 1)
-        second = cli("generate", job, "--output", out)
+        second = cli("generate", job, "--output", out, expect=2)
         assert second.exit_code == 2, second.output
         line = _one_line(second.output)
         assert f"pid {first.pid}" in line and str(out) in line
@@ -166,7 +168,7 @@ def test_an_offline_hub_id_is_exit_2_before_any_request(fake, cli, tmp_path, cas
     else:
         data["seeds"]["path"] = "distilforge-test/no-such-dataset"
     out = tmp_path / "run"
-    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out)
+    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out, expect=2)
     assert result.exit_code == 2, result.output
     line = _one_line(result.output)
     assert "HF_HUB_OFFLINE" in line and "local" in line and "distilforge-test/no-such-" in line
@@ -180,7 +182,7 @@ def test_a_student_folder_without_a_tokenizer_is_exit_2_before_any_request(fake,
     data = _job(tmp_path, fake, 3)
     data["train"] = {"enabled": True, "student": str(broken)}
     out = tmp_path / "run"
-    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out)
+    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out, expect=2)
     assert result.exit_code == 2, result.output
     assert str(broken) in _one_line(result.output) and "tokenizer" in result.output
     assert fake.chat_requests == 0 and not out.exists()
@@ -195,7 +197,7 @@ def test_a_failure_after_spending_is_failed_with_the_error_never_completed(fake,
     data["train"] = {"enabled": True, "student": str(broken), "max_steps": 1}
     data["eval"] = {"include_validation": False}
     out = tmp_path / "run"
-    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out)
+    result = cli("run", write_config(tmp_path / "job.yaml", data), "--output", out, expect=1)
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     run = _run_json(out)
@@ -210,7 +212,7 @@ def test_a_failure_after_spending_is_failed_with_the_error_never_completed(fake,
 def test_a_refused_key_is_exit_2_naming_the_variable_with_nothing_sent(fake, cli, tmp_path):
     fake.require_key = "sk-the-right-one"
     out = tmp_path / "run"
-    result = cli("generate", write_config(tmp_path / "job.yaml", _job(tmp_path, fake, 8)), "--output", out)
+    result = cli("generate", write_config(tmp_path / "job.yaml", _job(tmp_path, fake, 8)), "--output", out, expect=2)
     assert result.exit_code == 2, result.output
     line = _one_line(result.output)
     assert "DISTILFORGE_TEST_KEY" in line and "sk-test-secret-123" not in line
@@ -225,7 +227,7 @@ def test_a_teacher_that_is_down_is_exit_2_naming_the_url_without_credentials(fak
     data["teacher"]["base_url"] = f"http://user:hunter2@127.0.0.1:{port}/v1"
     out = tmp_path / "run"
     started = time.monotonic()
-    result = cli("generate", write_config(tmp_path / "job.yaml", data), "--output", out)
+    result = cli("generate", write_config(tmp_path / "job.yaml", data), "--output", out, expect=2)
     assert result.exit_code == 2, result.output
     line = _one_line(result.output)
     assert f"127.0.0.1:{port}" in line and "hunter2" not in line and "refused" in line
@@ -238,7 +240,7 @@ def test_a_run_whose_first_requests_all_get_401_stops_at_once(fake, cli, tmp_pat
     data = _job(tmp_path, fake, 16)
     data["teacher"]["max_concurrency"] = 4
     out = tmp_path / "run"
-    result = cli("generate", write_config(tmp_path / "job.yaml", data), "--output", out)
+    result = cli("generate", write_config(tmp_path / "job.yaml", data), "--output", out, expect=1)
     assert result.exit_code == 1, result.output
     assert fake.chat_requests <= 4 and not fake.bills  # the ones already in flight, and no others
     run = _run_json(out)
@@ -249,6 +251,7 @@ def test_a_run_whose_first_requests_all_get_401_stops_at_once(fake, cli, tmp_pat
 # -- 6. Ctrl-C during training --------------------------------------------------------------------------------
 
 
+@pytest.mark.train
 def test_ctrl_c_during_training_is_interrupted_and_the_money_stays_whole(fake, cli, tmp_path, tiny_model):
     data = _job(tmp_path, fake, 8)
     data["train"] = {"enabled": True, "student": str(tiny_model), "epochs": 500, "batch_size": 1, "max_length": 256,
@@ -297,7 +300,7 @@ def test_the_whole_chain_with_nothing_kept_renders_every_skipped_stage(fake, cli
     for command in (("report", out), ("eval", out)):
         step = cli(*command)
         assert step.exit_code == 0, step.output
-    train = cli("train", out)
+    train = cli("train", out, expect=2)
     assert train.exit_code == 2 and "no kept records" in train.output
     assert _run_json(out)["status"] == "completed"
 

@@ -60,7 +60,7 @@ def test_duplicate_ids_are_refused(tmp_path):
 def test_bad_seed_fails_before_any_request_and_writes_nothing(fake, cli, tmp_path):
     seeds = write_jsonl(tmp_path / "s.jsonl", [{"question": "ok", "answer": "#### 1"}] * 3 + [{"question": "", "answer": "1"}])
     config = write_config(tmp_path / "job.yaml", api_config(seeds, fake.base_url))
-    result = cli("run", config, "--output", tmp_path / "run")
+    result = cli("run", config, "--output", tmp_path / "run", expect=2)
     assert result.exit_code == 2
     assert "s.jsonl:4: field 'question' must be a non-empty string" in result.output
     assert fake.requests == []

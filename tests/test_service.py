@@ -18,6 +18,8 @@ import yaml
 from conftest import api_config, write_jsonl
 from fake_openai import Behaviour
 
+pytestmark = pytest.mark.service
+
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -224,7 +226,7 @@ def test_two_workers_never_share_a_job(service, fake):
 
 
 def test_killed_worker_is_requeued_and_repays_at_most_in_flight(service, fake, tmp_path):
-    from distilforge.core.journal import journal_totals
+    from distilforge.core.journal import JournalReader, journal_totals
     from distilforge.schemas import JobConfig, Prices
     from distilforge.service.budgets import Ledger
     from distilforge.service.db import make_engine, make_sessions
@@ -254,14 +256,11 @@ def test_killed_worker_is_requeued_and_repays_at_most_in_flight(service, fake, t
     while len(fake.requests) < 5 and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, f"the worker exited {proc.returncode} before it was killed"
     time.sleep(0.5)
     first = len(fake.requests)
     assert store.get(job.id).state == "running" and store.get(job.id).epoch == 1
-    import sqlite3
-
-    with sqlite3.connect(service.runs_dir / job.id / "journal" / "rank-00000.sqlite") as db:
-        committed = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    committed = JournalReader(service.runs_dir / job.id).totals().answers
     in_flight = first - committed  # sent, but no answer committed when the worker died
     held = Ledger(store.sessions).usage()
     assert all(v["reserved_usd"] > 0 for v in held.values()), held  # the dead worker's in-flight reservations

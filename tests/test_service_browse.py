@@ -12,6 +12,8 @@ import yaml
 from conftest import api_config, write_jsonl
 from fake_openai import Behaviour
 
+pytestmark = pytest.mark.service
+
 AUTH = {"Authorization": "Bearer tok-a"}
 BOB = {"Authorization": "Bearer tok-b"}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import pytest
 from conftest import write_jsonl
 from fake_openai import Behaviour
 from test_service import ADMIN, AUTH, _client, _job_config, _wait, database_url, service
+
+pytestmark = pytest.mark.service
 
 SHARED_FIXTURES = (database_url, service)  # every test here runs on SQLite and PostgreSQL
 
@@ -534,6 +537,7 @@ def test_the_access_log_writes_uvicorns_lines_redacted(service, tmp_path):
     finally:
         proc.terminate()
         out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode in (0, -signal.SIGTERM), out[-3000:]  # stopped by us: a clean shutdown
     assert '"POST /v1/jobs HTTP/1.1" 422' in out, out[-3000:]
     assert '"GET /v1/jobs?token=' in out and "tok-access-log-1" not in out, out[-3000:]  # a secret in a query
     assert "Logging error" not in out and "Traceback" not in out, out[-3000:]

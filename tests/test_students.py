@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from conftest import DATA, api_config, write_config, write_jsonl
 from fake_openai import Behaviour
 
 from distilforge.schemas import load_config
+
+pytestmark = pytest.mark.train
 
 QUESTIONS = [{"question": f"Q{i}: 3 dozen eggs at $.50 each, how much?", "answer": "#### 18"} for i in range(4)]
 
@@ -61,7 +64,7 @@ def test_base_student_without_a_chat_template_gets_chatml(fake, cli, tmp_path, t
 
 def test_qlora_and_packing_on_cpu(fake, cli, tmp_path, tiny_model):
     run = _generate(fake, cli, tmp_path, tiny_model)
-    result = cli("train", run, "--set", "train.method=qlora")
+    result = cli("train", run, "--set", "train.method=qlora", expect=2)
     assert result.exit_code == 2 and "qlora needs a CUDA GPU and bitsandbytes" in result.output
     result = cli("train", run, "--set", "train.packing=true")
     assert result.exit_code == 0, result.output

@@ -406,17 +406,15 @@ def failed_lines(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def journal_responses(run_dir: Path) -> int:
-    """Answers committed to the run's journal so far (0 before it exists)."""
+    """Answers committed to the run's journal so far (0 before it exists, or while a shard is created)."""
     import sqlite3
 
-    total = 0
-    for path in sorted((run_dir / "journal").glob("rank-*.sqlite")):
-        try:
-            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
-                total += db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
-        except sqlite3.Error:
-            pass
-    return total
+    from distilforge.core.journal import JournalReader
+
+    try:
+        return JournalReader(run_dir).totals().answers
+    except sqlite3.Error:
+        return 0
 
 
 def wait_for(predicate: Any, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:

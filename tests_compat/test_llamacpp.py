@@ -273,6 +273,7 @@ def test_client_killed_mid_run_resumes_from_journal(llama_server, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    assert proc.returncode == -signal.SIGKILL, log.read_text("utf-8", "replace")[-3000:]  # killed, not exited
     committed = journal_responses(out)
     assert 4 <= committed < n_seeds, "the CLI should have been killed part-way through"
 

@@ -16,6 +16,8 @@ Tables:
 - `batches`: OpenAI Batch API jobs, so a restart polls a submitted batch instead of paying again.
 - `meta`: the fencing epoch. A service worker writes its lease epoch when it claims the job; every
   write transaction checks it, so a worker that lost its lease cannot write a single row more.
+
+Whatever reads a run folder's journals afterwards (reports, tests) goes through `JournalReader`, read-only.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -398,24 +401,8 @@ class Journal:
 
 def journal_totals(run_dir: Path) -> tuple[float, int]:
     """(spent, orphaned requests) over every journal shard of a run folder, read without writing."""
-    spent, orphans = 0.0, 0
-    for path in journal_paths(run_dir):
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            queries = {"responses": "SELECT COALESCE(SUM(cost_usd), 0) FROM responses",
-                       "charges": "SELECT COALESCE(SUM(usd), 0) FROM charges",
-                       "inflight": "SELECT COALESCE(SUM(reserved_usd), 0) FROM inflight",
-                       "batches": "SELECT COALESCE(SUM(reserved_usd), 0) FROM batches "
-                                  "WHERE status IN ('uploaded', 'submitted')"}
-            for table, sql in queries.items():
-                if table in tables:
-                    spent += float(db.execute(sql).fetchone()[0] or 0)
-            if "inflight" in tables:
-                orphans += int(db.execute("SELECT COUNT(*) FROM inflight").fetchone()[0])
-        finally:
-            db.close()
-    return spent, orphans
+    totals = JournalReader(run_dir).totals()
+    return totals.spent_usd, totals.orphans
 
 
 TOKEN_KINDS = ("prompt", "completion", "reasoning", "cached_prompt")
@@ -424,21 +411,181 @@ TOKEN_KINDS = ("prompt", "completion", "reasoning", "cached_prompt")
 def journal_tokens(run_dir: Path) -> dict[str, int]:
     """Tokens of every answer in every journal shard, the folder's whole usage: prompt, completion, and
     the reasoning (part of completion) and cached prompt (part of prompt) tokens the server reported."""
-    totals = dict.fromkeys(TOKEN_KINDS, 0)
-    for path in journal_paths(run_dir):
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if "responses" not in tables:
-                continue
-            have = {row[1] for row in db.execute("PRAGMA table_info(responses)")}
-            columns = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens")
-            sums = ", ".join(f"COALESCE(SUM({c}), 0)" if c in have else "0" for c in columns)
-            for kind, value in zip(TOKEN_KINDS, db.execute(f"SELECT {sums} FROM responses").fetchone(), strict=True):
-                totals[kind] += int(value)
-        finally:
-            db.close()
-    return totals
+    return JournalReader(run_dir).totals().tokens
+
+
+# -- reading a run folder's journals ---------------------------------------------------------------
+# Reports and tests read what a run recorded through these, never through the tables: the schema stays
+# the journal's own business (a shard written before a table or column existed reads as empty or zero).
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One sample's committed answer (a `responses` row) with its share of the tokens and cost."""
+
+    seed_id: str
+    sample_index: int
+    model: str
+    finish_reason: str | None
+    cost_usd: float
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    cached_tokens: int
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """An attempt persisted before it was sent and not yet settled: an orphan once its run is dead."""
+
+    request_id: str
+    seed_id: str
+    reserved_usd: float
+
+
+@dataclass(frozen=True)
+class Charge:
+    """An attempt with an unknown outcome, kept at worst case (`kind`: timeout, connection, ...)."""
+
+    request_id: str
+    seed_id: str
+    usd: float
+    kind: str
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A sample that failed after every retry."""
+
+    seed_id: str
+    sample_index: int
+    error: str
+    retryable: bool
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """A Batch API job; `open` while uploaded or submitted (its reservation still counts)."""
+
+    batch_id: str
+    input_file_id: str
+    reserved_usd: float
+    status: str
+
+    @property
+    def open(self) -> bool:
+        return self.status in ("uploaded", "submitted")
+
+
+@dataclass
+class JournalTotals:
+    """Sums over every shard: what the answers cost, what is charged or reserved at worst case, tokens."""
+
+    answers: int = 0
+    answered_usd: float = 0.0
+    charged_usd: float = 0.0
+    orphans: int = 0
+    orphaned_usd: float = 0.0
+    batch_reserved_usd: float = 0.0
+    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_KINDS, 0))
+
+    @property
+    def spent_usd(self) -> float:
+        """What the folder spent or may have: answers, unknown outcomes, orphans and open batches."""
+        return self.answered_usd + self.charged_usd + self.orphaned_usd + self.batch_reserved_usd
+
+
+_ANSWER_COLUMNS = ("seed_id", "sample_index", "model", "finish_reason", "cost_usd", "prompt_tokens",
+                   "completion_tokens", "reasoning_tokens", "cached_tokens")
+_TOTALS_SQL = {
+    "responses": "SELECT COUNT(*), COALESCE(SUM(cost_usd), 0), COALESCE(SUM(prompt_tokens), 0), "
+                 "COALESCE(SUM(completion_tokens), 0), {reasoning}, {cached} FROM responses",
+    "charges": "SELECT COALESCE(SUM(usd), 0) FROM charges",
+    "inflight": "SELECT COUNT(*), COALESCE(SUM(reserved_usd), 0) FROM inflight",
+    "batches": "SELECT COALESCE(SUM(reserved_usd), 0) FROM batches WHERE status IN ('uploaded', 'submitted')",
+}
+
+
+class JournalReader:
+    """Every journal shard of a run folder, read-only: answers, reservations, charges, dead letters,
+    batches, fencing epochs and totals. Each call opens the shards as they are now (a live writer's
+    committed rows and a killed one's WAL included), creates nothing and writes nothing."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    @property
+    def paths(self) -> list[Path]:
+        return journal_paths(self.run_dir)  # looked up per call: shards appear as ranks start
+
+    def _shards(self) -> Iterator[tuple[sqlite3.Connection, dict[str, set[str]]]]:
+        """Each shard's read-only connection and its tables' columns."""
+        for path in self.paths:
+            db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+            try:
+                tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+                yield db, {t: {r[1] for r in db.execute(f"PRAGMA table_info({t})")} for t in tables}
+            finally:
+                db.close()
+
+    def _rows(self, table: str, columns: tuple[str, ...]) -> Iterator[tuple[Any, ...]]:
+        for db, schema in self._shards():
+            if table in schema:  # a column added later reads as 0 in an older shard
+                select = ", ".join(c if c in schema[table] else "0" for c in columns)
+                yield from db.execute(f"SELECT {select} FROM {table} ORDER BY rowid")
+
+    def answers(self) -> Iterator[Answer]:
+        for row in self._rows("responses", _ANSWER_COLUMNS):
+            yield Answer(str(row[0]), int(row[1]), *row[2:4], float(row[4]), *(int(v or 0) for v in row[5:]))
+
+    def reservations(self) -> Iterator[Reservation]:
+        for request_id, seed_id, usd in self._rows("inflight", ("request_id", "seed_id", "reserved_usd")):
+            yield Reservation(request_id, seed_id, float(usd))
+
+    def charges(self) -> Iterator[Charge]:
+        for request_id, seed_id, usd, kind in self._rows("charges", ("request_id", "seed_id", "usd", "kind")):
+            yield Charge(request_id, seed_id, float(usd), kind)
+
+    def dead_letters(self) -> Iterator[DeadLetter]:
+        for seed_id, index, error, retryable in self._rows(
+                "dead_letters", ("seed_id", "sample_index", "error", "retryable")):
+            yield DeadLetter(seed_id, int(index), error, bool(retryable))
+
+    def batches(self) -> Iterator[BatchJob]:
+        for batch_id, file_id, usd, status in self._rows(
+                "batches", ("batch_id", "input_file_id", "reserved_usd", "status")):
+            yield BatchJob(batch_id, file_id, float(usd), status)
+
+    def epochs(self) -> list[int | None]:
+        """Each shard's fencing epoch (None: never claimed by a service worker), in `paths` order."""
+        found: list[int | None] = []
+        for db, schema in self._shards():
+            row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone() if "meta" in schema else None
+            found.append(None if row is None else int(row[0]))
+        return found
+
+    def totals(self) -> JournalTotals:
+        totals = JournalTotals()
+        for db, schema in self._shards():
+            if "responses" in schema:
+                have = schema["responses"]
+                sql = _TOTALS_SQL["responses"].format(
+                    reasoning="COALESCE(SUM(reasoning_tokens), 0)" if "reasoning_tokens" in have else "0",
+                    cached="COALESCE(SUM(cached_tokens), 0)" if "cached_tokens" in have else "0")
+                n, usd, *tokens = db.execute(sql).fetchone()
+                totals.answers += int(n)
+                totals.answered_usd += float(usd)
+                for kind, value in zip(TOKEN_KINDS, tokens, strict=True):
+                    totals.tokens[kind] += int(value)
+            if "charges" in schema:
+                totals.charged_usd += float(db.execute(_TOTALS_SQL["charges"]).fetchone()[0])
+            if "inflight" in schema:
+                n, usd = db.execute(_TOTALS_SQL["inflight"]).fetchone()
+                totals.orphans += int(n)
+                totals.orphaned_usd += float(usd)
+            if "batches" in schema:
+                totals.batch_reserved_usd += float(db.execute(_TOTALS_SQL["batches"]).fetchone()[0])
+        return totals
 
 
 def journal_paths(run_dir: Path) -> list[Path]:
