@@ -108,7 +108,7 @@ def test_ctrl_c_while_a_batch_runs_exits_130_within_seconds(fake, tmp_path, pres
         time.sleep(0.1)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 20  # the batch itself would take 600 s: Ctrl-C did not wait for it
     assert len(fake.batches) == 1
 
 
