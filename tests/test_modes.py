@@ -186,7 +186,7 @@ def test_evol_instruct_rounds_and_eliminations(fake, cli, tmp_path):
 
 
 def test_structured_output_repair():
-    from distilforge.modes.self_instruct import Task
+    from distilforge.schemas.teacher_answers import Task
 
     task, error = parse_model('Sure! ```json\n{"instruction": "Do X.", "output": "Y",}\n```', Task)
     assert task is not None and task.instruction == "Do X." and error is None

@@ -13,9 +13,6 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import AsyncIterator
-from typing import Any
-
-from pydantic import BaseModel, Field, field_validator
 
 from distilforge.core.seeds import SeedError, iter_rows
 from distilforge.modes.rouge import NoveltyPool, tokenize
@@ -24,6 +21,7 @@ from distilforge.pipeline.steps import PipelineStep, current_context
 from distilforge.prompts import render, template_hash
 from distilforge.schemas.config import JobConfig
 from distilforge.schemas.records import Record, Seed
+from distilforge.schemas.teacher_answers import Task
 from distilforge.teachers import display_model
 from distilforge.teachers.sampler import Sampler, open_sampler, sample_many
 from distilforge.teachers.structured import parse_model, with_schema
@@ -32,17 +30,6 @@ from distilforge.teachers.structured import parse_model, with_schema
 # cannot be done by a language model.
 BANNED_WORDS = {"image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
                 "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram"}
-
-
-class Task(BaseModel):
-    instruction: str = Field(min_length=1)
-    input: str = ""
-    output: str = Field(min_length=1)
-
-    @field_validator("input", mode="before")
-    @classmethod
-    def _no_input(cls, v: Any) -> str:
-        return "" if v is None or str(v).strip() in ("<noinput>", "<no input>", "none", "") else str(v)
 
 
 def heuristics(task: Task) -> str | None:

@@ -12,26 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from pydantic import BaseModel, Field
-
 from distilforge.core.prices import judge_prices
 from distilforge.pipeline.steps import Filter, current_context
 from distilforge.prompts import render
 from distilforge.schemas import JudgeFilterSpec, TeacherConfig
 from distilforge.schemas.records import Record
+from distilforge.schemas.teacher_answers import Verdict
 from distilforge.teachers.sampler import Outcome, open_sampler, sample_many
 from distilforge.teachers.structured import parse_model, with_schema
-
-
-class Verdict(BaseModel):
-    correctness: int = Field(ge=1, le=5)
-    relevance: int = Field(ge=1, le=5)
-    clarity: int = Field(ge=1, le=5)
-    reason: str = ""
-
-    @property
-    def score(self) -> float:
-        return (self.correctness + self.relevance + self.clarity) / 3
 
 
 def judge_teacher(spec: JudgeFilterSpec) -> TeacherConfig:

@@ -11,9 +11,11 @@ node and depth limits after parsing.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
 MAX_DEPTH = 32
 
@@ -152,3 +154,39 @@ def find_nul(data: Any, prefix: str = "") -> str | None:
         elif isinstance(value, list):
             stack.extend((f"{where}.{i}" if where else str(i), v) for i, v in enumerate(value))
     return None
+
+
+# -- the API's bodies -------------------------------------------------------------------------------------
+
+
+class JobOut(BaseModel):
+    """A job as the API shows it (`GET /v1/jobs/{id}` and the list)."""
+
+    id: str = Field(description="The job's id.")
+    state: str = Field(description="queued, running, succeeded, failed or cancelled.")
+    owner: str = Field(description="The owner whose token submitted it.")
+    stage: str | None = Field(None, description="generate, train or eval while running; else null.")
+    progress: dict[str, Any] | None = Field(None, description="The running job's progress (samples done and total).")
+    kept: int | None = Field(None, description="Records kept in dataset/ once finished.")
+    rejected: dict[str, int] | None = Field(None, description="Rejected records by reason.")
+    tokens: dict[str, int] | None = Field(None, description="The run folder's tokens: prompt, completion, reasoning, "
+                                          "cached_prompt.")
+    cost_usd: float | None = Field(None, description="The run folder's teacher spend in USD.")
+    stopped: str | None = Field(None, description="Why it stopped early (budget, cancelled, ...), if it did.")
+    error: str | None = Field(None, description="The error of a failed job, secrets redacted.")
+    attempts: int = Field(0, description="How many times a worker claimed it (a lost lease is retried).")
+    created: datetime = Field(description="When it was submitted.")
+    updated: datetime = Field(description="When its state last changed.")
+    schedule_id: str | None = Field(None, description="The schedule that fired it, if any.")
+
+
+class ScheduleIn(BaseModel):
+    """`POST /v1/schedules`: a job config fired on a cron expression."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str = Field(max_length=128, description="Five-field cron expression.")
+    timezone: str = Field(default="UTC", max_length=64, description="IANA time zone the cron expression reads in.")
+    config: dict[str, Any] = Field(description="The job config submitted at every fire (validated at each).")
+    monthly_cap_usd: float | None = Field(default=None, gt=0, description="This schedule's monthly spend cap in USD, "
+                                          "within the server's caps.")

@@ -3,38 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-from pydantic import BaseModel
 
+from distilforge.schemas.service import JobOut
 from distilforge.service.db import Job
 from distilforge.service.routes.deps import Service, authorize, get_service, scope
 from distilforge.service.settings import Principal
 from distilforge.service.worker import public_data, public_text
 
 router = APIRouter()
-
-
-class JobOut(BaseModel):
-    id: str
-    state: str
-    owner: str
-    stage: str | None = None  # generate / train / eval while running
-    progress: dict[str, Any] | None = None
-    kept: int | None = None
-    rejected: dict[str, int] | None = None
-    tokens: dict[str, int] | None = None
-    cost_usd: float | None = None
-    stopped: str | None = None
-    error: str | None = None
-    attempts: int = 0
-    created: datetime
-    updated: datetime
-    schedule_id: str | None = None
 
 
 def job_stage(job: Any) -> str | None:

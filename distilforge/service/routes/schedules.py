@@ -7,10 +7,10 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from sqlalchemy import select, update
 
-from distilforge.schemas.service import find_nul
+from distilforge.schemas.service import ScheduleIn, find_nul
 from distilforge.service.db import Job, Schedule
 from distilforge.service.routes.deps import (
     ID,
@@ -27,15 +27,6 @@ from distilforge.service.validate import cron_problem
 from distilforge.service.worker import public_text
 
 router = APIRouter()
-
-
-class ScheduleIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    cron: str = Field(max_length=128)
-    timezone: str = Field(default="UTC", max_length=64)
-    config: dict[str, Any]
-    monthly_cap_usd: float | None = Field(default=None, gt=0)
 
 
 def schedule_timing(schedule: Any, session: Any) -> dict[str, Any]:
