@@ -18,7 +18,7 @@ from distilforge.pipeline.executor import Executor, LocalExecutor
 from distilforge.pipeline.rank import open_rank, staging_dir
 from distilforge.pipeline.sources import SeedSource
 from distilforge.pipeline.steps import PipelineStep, Progress, RunControl, aiter_of, current_context
-from distilforge.schemas.config import JobConfig
+from distilforge.schemas import JobConfig
 from distilforge.schemas.records import Missing, Record, Seed
 from distilforge.teachers.sampler import Outcome
 

@@ -14,7 +14,7 @@ from distilforge.core.reasoning import think_turn
 from distilforge.pipeline.steps import Filter, Map
 from distilforge.prompts import build_messages, template_hash
 from distilforge.quality.builtin import Empty, Refusal, Truncated, UnfinishedThinking, default_filters
-from distilforge.schemas.config import GenerationConfig
+from distilforge.schemas import GenerationConfig
 from distilforge.schemas.records import Record, Seed
 
 ANSWERABLE = ("cot", "icl")

@@ -27,7 +27,7 @@ from typing import Any
 from distilforge.core.tokens import prompt_tokens_upper_bound
 from distilforge.modes import Prompter
 from distilforge.pipeline.sources import SeedSource
-from distilforge.schemas.config import JobConfig
+from distilforge.schemas import JobConfig
 from distilforge.teachers.chat_response import response_from_body
 from distilforge.teachers.sampler import Sampler
 

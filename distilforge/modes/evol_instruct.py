@@ -20,7 +20,7 @@ from distilforge.modes import Prompter
 from distilforge.modes.sampling import build_record
 from distilforge.pipeline.steps import PipelineStep, current_context
 from distilforge.prompts import render, template_hash
-from distilforge.schemas.config import JobConfig
+from distilforge.schemas import JobConfig
 from distilforge.schemas.records import Record, Seed
 from distilforge.teachers import display_model
 from distilforge.teachers.sampler import Sampler, open_sampler, sample_many

@@ -15,7 +15,7 @@ from distilforge.core.grading import split_answer
 from distilforge.core.seeds import read_questions
 from distilforge.modes import Prompter, student_prompt
 from distilforge.prompts import ANSWER_HINTS, build_messages, render
-from distilforge.schemas.config import ConfigError, GenerationConfig
+from distilforge.schemas import ConfigError, GenerationConfig
 from distilforge.schemas.records import Seed
 
 

@@ -18,7 +18,7 @@ from distilforge.core.grading import grade, split_answer
 from distilforge.modes import Prompter, make_prompter, parse_record
 from distilforge.pipeline.steps import PipelineStep, RankContext, current_context
 from distilforge.quality.policy import majority
-from distilforge.schemas.config import GenerationConfig, JobConfig
+from distilforge.schemas import GenerationConfig, JobConfig
 from distilforge.schemas.records import Record, Seed
 from distilforge.teachers import display_model
 from distilforge.teachers.sampler import Outcome, Sample, Sampler, open_sampler

@@ -19,7 +19,7 @@ from distilforge.modes.rouge import NoveltyPool, tokenize
 from distilforge.modes.sampling import build_record
 from distilforge.pipeline.steps import PipelineStep, current_context
 from distilforge.prompts import render, template_hash
-from distilforge.schemas.config import JobConfig
+from distilforge.schemas import JobConfig
 from distilforge.schemas.records import Record, Seed
 from distilforge.schemas.teacher_answers import Task
 from distilforge.teachers import display_model

@@ -44,7 +44,7 @@ from distilforge.pipeline.steps import (
     aiter_of,
     chain,
 )
-from distilforge.schemas.config import JobConfig
+from distilforge.schemas import JobConfig
 from distilforge.schemas.records import Record
 from distilforge.teachers import display_model
 

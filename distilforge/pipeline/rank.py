@@ -17,7 +17,7 @@ from distilforge.core.budget import Budget
 from distilforge.core.journal import Journal, shard_path
 from distilforge.pipeline.dataset_writer import REJECTED_COLUMNS, JsonlSink
 from distilforge.pipeline.steps import Progress, RankContext, RunControl, use_context
-from distilforge.schemas.config import JobConfig
+from distilforge.schemas import JobConfig
 from distilforge.schemas.records import Missing, Record
 
 

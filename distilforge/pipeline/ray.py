@@ -26,7 +26,7 @@ from distilforge.core.redact import redact
 from distilforge.pipeline.build import Pipeline
 from distilforge.pipeline.executor import Executor, RankResult, pipeline_fingerprint, reusable, run_rank
 from distilforge.pipeline.steps import Progress, RankContext, RunControl
-from distilforge.schemas.config import ExecutorConfig
+from distilforge.schemas import ExecutorConfig
 from distilforge.teachers import rank_resources
 
 POLL_SECONDS = 0.25
@@ -36,7 +36,7 @@ def _ray() -> Any:
     try:
         import ray
     except ImportError:
-        from distilforge.schemas.config import ConfigError
+        from distilforge.schemas import ConfigError
 
         raise ConfigError("executor.kind ray needs Ray: pip install 'distilforge[ray]'") from None
     return ray

@@ -17,7 +17,7 @@ from distilforge.pipeline.steps import PipelineStep
 from distilforge.schemas.records import Seed
 
 if TYPE_CHECKING:
-    from distilforge.schemas.config import JobConfig
+    from distilforge.schemas import JobConfig
 
 
 class SeedSource(PipelineStep):

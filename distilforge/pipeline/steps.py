@@ -27,7 +27,7 @@ from distilforge.schemas.records import Missing, Record
 if TYPE_CHECKING:
     from distilforge.core.budget import Budget
     from distilforge.core.journal import Journal
-    from distilforge.schemas.config import JobConfig
+    from distilforge.schemas import JobConfig
 
 
 async def aiter_of(items: Iterable[Any]) -> AsyncIterator[Any]:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from distilforge.core.run_files import scrub
-from distilforge.schemas.config import JobConfig
+from distilforge.schemas import JobConfig
 from distilforge.schemas.service import BodyError, find_nul, parse_body
 from distilforge.service.budgets import Ledger
 from distilforge.service.db import Job, Schedule
