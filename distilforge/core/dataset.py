@@ -41,7 +41,7 @@ _FEATURES: dict[str, dict[str, Any]] = {
     **{c: {"dtype": "float64", "_type": "Value"} for c in ("vote_share", "rouge_l_max", "judge_score")},
 }
 _ROWS_PER_BATCH = 1000  # `datasets`' writer batch size
-_GATHER = 4 * _ROWS_PER_BATCH  # rows gathered from the sorted table at a time (see _taken)
+_GATHER = _ROWS_PER_BATCH  # rows gathered from the sorted table at a time (see _taken)
 _DATA_FILE = "data-00000-of-00001.arrow"
 
 
@@ -109,14 +109,19 @@ def load_jsonl(paths: list[Path], columns: list[str], cache: Path) -> Any:
     options = pj.ParseOptions(explicit_schema=arrow_schema, unexpected_field_behavior="ignore")
     with pa.OSFile(str(target), "wb") as sink, pa.ipc.new_stream(sink, arrow_schema) as writer:
         for path in paths:
-            if not path.exists() or not path.stat().st_size:
+            if not path.exists():
                 continue
-            # Small blocks on one thread: Arrow's allocator keeps what it touched, so big parallel
-            # blocks would make the process's memory grow with the file.
-            for batch in pj.open_json(str(path), parse_options=options,
-                                      read_options=pj.ReadOptions(block_size=1 << 20, use_threads=False)):
-                writer.write_batch(pa.RecordBatch.from_arrays([batch.column(n) for n in arrow_schema.names],
-                                                              schema=arrow_schema))
+            # About 1 MiB of whole lines at a time, parsed on one thread: `pj.open_json` reads ahead
+            # without bound (the whole shard at once), and Arrow's allocator keeps what it touched,
+            # so the process's memory would grow with the file.
+            with path.open("rb") as shard:
+                while lines := shard.readlines(1 << 20):
+                    block = b"".join(lines)
+                    read = pj.ReadOptions(block_size=len(block) + 1, use_threads=False)
+                    table = pj.read_json(pa.BufferReader(block), read_options=read, parse_options=options)
+                    for batch in table.to_batches():
+                        writer.write_batch(pa.RecordBatch.from_arrays([batch.column(n) for n in arrow_schema.names],
+                                                                      schema=arrow_schema))
     pa.default_memory_pool().release_unused()
     return pa.ipc.open_stream(pa.memory_map(str(target))).read_all()
 
