@@ -42,6 +42,7 @@ _FEATURES: dict[str, dict[str, Any]] = {
 }
 _ROWS_PER_BATCH = 1000  # `datasets`' writer batch size
 _GATHER = _ROWS_PER_BATCH  # rows gathered from the sorted table at a time (see _taken)
+_REMAP = 16  # gathers per mapping of the Arrow file (see _taken)
 _DATA_FILE = "data-00000-of-00001.arrow"
 
 
@@ -94,12 +95,12 @@ class JsonlSink:
             self._fh.close()
 
 
-def load_jsonl(paths: list[Path], columns: list[str], cache: Path) -> Any:
-    """An Arrow table over the shards, streamed through Arrow into `cache` (not held in memory).
+def load_jsonl(paths: list[Path], columns: list[str], cache: Path) -> Path:
+    """The shards as one Arrow stream file in `cache` (never held in memory), read back memory-mapped.
 
     pyarrow's JSON reader parses the shards in blocks with the dataset's schema, and the batches are
-    written to one Arrow file that the table memory-maps: fast, and flat in memory. The cache must
-    be fresh per build, so a resumed run never sees an earlier build's rows.
+    written to one Arrow file: fast, and flat in memory. The cache must be fresh per build, so a
+    resumed run never sees an earlier build's rows.
     """
     import pyarrow as pa
     import pyarrow.json as pj
@@ -123,7 +124,14 @@ def load_jsonl(paths: list[Path], columns: list[str], cache: Path) -> Any:
                         writer.write_batch(pa.RecordBatch.from_arrays([batch.column(n) for n in arrow_schema.names],
                                                                       schema=arrow_schema))
     pa.default_memory_pool().release_unused()
-    return pa.ipc.open_stream(pa.memory_map(str(target))).read_all()
+    return target
+
+
+def _mapped(file: Path) -> Any:
+    """The Arrow stream file as a table over a memory map (nothing copied)."""
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(pa.memory_map(str(file))).read_all()
 
 
 def _indices(rows: Any) -> Any:
@@ -147,19 +155,22 @@ def _order(table: Any) -> Any:
     return np.frombuffer(rows.buffers()[1], dtype=np.uint64, count=len(rows), offset=rows.offset * 8).astype(np.int64)
 
 
-def _taken(table: Any, rows: Any) -> Iterator[Any]:
-    """The table's `rows` (numpy row numbers, in that order) as tables of up to `_GATHER` rows.
+def _taken(file: Path, rows: Any) -> Iterator[Any]:
+    """The file's `rows` (numpy row numbers, in that order) as tables of up to `_GATHER` rows.
 
     Not `table.take(rows)`: on a table of many chunks Arrow concatenates each whole column first, so
     memory would grow with the dataset. Rows are taken from the memory-mapped chunk they live in, then
-    put back in the order asked for.
+    put back in the order asked for. The file is mapped afresh every `_REMAP` gathers: the pages a
+    mapping touched count in the process's RSS while it lives, so one mapping would grow with the file.
     """
     import numpy as np
     import pyarrow as pa
 
-    chunks = table.to_batches()
-    starts = np.cumsum([0] + [b.num_rows for b in chunks])
     for i in range(0, len(rows), _GATHER):
+        if i % (_GATHER * _REMAP) == 0:
+            table = _mapped(file)
+            chunks = table.to_batches()
+            starts = np.cumsum([0] + [b.num_rows for b in chunks])
         wanted = rows[i:i + _GATHER]
         chunk = np.searchsorted(starts, wanted, side="right") - 1
         by_chunk = np.argsort(chunk, kind="stable")
@@ -171,15 +182,15 @@ def _taken(table: Any, rows: Any) -> Iterator[Any]:
         yield gathered.take(_indices(back))
 
 
-def _save(table: Any, rows: Any, columns: list[str], folder: Path) -> int:
-    """`rows` of `table` in the layout of `Dataset.save_to_disk(folder, num_shards=1)`: one Arrow
+def _save(file: Path, rows: Any, columns: list[str], folder: Path) -> int:
+    """`rows` of the Arrow `file` in the layout of `Dataset.save_to_disk(folder, num_shards=1)`: one Arrow
     stream file, `state.json` and `dataset_info.json`, as `datasets` 5 writes them."""
     import pyarrow as pa
 
     arrow_schema = schema(columns)
     folder.mkdir(parents=True, exist_ok=True)
     with pa.OSFile(str(folder / _DATA_FILE), "wb") as sink, pa.ipc.new_stream(sink, arrow_schema) as writer:
-        for part in _taken(table, rows):
+        for part in _taken(file, rows):
             writer.write_table(part.select(columns).replace_schema_metadata(arrow_schema.metadata),
                                max_chunksize=_ROWS_PER_BATCH)
     state = {"_data_files": [{"filename": _DATA_FILE}], "_fingerprint": secrets.token_hex(8), "_format_columns": None,
@@ -194,10 +205,9 @@ def sorted_rows(paths: list[Path], scratch: Path) -> Iterator[dict[str, Any]]:
     """Every row of the shards in (seed_id, sample_index) order, sorted on disk through Arrow."""
     cache = Path(tempfile.mkdtemp(prefix="sort-", dir=scratch))
     try:
-        table = load_jsonl(paths, REJECTED_COLUMNS, cache)
-        for part in _taken(table, _order(table)):
+        file = load_jsonl(paths, REJECTED_COLUMNS, cache)
+        for part in _taken(file, _order(_mapped(file))):
             yield from part.to_pylist()
-        del table
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 
@@ -220,10 +230,9 @@ def jsonl_to_dataset(paths: list[Path], columns: list[str], target: Path, parque
     tmp = target.with_name(target.name + ".tmp")
     parquet_tmp = parquet.with_name(parquet.name + ".tmp")
     try:
-        table = load_jsonl(paths, columns, cache)
+        file = load_jsonl(paths, columns, cache)
         shutil.rmtree(tmp, ignore_errors=True)
-        count = _save(table, _order(table), columns, tmp)
-        del table
+        count = _save(file, _order(_mapped(file)), columns, tmp)
         parquet.parent.mkdir(parents=True, exist_ok=True)
         _write_parquet(tmp, parquet_tmp)
     finally:
@@ -266,14 +275,16 @@ def write_dataset(kept: list[Path], run_dir: Path, validation_fraction: float, s
     tmp = target.with_name("dataset.tmp")
     parquet = run_dir / "parquet"
     try:
-        table = load_jsonl(kept, REJECTED_COLUMNS, cache)
+        file = load_jsonl(kept, REJECTED_COLUMNS, cache)
+        table = _mapped(file)
         order = _order(table)
         held = _held(table, order, validation_fraction, seed)
+        del table  # its mapping's pages (see _taken)
         splits = {"train": order[~held], "validation": order[held]}
         shutil.rmtree(tmp, ignore_errors=True)
-        counts = {name: _save(table, rows, KEPT_COLUMNS, tmp / name) for name, rows in splits.items()}
+        counts = {name: _save(file, rows, KEPT_COLUMNS, tmp / name) for name, rows in splits.items()}
         (tmp / "dataset_dict.json").write_text(json.dumps({"splits": list(splits)}), encoding="utf-8")
-        del table, order, splits
+        del order, splits
         parquet.mkdir(parents=True, exist_ok=True)
         for name in counts:
             _write_parquet(tmp / name, parquet / f"{name}.parquet.tmp")
@@ -301,12 +312,11 @@ def write_sorted_jsonl(paths: list[Path], columns: list[str], target: Path) -> i
         if any(p.exists() and p.stat().st_size for p in paths):
             cache = Path(tempfile.mkdtemp(prefix="sort-", dir=target.parent))
             try:
-                table = load_jsonl(paths, columns, cache)
-                for part in _taken(table, _order(table)):
+                file = load_jsonl(paths, columns, cache)
+                for part in _taken(file, _order(_mapped(file))):
                     for row in part.to_pylist():
                         out.write(json.dumps(row, ensure_ascii=False) + "\n")
                         count += 1
-                del table
             finally:
                 shutil.rmtree(cache, ignore_errors=True)
     tmp.replace(target)
