@@ -380,8 +380,9 @@ def _probe_session() -> aiohttp.ClientSession:
 
 
 async def _get(http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    """A GET that never follows a redirect: its status and body."""
-    async with http.get(url, headers=headers, allow_redirects=False) as answer:
+    """A GET that never follows a redirect: its status and body. Credentials in the URL are left out
+    (aiohttp refuses them beside an Authorization header; the key goes in the header)."""
+    async with http.get(strip_userinfo(url), headers=headers, allow_redirects=False) as answer:
         return answer.status, await answer.read()
 
 
