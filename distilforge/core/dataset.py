@@ -96,7 +96,7 @@ class JsonlSink:
 
 
 def load_jsonl(paths: list[Path], columns: list[str], cache: Path) -> Path:
-    """The shards as one Arrow stream file in `cache` (never held in memory), read back memory-mapped.
+    """The shards as one Arrow stream file in `cache` (never held in memory; `_mapped` reads it back).
 
     pyarrow's JSON reader parses the shards in blocks with the dataset's schema, and the batches are
     written to one Arrow file: fast, and flat in memory. The cache must be fresh per build, so a

@@ -57,9 +57,9 @@ def prefetch_imports() -> None:
 
     def load() -> None:
         with contextlib.suppress(Exception):
-            import pyarrow.compute  # noqa: F401
-            import pyarrow.ipc  # noqa: F401
-            import pyarrow.json  # noqa: F401
+            import pyarrow.compute
+            import pyarrow.ipc
+            import pyarrow.json
             import pyarrow.parquet  # noqa: F401
 
     threading.Thread(target=load, name="prefetch-imports", daemon=True).start()
