@@ -127,7 +127,7 @@ def parse_number(raw: str) -> Fraction | None:
     (the value after the last `=`), mixed numbers (`2\\frac{1}{2}`) and number words (`three hundred`).
     A number fused with a variable (`2X`, `3x`) is not a number."""
     if _PLAIN_NUMBER_RE.fullmatch(raw):  # most answers and golds: nothing to clean, the same value
-        return Fraction(raw)
+        return Fraction(raw) if "." in raw else Fraction(int(raw))  # an int skips Fraction's string parser
     text = clean_latex(raw)
     if "=" in text and not re.search(r"[A-Za-z]{3,}", re.sub(r"\\[a-zA-Z]+", "", text.split("=", 1)[0])):
         text = text.rsplit("=", 1)[1]  # `5 + 3 = 8`, `x = 5`; not `10 because ... = 6` (the 10 is stated)
@@ -450,6 +450,8 @@ def infer_answer_type(gold: object, question: str | None = None) -> str:
 
 
 def _type_of(probe: str) -> str:
+    if _PLAIN_NUMBER_RE.fullmatch(probe):  # `72`, `-3.5`: no words, so never yes/no
+        return "number"
     if parse_yes_no(probe) is not None and len(probe.split()) <= 2:
         return "yes_no"
     if parse_number(probe) is not None and len(probe.split()) <= 4:

@@ -58,14 +58,15 @@ def make_executor(config: JobConfig) -> Executor:
 
 
 def prefetch_imports() -> None:
-    """Import the dataset writer's libraries on a thread while the first requests are in flight."""
-    import os
-    if os.environ.get("NOPREFETCH"):
-        return
+    """Import the dataset writer's libraries (pyarrow, not `datasets`) on a thread while the first
+    requests are in flight."""
 
     def load() -> None:
         with contextlib.suppress(Exception):
-            import datasets  # noqa: F401
+            import pyarrow.compute
+            import pyarrow.ipc
+            import pyarrow.json
+            import pyarrow.parquet  # noqa: F401
 
     threading.Thread(target=load, name="prefetch-imports", daemon=True).start()
 

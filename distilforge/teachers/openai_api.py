@@ -373,29 +373,40 @@ class OpenAITeacher(Teacher):
         return list(self._notes)
 
 
+def _probe_session() -> aiohttp.ClientSession:
+    """The start-up checks' client: aiohttp like the requests (no second HTTP stack to import), 10 s per
+    check, proxies from the environment as before."""
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10.0), trust_env=True)
+
+
+async def _get(http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """A GET that never follows a redirect: its status and body. Credentials in the URL are left out
+    (aiohttp refuses them beside an Authorization header; the key goes in the header)."""
+    async with http.get(strip_userinfo(url), headers=headers, allow_redirects=False) as answer:
+        return answer.status, await answer.read()
+
+
 async def check_vllm_servers(urls: list[str], model: str, api_key: str) -> None:
     """vLLM serves /health at the server root and /v1/models: fail early, and clearly, if either is off.
 
     Errors name the configured URL (without credentials) and the status, never the server's answer.
     """
-    import httpx
-
     from distilforge.core.urls import server_root
 
-    async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as http:
+    async with _probe_session() as http:
         for url in urls:
             shown = strip_userinfo(url)
             try:
-                health = await http.get(f"{server_root(url)}/health")
-                models = await http.get(f"{url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"})
-            except httpx.HTTPError as exc:
+                health, _ = await _get(http, f"{server_root(url)}/health")
+                status, body = await _get(http, f"{url.rstrip('/')}/models", {"Authorization": f"Bearer {api_key}"})
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 raise TeacherError(f"teacher.base_url {shown}: vLLM server unreachable ({type(exc).__name__})") from None
-            if health.status_code != 200:
-                raise TeacherError(f"teacher.base_url {shown}: /health answered {health.status_code}")
-            if models.status_code != 200:
-                raise TeacherError(f"teacher.base_url {shown}: /v1/models answered {models.status_code}")
+            if health != 200:
+                raise TeacherError(f"teacher.base_url {shown}: /health answered {health}")
+            if status != 200:
+                raise TeacherError(f"teacher.base_url {shown}: /v1/models answered {status}")
             try:
-                served = [m.get("id") for m in models.json().get("data", [])]
+                served = [m.get("id") for m in json.loads(body).get("data", [])]
             except (ValueError, AttributeError):
                 raise TeacherError(f"teacher.base_url {shown}: /v1/models is not an OpenAI-compatible model list") from None
             if model not in served:
@@ -409,19 +420,17 @@ async def probe_endpoints(urls: list[str], api_key: str, key_env: str | None, wh
 
     Errors name the variable or the URL (without credentials), never the key or the server's answer.
     """
-    import httpx
-
-    async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as http:
+    async with _probe_session() as http:
         for url in urls:
             shown = strip_userinfo(url)
             try:
-                answer = await http.get(f"{url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"})
-            except httpx.ConnectError:
+                status, _ = await _get(http, f"{url.rstrip('/')}/models", {"Authorization": f"Bearer {api_key}"})
+            except aiohttp.ClientConnectorError:
                 raise TeacherError(f"{where}.base_url {shown}: connection refused; start the server or fix the "
                                    "URL") from None
-            except httpx.HTTPError as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 raise TeacherError(f"{where}.base_url {shown}: unreachable ({type(exc).__name__})") from None
-            if answer.status_code in (401, 403):
+            if status in (401, 403):
                 variable = f"the key in {key_env}" if key_env else f"no key ({where}.api_key_env is not set)"
-                raise TeacherError(f"{where}.api_key_env: {shown} refused {variable} (HTTP {answer.status_code}); "
+                raise TeacherError(f"{where}.api_key_env: {shown} refused {variable} (HTTP {status}); "
                                    f"set {key_env or f'{where}.api_key_env'} to a valid key") from None
