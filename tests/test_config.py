@@ -158,13 +158,13 @@ def test_schema_command_prints_the_job_files_json_schema_every_key_described(cli
 
 def test_a_cross_field_error_names_the_line_of_the_key_it_blames(cli, tmp_path):
     path = _write(tmp_path, GOOD.replace("backend: openai", "backend: local\n  batch_api: true"))
-    result = cli("run", path, "--output", tmp_path / "run")
+    result = cli("run", path, "--output", tmp_path / "run", expect=2)
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines() == [
         f"error: {path}:6: teacher.batch_api: the Batch API needs backend: openai"]
     assert not (tmp_path / "run").exists()
     path = _write(tmp_path, GOOD + "loop:\n  probe_fraction: 0.2\n  rounds: 2\n")
-    result = cli("estimate", path)
+    result = cli("estimate", path, expect=2)
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines() == [
         f"error: {path}:11: loop.rounds: targeted rounds train the student each round; set train.enabled"]
