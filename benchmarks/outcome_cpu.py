@@ -104,11 +104,14 @@ def run(config: Path, out: Path, base: Path | None = None) -> dict[str, Any]:
         (out / "eval" / "before.jsonl").write_text((base / "eval" / "before.jsonl").read_text())
         before = json.loads((base / "run.json").read_text())["eval"]["before"]
         (out / "run.json").write_text(json.dumps({"eval": {"before": before}}))
-    done = subprocess.run([sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)],
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True)
+    # The run's progress lines (training steps, eval batches) go to a file beside it: `tail -f` shows where
+    # the time goes while it runs.
+    with open(out.parent / "run.log", "w") as log:
+        done = subprocess.run([sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)],
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=log)
     if done.returncode != 0:
-        raise RuntimeError(f"distilforge run exited {done.returncode}: {done.stderr[-2000:]}")
+        tail = (out.parent / "run.log").read_text()[-2000:]
+        raise RuntimeError(f"distilforge run exited {done.returncode}: {tail}")
     summary = json.loads((out / "run.json").read_text())
     summary["_seconds"] = time.perf_counter() - started
     for label in ("before", "after"):

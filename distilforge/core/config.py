@@ -240,7 +240,7 @@ class TrainConfig(Strict):
     alpha: float = Field(default=0.5, gt=0, lt=1, description="step-by-step: share of label-task examples")
     student: str = EMBEDDED_STUDENT
     method: Literal["auto", "lora", "full", "qlora", "gkd"] = Field(
-        default="lora", description="auto: full fine-tuning for students under 1B parameters, LoRA above")
+        default="auto", description="auto: full fine-tuning for students under 1B parameters, LoRA above")
     max_steps: int = Field(default=-1, description="-1: run `epochs` instead")
     epochs: float = Field(default=1.0, gt=0)
     learning_rate: float | None = Field(default=None, gt=0, description="unset: 1e-4 for full fine-tuning, 2e-4 for (Q)LoRA")
