@@ -78,7 +78,10 @@ def write_job(folder: Path, url: str, seeds: Path, eval_file: Path, *, gold: boo
         "seeds": {"path": str(seeds), "fields": {"question": "question", "answer": "answer" if gold else None,
                                                   "id": "id"}},
         "teacher": {"backend": "openai", "model": "controlled-teacher", "base_url": url, "api_key_env": None,
-                    "max_concurrency": 64, "params": {"temperature": 0.7, "max_tokens": 256}},
+                    "max_concurrency": 64, "params": {"temperature": 0.7, "max_tokens": 256},
+                    # Off, so that 'equal spend' compares real spend: with the shared response cache on, a later
+                    # condition's repeated prompts were served free and its spend read as near 0.
+                    "cache": False},
         "generation": {"mode": "cot", "samples_per_seed": samples},
         "budget": {"prices": PRICES},
         "train": {"enabled": True, **train},
