@@ -30,7 +30,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/distilforge run examples/demo.yaml --output runs/demo
 	@echo; echo "== Does a student learn? Coin flip, with a CONTROLLED teacher (a fake OpenAI-compatible server right 60% of the time, not a model):"
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/outcome_cpu.py --task coin_flip --quick --train 100 --eval 50 \
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/outcome_cpu.py --task coin_flip --quick --train 80 --eval 40 \
 		--conditions 'filters on' --markdown runs/demo/outcome.md --json runs/demo/outcome.json
 
 lint: $(STAMP)

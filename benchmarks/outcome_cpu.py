@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -77,7 +78,10 @@ def write_job(folder: Path, url: str, seeds: Path, eval_file: Path, *, gold: boo
         "seeds": {"path": str(seeds), "fields": {"question": "question", "answer": "answer" if gold else None,
                                                   "id": "id"}},
         "teacher": {"backend": "openai", "model": "controlled-teacher", "base_url": url, "api_key_env": None,
-                    "max_concurrency": 64, "params": {"temperature": 0.7, "max_tokens": 256}},
+                    "max_concurrency": 64, "params": {"temperature": 0.7, "max_tokens": 256},
+                    # Off, so that 'equal spend' compares real spend: with the shared response cache on, a later
+                    # condition's repeated prompts were served free and its spend read as near 0.
+                    "cache": False},
         "generation": {"mode": "cot", "samples_per_seed": samples},
         "budget": {"prices": PRICES},
         "train": {"enabled": True, **train},
@@ -98,19 +102,25 @@ def run(config: Path, out: Path, base: Path | None = None) -> dict[str, Any]:
     """One `distilforge run`. `base`: an earlier run folder on the same eval questions whose scores of the base
     student are copied in, so that this run does not score the same untrained model again (run.json's `eval.before`
     is what `distilforge eval` reuses when it covers the same questions)."""
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _children_cpu()
     if base is not None:
         (out / "eval").mkdir(parents=True)
         (out / "eval" / "before.jsonl").write_text((base / "eval" / "before.jsonl").read_text())
         before = json.loads((base / "run.json").read_text())["eval"]["before"]
         (out / "run.json").write_text(json.dumps({"eval": {"before": before}}))
-    done = subprocess.run([sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)],
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True)
+    # The run's progress lines (training steps, eval batches) go to a file beside it: `tail -f` shows where
+    # the time goes while it runs.
+    with open(out.parent / "run.log", "w") as log:
+        done = subprocess.run([sys.executable, "-m", "distilforge", "run", str(config), "--output", str(out)],
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=log)
     if done.returncode != 0:
-        raise RuntimeError(f"distilforge run exited {done.returncode}: {done.stderr[-2000:]}")
+        tail = (out.parent / "run.log").read_text()[-2000:]
+        raise RuntimeError(f"distilforge run exited {done.returncode}: {tail}")
     summary = json.loads((out / "run.json").read_text())
     summary["_seconds"] = time.perf_counter() - started
+    # CPU time is what a shared machine does not distort: on an idle machine the wall time is about this
+    # divided by the cores torch can use.
+    summary["_cpu_seconds"] = _children_cpu() - cpu
     for label in ("before", "after"):
         rows = [json.loads(line) for line in (out / "eval" / f"{label}.jsonl").read_text().splitlines()] \
             if (out / "eval" / f"{label}.jsonl").exists() else []
@@ -118,6 +128,11 @@ def run(config: Path, out: Path, base: Path | None = None) -> dict[str, Any]:
         summary[f"_{label}"] = [bool(r["correct"]) for r in rows]
         summary[f"_{label}_parsed"] = [r["answer"] is not None for r in rows]
     return summary
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def paired(a: list[bool], b: list[bool], resamples: int = 2000) -> tuple[float, float, float]:
@@ -195,7 +210,8 @@ def summarise(task: str, results: dict[str, dict[str, Any]], args: argparse.Name
         label = name if name != "one pass, equal spend" else f"one pass, k={summary['_samples']} (rounds' spend)"
         rows.append({"condition": label, **_acc(summary["_after"]), "parsed": _share(summary["_after_parsed"]),
                      "kept": summary.get("kept"), "spend_usd": round(summary["cost_usd"], 6),
-                     "minutes": round(summary["_seconds"] / 60, 1), "vs_base": _diff(base, summary["_after"]),
+                     "minutes": round(summary["_seconds"] / 60, 1),
+                     "cpu_minutes": round(summary["_cpu_seconds"] / 60, 1), "vs_base": _diff(base, summary["_after"]),
                      "train_loss": (summary.get("train") or {}).get("train_loss")})
     pairs = []
     for a, b in [("filters off", "filters on"), ("filters on", "filters on, k=4"), ("one pass, equal spend", "rounds")]:
@@ -233,13 +249,15 @@ def markdown(report: dict[str, Any]) -> str:
     for task in report["tasks"]:
         out += [f"### {task['task']}: {task['train']} training questions, {task['eval']} held out, "
                 f"{task['minutes']} min", "",
-                "| condition | accuracy (95% CI) | answers parsed | kept | teacher spend | vs base, paired (95% CI) | min |",
-                "| --- | --- | --- | --- | --- | --- | --- |"]
+                "| condition | accuracy (95% CI) | answers parsed | kept | teacher spend | vs base, paired (95% CI) "
+                "| min (CPU min) |", "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in task["rows"]:
             flag = " (most answers unparsed)" if r["parsed"] < 0.5 else ""
             kept = "-" if r["kept"] is None else r["kept"]
             spend = "-" if r["spend_usd"] is None else f"${r['spend_usd']:.4f}"
             minutes = "-" if r["minutes"] is None else r["minutes"]
+            if r.get("cpu_minutes") is not None:
+                minutes = f"{minutes} ({r['cpu_minutes']})"
             out.append(f"| {r['condition']} | {_pct(r)} | {r['parsed']:.0%}{flag} | {kept} | {spend} "
                        f"| {_dpct(r['vs_base'])} | {minutes} |")
         out += ["", "| paired difference | points (95% CI) |", "| --- | --- |"]

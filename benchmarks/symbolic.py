@@ -156,13 +156,15 @@ def _shuffled_rationale(item: Item, right: bool, draw: random.Random) -> str:
     def line() -> str:
         return ", ".join(f"{n} has {c}" for n, c in zip(names, state, strict=True))
 
-    start, swap = draw.choice([("At the start: {s}.", "{a} and {b} swap: {s}."),
-                               ("Start: {s}.", "After {a} and {b} trade balls: {s}."),
-                               ("In the beginning, {s}.", "{a} swaps with {b}, so {s}.")])
+    # One line per swap, echoing the question's order word; it names what each of the pair gets (one look-up
+    # in the line before) and then the whole state, so no step needs more than a copy.
+    order = ["First", "Then", "Finally"] if len(pairs) == 3 else ["Then"] * len(pairs)
+    start, now = draw.choice([("At the start: {s}.", "Now {s}."), ("Start: {s}.", "So {s}.")])
     lines = [start.format(s=line())]
-    for a, b in pairs:
+    for step, (a, b) in zip(order, pairs, strict=True):
+        lines.append(f"{step}, {names[a]} and {names[b]} swap: {names[a]} gets {state[b]} and {names[b]} gets {state[a]}.")
         state[a], state[b] = state[b], state[a]
-        lines.append(swap.format(a=names[a], b=names[b], s=line()))
+        lines[-1] += " " + now.format(s=line())
     letter = "ABCDE"[colours.index(state[asked])]
     lines.append(f"At the end, {names[asked]} has the {state[asked]} ball, which is option ({letter}).")
     return "\n".join(lines) + f"\nThe answer is {letter}."

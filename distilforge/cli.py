@@ -327,7 +327,7 @@ def export(
 
 @app.command()
 def train(run_dir: RunDirArg, set_: SetOpt = None) -> None:
-    """Fine-tune the student (TRL SFT, LoRA by default) on RUN_DIR/dataset; writes RUN_DIR/student."""
+    """Fine-tune the student (TRL SFT: every weight below 1B parameters, LoRA above) on RUN_DIR/dataset; writes RUN_DIR/student."""
     _guard(lambda: _need_run_dir(run_dir))
     _job(run_dir, set_, None, ("train",), table=None)
 

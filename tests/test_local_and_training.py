@@ -87,19 +87,20 @@ def test_full_fine_tuning_saves_a_model(fake, cli, tmp_path, tiny_model):
 
 @pytest.mark.train
 def test_default_method_fine_tunes_a_small_student_fully(fake, cli, tmp_path, tiny_model):
-    """`train.method: auto`: every weight of a student under 1B parameters, at 1e-4; the default (LoRA) at 2e-4."""
+    """The default `train.method: auto`: every weight of a student under 1B parameters, at 1e-4; LoRA at 2e-4."""
     fake.script = {"eggs": Behaviour(["36 * 0.5 = 18.\nThe answer is 18."])}
     seeds = write_jsonl(tmp_path / "seeds.jsonl", [{"question": "3 dozen eggs at $.50?", "answer": "#### 18"}])
     data = api_config(seeds, fake.base_url)
     data["generation"]["samples_per_seed"] = 1
     assert cli("generate", write_config(tmp_path / "job.yaml", data), "--output", tmp_path / "run").exit_code == 0
     result = cli("train", tmp_path / "run", "--set", f"train.student={tiny_model}", "--set", "train.batch_size=1",
-                 "--set", "train.method=auto", "--set", "train.epochs=2")
+                 "--set", "train.epochs=2")
     assert result.exit_code == 0, result.output
     train = json.loads((tmp_path / "run" / "run.json").read_text())["train"]
     assert (train["method"], train["learning_rate"], train["epochs"], train["steps"]) == ("full", 1e-4, 2.0, 2)
     assert (tmp_path / "run" / "student" / "config.json").exists()
-    result = cli("train", tmp_path / "run", "--set", f"train.student={tiny_model}", "--set", "train.max_steps=1")
+    result = cli("train", tmp_path / "run", "--set", f"train.student={tiny_model}", "--set", "train.max_steps=1",
+                 "--set", "train.method=lora")
     assert result.exit_code == 0, result.output
     train = json.loads((tmp_path / "run" / "run.json").read_text())["train"]
     assert (train["method"], train["learning_rate"]) == ("lora", 2e-4)

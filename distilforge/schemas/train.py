@@ -41,7 +41,8 @@ class TrainConfig(Strict):
     student: str = Field(
         default=EMBEDDED_STUDENT, description="the student: an alias, local folder, .gguf file or Hub id")
     method: Literal["auto", "lora", "full", "qlora", "gkd"] = Field(
-        default="lora", description="auto: full fine-tuning for students under 1B parameters, LoRA above")
+        default="auto", description="auto (default): full fine-tuning for students under 1B parameters, LoRA above; "
+        "chosen by docs/outcome.md's runs, where LoRA learned only the teacher's format")
     max_steps: int = Field(default=-1, description="-1: run `epochs` instead")
     epochs: float = Field(default=1.0, gt=0, description="passes over the dataset when max_steps is -1")
     learning_rate: float | None = Field(
