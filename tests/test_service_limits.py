@@ -390,13 +390,28 @@ def test_a_cancelled_million_seed_job_ends_cancelled_within_seconds(service, fak
     assert _billed(fake) < 1000
 
 
-def test_a_million_seed_job_cancelled_while_its_seeds_are_checked_ends_within_seconds(service, fake):
+def test_a_million_seed_job_cancelled_while_its_seeds_are_checked_ends_within_seconds(service, fake, monkeypatch):
+    from distilforge.pipeline import preflight
+
+    reading = threading.Event()
+
+    class SlowSource(preflight.SeedSource):
+        """Reads a row in 0.2 ms more, as a slow disk or a busy machine would (a million rows: minutes), so the
+        cancel lands inside the check of every seed however fast this machine is, not after it."""
+
+        def read(self, *args, **kwargs):
+            for seed in super().read(*args, **kwargs):
+                reading.set()
+                time.sleep(0.0002)
+                yield seed
+
+    monkeypatch.setattr(preflight, "SeedSource", SlowSource)
     data = _job_config(service, fake, n=1)
     data["seeds"]["path"] = str(_million_seeds(service.data_roots[0] / "million.jsonl"))
     with _client(service) as client:
         job_id = client.post("/v1/jobs", json=data, headers=AUTH).json()["id"]
         _wait(client, job_id, {"running"})
-        time.sleep(1.0)  # inside the run's check of every seed (minutes for a million graded rows)
+        assert reading.wait(60), "the seeds were never checked"
         job, took = _cancel_and_time(client, job_id)
     assert job["state"] == "cancelled", job
     assert took < 10, f"the cancelled job held its worker {took:.1f} s"
