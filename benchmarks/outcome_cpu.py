@@ -260,8 +260,9 @@ def markdown(report: dict[str, Any]) -> str:
                 minutes = f"{minutes} ({r['cpu_minutes']})"
             out.append(f"| {r['condition']} | {_pct(r)} | {r['parsed']:.0%}{flag} | {kept} | {spend} "
                        f"| {_dpct(r['vs_base'])} | {minutes} |")
-        out += ["", "| paired difference | points (95% CI) |", "| --- | --- |"]
-        out += [f"| {p['comparison']} | {_dpct(p)} |" for p in task["pairs"]]
+        if task["pairs"]:  # one condition alone has only its gain over the base, in the table above
+            out += ["", "| paired difference | points (95% CI) |", "| --- | --- |"]
+            out += [f"| {p['comparison']} | {_dpct(p)} |" for p in task["pairs"]]
         out.append("")
     return "\n".join(out)
 
