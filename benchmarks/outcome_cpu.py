@@ -1,6 +1,7 @@
 """Does the student learn, and what do filters, diverse reasoning and targeted rounds add? Measured on the student.
 
 Run: .venv/bin/python benchmarks/outcome_cpu.py --task all [--quick] [--markdown docs/outcome.md --json docs/outcome.json]
+     .venv/bin/python benchmarks/outcome_cpu.py --task all --quick --conditions all  (every condition, 120/60)
      .venv/bin/python benchmarks/outcome_cpu.py --merge A.json B.json ... --markdown docs/outcome.md  (runs made apart)
 
 Tasks are Fine-tune-CoT's symbolic tasks (Ho et al. 2023), generated from a seed (benchmarks/symbolic.py):
@@ -185,20 +186,36 @@ def run_task(task: str, args: argparse.Namespace, train: dict[str, Any], log: An
             if "one pass, equal spend" in args.conditions and "rounds" in results:
                 # One pass at the spend of the rounds (run.json's cost_usd is the whole run's, every round
                 # included): as many samples per question as buys the same teacher spend as filters on did.
-                reference = results.get("filters on") or results["rounds"]
-                ratio = results["rounds"]["cost_usd"] / max(1e-9, reference["cost_usd"])
-                samples = max(1, round(args.samples * ratio))
-                out = folder / "one-pass"
-                out.mkdir()
-                results["one pass, equal spend"] = run(write_job(out, url, seeds, eval_file, gold=True, filters=True,
-                                                                 samples=samples, train=train,
-                                                                 evaluation=args.eval_overrides), out / "run", base)
-                results["one pass, equal spend"]["_samples"] = samples
-                log(f"{task}: one pass ({samples} samples): {results['one pass, equal spend']['_seconds'] / 60:.1f} min")
+                def launch(samples: int) -> dict[str, Any]:
+                    out = folder / "one-pass"
+                    out.mkdir()
+                    return run(write_job(out, url, seeds, eval_file, gold=True, filters=True, samples=samples,
+                                         train=train, evaluation=args.eval_overrides), out / "run", base)
+
+                results["one pass, equal spend"] = one_pass(results, args, log, task, launch)
         finally:
             server.kill()
             server.wait()
     return summarise(task, results, args, time.perf_counter() - started)
+
+
+def one_pass(results: dict[str, dict[str, Any]], args: argparse.Namespace, log: Any, task: str,
+             launch: Any) -> dict[str, Any]:
+    """One pass at the rounds' spend (run.json's cost_usd is the whole run's, every round included): as many
+    samples per question as buys the same teacher spend as filters on did. When that rounds to the samples filters
+    on already used, its run is that one pass, and is not trained again (its spend is in the table beside the
+    rounds')."""
+    reference = results.get("filters on") or results["rounds"]
+    ratio = results["rounds"]["cost_usd"] / max(1e-9, reference["cost_usd"])
+    samples = max(1, round(args.samples * ratio))
+    if samples == args.samples and "filters on" in results:
+        log(f"{task}: one pass at the rounds' spend is filters on ({samples} samples, spend ratio {ratio:.2f})")
+        return {**results["filters on"], "_samples": samples, "_reused": True}
+    started = time.perf_counter()
+    summary = launch(samples)
+    summary["_samples"] = samples
+    log(f"{task}: one pass ({samples} samples): {(time.perf_counter() - started) / 60:.1f} min")
+    return summary
 
 
 def summarise(task: str, results: dict[str, dict[str, Any]], args: argparse.Namespace, seconds: float) -> dict[str, Any]:
@@ -207,7 +224,8 @@ def summarise(task: str, results: dict[str, dict[str, Any]], args: argparse.Name
     rows = [{"condition": "base (before training)", **_acc(base), "parsed": _share(first["_before_parsed"]),
              "kept": None, "spend_usd": None, "minutes": None, "vs_base": None}]
     for name, summary in results.items():
-        label = name if name != "one pass, equal spend" else f"one pass, k={summary['_samples']} (rounds' spend)"
+        label = name if name != "one pass, equal spend" else (
+            f"one pass, k={summary['_samples']} (rounds' spend)" + (" = filters on" if summary.get("_reused") else ""))
         rows.append({"condition": label, **_acc(summary["_after"]), "parsed": _share(summary["_after_parsed"]),
                      "kept": summary.get("kept"), "spend_usd": round(summary["cost_usd"], 6),
                      "minutes": round(summary["_seconds"] / 60, 1),
@@ -283,7 +301,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=2, help="teacher samples per question")
     parser.add_argument("--teacher-accuracy", type=float, default=0.6)
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer conditions (under 10 min a task)")
-    parser.add_argument("--conditions", default=None, help=f"separated by |, from: {' | '.join(CONDITIONS)}")
+    parser.add_argument("--conditions", default=None, help=f"'all', or separated by |, from: {' | '.join(CONDITIONS)}")
     parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a train: key (YAML value), e.g. --train-set epochs=3")
     parser.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE",
@@ -294,6 +312,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.train = args.train or (120 if args.quick else 350)
     args.eval = args.eval or (60 if args.quick else 150)
     default = ("filters off", "filters on") if args.quick else CONDITIONS
+    if args.conditions == "all":
+        args.conditions = "|".join(CONDITIONS)
     args.conditions = [c.strip() for c in args.conditions.split("|")] if args.conditions else list(default)
     unknown = [c for c in args.conditions if c not in CONDITIONS]
     if unknown:
@@ -335,6 +355,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     for task in tasks:
         report["tasks"].append(run_task(task, args, train, log))
+        if args.json:  # after each task, so that an interrupted run keeps the tasks it finished
+            args.json.write_text(json.dumps(report, indent=1))
     report["minutes"] = round((time.perf_counter() - started) / 60, 1)
     text = markdown(report) + f"\nWhole benchmark: {report['minutes']} min.\n"
     print(text)
