@@ -138,6 +138,7 @@ class FakeOpenAI:
     batch_seconds: float = 0.3
     batch_expire: bool = False  # finish as "expired" with only the first half of the rows done
     require_key: str | None = None
+    require_authorization: str | None = None  # the whole header, e.g. 'Basic ...' (require_key: a bearer)
     requests: list[dict[str, Any]] = field(default_factory=list)
     served: Counter[str] = field(default_factory=Counter)  # question-key -> successful responses
     _seen: Counter[str] = field(default_factory=Counter)
@@ -166,6 +167,11 @@ class FakeOpenAI:
     _first_chat: float | None = None
     serves_models: bool = True  # False: /v1/models answers 404 (a server without a model list)
     _prompts: list[list[str]] = field(default_factory=list)
+
+    def refuses(self, auth: str | None) -> bool:
+        """A 401 for this Authorization header (a server with no key wanted takes any)."""
+        wanted = self.require_authorization or (f"Bearer {self.require_key}" if self.require_key else None)
+        return wanted is not None and auth != wanted
 
     def behaviour_for(self, prompt: str) -> tuple[str, Behaviour]:
         for key, behaviour in self.script.items():
@@ -265,8 +271,7 @@ class FakeOpenAI:
         async def models(request: web.Request) -> web.Response:
             if not self.serves_models:  # some servers have no model list
                 return web.json_response({"error": {"message": "not found"}}, status=404)
-            auth = request.headers.get("Authorization")
-            if self.require_key and auth != f"Bearer {self.require_key}":
+            if self.refuses(request.headers.get("Authorization")):
                 return web.json_response({"error": {"message": "Incorrect API key provided"}}, status=401)
             return web.json_response({"object": "list", "data": [{"id": m, "object": "model"} for m in self.model_ids]})
 
@@ -422,8 +427,7 @@ class FakeOpenAI:
     def _answer(self, body: dict[str, Any], headers: dict[str, str], key: str, behaviour: Behaviour,
                 kind: str | None, *, number: int = 0, retry_after: float | None = None,
                 bill_kind: str | None = None) -> tuple[int, bytes | None, dict[str, str]]:
-        auth = headers.get("Authorization") or headers.get("authorization")
-        if (self.require_key and auth != f"Bearer {self.require_key}") or kind == "401":
+        if self.refuses(headers.get("Authorization") or headers.get("authorization")) or kind == "401":
             return self._error(401, "Incorrect API key provided", "invalid_request_error")
         if kind in ("429", "storm"):
             return self._too_many(retry_after or self.retry_after)

@@ -234,6 +234,32 @@ def test_a_teacher_that_is_down_is_exit_2_naming_the_url_without_credentials(fak
     assert not out.exists() and time.monotonic() - started < 30
 
 
+@pytest.mark.parametrize("keyless", [True, False])
+def test_credentials_in_the_teacher_url_log_in_and_are_never_written(keyless, fake, cli, tmp_path):
+    """A keyless server behind a password (api_key_env: null) gets the URL's user:password as HTTP Basic
+    auth, as curl does; with a key, the key is the Authorization header and the URL's credentials are left
+    out. Either way the run pays, and the password is in no output or file."""
+    import base64
+
+    password = "pw-planted-9137"
+    if keyless:
+        fake.require_authorization = "Basic " + base64.b64encode(f"alice:{password}".encode()).decode()
+    else:
+        fake.require_key = "sk-test-secret-123"  # the value of DISTILFORGE_TEST_KEY in these tests
+    data = _job(tmp_path, fake, 4)
+    data["teacher"]["base_url"] = fake.base_url.replace("//", f"//alice:{password}@")
+    if keyless:
+        data["teacher"]["api_key_env"] = None
+    out = tmp_path / "run"
+    result = cli("generate", write_config(tmp_path / "job.yaml", data), "--output", out, expect=0)
+    assert result.exit_code == 0, result.output
+    assert _run_json(out)["kept"] == 8 and fake.bills
+    written = [f.read_bytes() for f in out.rglob("*") if f.is_file()]
+    token = base64.b64encode(f"alice:{password}".encode())
+    assert not any(password.encode() in blob or token in blob for blob in written)
+    assert password not in result.output
+
+
 def test_a_run_whose_first_requests_all_get_401_stops_at_once(fake, cli, tmp_path):
     fake.require_key = "sk-the-right-one"
     fake.serves_models = False  # no model list to probe: the first requests are the probe

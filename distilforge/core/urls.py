@@ -93,3 +93,22 @@ def server_root(url: str) -> str:
     """vLLM's /health lives at the server root: the URL without a trailing /v1."""
     root = url.rstrip("/")
     return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+def authorization(url: str, api_key: str, keyless: bool) -> str:
+    """The Authorization header for one server. The API key goes as a bearer token. A keyless server
+    (`api_key_env: null`, say a vLLM behind a proxy with a password) whose URL carries user:password gets
+    them as HTTP Basic auth, as curl and httpx do. With a key, credentials in the URL are left out: a
+    request has one Authorization header, and the key is what an OpenAI-compatible API reads."""
+    import base64
+
+    from distilforge.core.redact import register_secret
+
+    parts = urlsplit(url)
+    if not keyless or not (parts.username or parts.password):
+        return f"Bearer {api_key}"
+    password = unquote(parts.password or "")
+    token = base64.b64encode(f"{unquote(parts.username or '')}:{password}".encode()).decode()
+    register_secret(password)
+    register_secret(token)
+    return f"Basic {token}"

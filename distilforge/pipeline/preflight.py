@@ -45,7 +45,7 @@ def _teacher(config: TeacherConfig, where: str) -> None:
         from distilforge.teachers.openai_api import check_vllm_servers
 
         key = make_teacher(config)._api_key()  # type: ignore[attr-defined]
-        asyncio.run(check_vllm_servers(config.base_urls, config.model, key))
+        asyncio.run(check_vllm_servers(config.base_urls, config.model, key, config.api_key_env is None))
 
 
 class ChecksStopped(Exception):

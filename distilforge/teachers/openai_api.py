@@ -31,6 +31,7 @@ import aiohttp
 from distilforge.core import fastjson
 from distilforge.core.redact import redact, register_secret, strip_userinfo
 from distilforge.core.tokens import estimate_prompt_tokens
+from distilforge.core.urls import authorization
 from distilforge.schemas import TeacherConfig
 from distilforge.schemas.hidden_trace import hidden_trace_model
 from distilforge.schemas.records import TeacherResponse
@@ -179,8 +180,9 @@ class OpenAITeacher(Teacher):
         register_secret(key)
         return key
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {self._key}", "Content-Type": "application/json"}
+    def _headers(self, url: str) -> dict[str, str]:
+        headers = {"Authorization": authorization(url, self._key, self.config.api_key_env is None),
+                   "Content-Type": "application/json"}
         for variable, header in (("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project")):
             if os.environ.get(variable) and self._openai_host:
                 headers[header] = os.environ[variable]
@@ -191,13 +193,14 @@ class OpenAITeacher(Teacher):
             return
         urls = list(self.config.base_urls) or [OPENAI_URL]
         if self.config.backend == "vllm":
-            await check_vllm_servers(urls, self.model, self._key)
+            await check_vllm_servers(urls, self.model, self._key, self.config.api_key_env is None)
         for url in urls:
             # One pooled session per endpoint, sized to the concurrency, so connections are reused.
             connector = aiohttp.TCPConnector(limit=self.config.max_concurrency, ttl_dns_cache=300)
-            session = aiohttp.ClientSession(connector=connector, headers=self._headers(), timeout=self._timeout)
+            # Credentials in the URL travel in the header above; aiohttp refuses them beside one.
+            session = aiohttp.ClientSession(connector=connector, headers=self._headers(url), timeout=self._timeout)
             limiter = RateLimiter(self.config.rpm, self.config.tpm, share=self.share)
-            self.endpoints.append(Endpoint(url, session, limiter))
+            self.endpoints.append(Endpoint(strip_userinfo(url), session, limiter))
 
     async def aclose(self) -> None:
         for endpoint in self.endpoints:
@@ -213,7 +216,10 @@ class OpenAITeacher(Teacher):
             import openai
 
             # The SDK's httpx client follows redirects by default; a 3xx is an error here, as on the chat path.
-            self._batch_client = openai.AsyncOpenAI(api_key=self._key, base_url=(self.config.base_urls or [None])[0],
+            url = (self.config.base_urls or [OPENAI_URL])[0]
+            self._batch_client = openai.AsyncOpenAI(api_key=self._key, base_url=strip_userinfo(url),
+                                                    default_headers={"Authorization": authorization(
+                                                        url, self._key, self.config.api_key_env is None)},
                                                     max_retries=2, timeout=self.config.timeout,
                                                     http_client=openai.DefaultAsyncHttpxClient(
                                                         follow_redirects=False, timeout=self.config.timeout))
@@ -381,12 +387,12 @@ def _probe_session() -> aiohttp.ClientSession:
 
 async def _get(http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """A GET that never follows a redirect: its status and body. Credentials in the URL are left out
-    (aiohttp refuses them beside an Authorization header; the key goes in the header)."""
+    (aiohttp refuses them beside an Authorization header; `authorization` puts them in the header)."""
     async with http.get(strip_userinfo(url), headers=headers, allow_redirects=False) as answer:
         return answer.status, await answer.read()
 
 
-async def check_vllm_servers(urls: list[str], model: str, api_key: str) -> None:
+async def check_vllm_servers(urls: list[str], model: str, api_key: str, keyless: bool = False) -> None:
     """vLLM serves /health at the server root and /v1/models: fail early, and clearly, if either is off.
 
     Errors name the configured URL (without credentials) and the status, never the server's answer.
@@ -397,8 +403,9 @@ async def check_vllm_servers(urls: list[str], model: str, api_key: str) -> None:
         for url in urls:
             shown = strip_userinfo(url)
             try:
-                health, _ = await _get(http, f"{server_root(url)}/health")
-                status, body = await _get(http, f"{url.rstrip('/')}/models", {"Authorization": f"Bearer {api_key}"})
+                headers = {"Authorization": authorization(url, api_key, keyless)}
+                health, _ = await _get(http, f"{server_root(url)}/health", headers)
+                status, body = await _get(http, f"{url.rstrip('/')}/models", headers)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise TeacherError(f"teacher.base_url {shown}: vLLM server unreachable ({type(exc).__name__})") from None
             if health != 200:
@@ -424,13 +431,15 @@ async def probe_endpoints(urls: list[str], api_key: str, key_env: str | None, wh
         for url in urls:
             shown = strip_userinfo(url)
             try:
-                status, _ = await _get(http, f"{url.rstrip('/')}/models", {"Authorization": f"Bearer {api_key}"})
+                status, _ = await _get(http, f"{url.rstrip('/')}/models",
+                                       {"Authorization": authorization(url, api_key, key_env is None)})
             except aiohttp.ClientConnectorError:
                 raise TeacherError(f"{where}.base_url {shown}: connection refused; start the server or fix the "
                                    "URL") from None
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise TeacherError(f"{where}.base_url {shown}: unreachable ({type(exc).__name__})") from None
             if status in (401, 403):
-                variable = f"the key in {key_env}" if key_env else f"no key ({where}.api_key_env is not set)"
+                variable = f"the key in {key_env}" if key_env else (
+                    "the user and password in the URL" if shown != url else f"no key ({where}.api_key_env is not set)")
                 raise TeacherError(f"{where}.api_key_env: {shown} refused {variable} (HTTP {status}); "
                                    f"set {key_env or f'{where}.api_key_env'} to a valid key") from None
