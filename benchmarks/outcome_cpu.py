@@ -51,13 +51,14 @@ TESTS = str(Path(__file__).resolve().parents[1] / "tests")
 PRICES = {"input_per_million": 1.0, "output_per_million": 1.0}
 CONDITIONS = ("filters off", "filters on", "filters on, k=4", "rounds", "one pass, equal spend")
 SERVER = """
-import json, sys, time
+import json, os, sys, time
 sys.path.insert(0, {tests!r})
 from fake_openai import Behaviour, FakeOpenAI
 script = {{key: Behaviour(answers) for key, answers in json.load(open({script!r})).items()}}
 server = FakeOpenAI(script=script, log_requests=False)
 print(server.start(), flush=True)
-while True:
+parent = os.getppid()
+while os.getppid() == parent:  # a benchmark killed without its cleanup leaves no teacher behind
     time.sleep(1)
 """
 
