@@ -28,7 +28,9 @@ def train_stage(config: JobConfig, run_dir: Path, control: RunControl, console: 
                 resume: bool = False) -> dict[str, Any]:
     from distilforge.trainers import train_student
 
-    console.print(f"[bold]training[/bold] {config.train.student} ({config.train.method}) on {run_dir / 'dataset'}")
+    # auto is settled by the student's size once it is loaded; the closing table names the method used.
+    method = "auto: full below 1B parameters, LoRA above" if config.train.method == "auto" else config.train.method
+    console.print(f"[bold]training[/bold] {config.train.student} ({method}) on {run_dir / 'dataset'}")
     summary = train_student(config, run_dir, should_stop=lambda: bool(control.stop_reason() or control.lost()),
                             resume=resume)
     return update_run(run_dir, train=summary)
