@@ -152,8 +152,10 @@ def interval(correct: list[bool], resamples: int = 2000) -> tuple[float, float, 
     return sum(correct) / n, values[int(0.025 * resamples)], values[int(0.975 * resamples) - 1]
 
 
-def run_task(task: str, args: argparse.Namespace, train: dict[str, Any], log: Any) -> dict[str, Any]:
-    """Every condition on one task; returns its rows and paired comparisons."""
+def run_task(task: str, args: argparse.Namespace, train: dict[str, Any], log: Any,
+             partial: Any = None) -> dict[str, Any]:
+    """Every condition on one task; returns its rows and paired comparisons (`partial` gets them so far after
+    each condition, so that an interrupted benchmark keeps what it measured)."""
     evals = symbolic.items(task, args.eval, seed=1)
     rows = symbolic.items(task, args.train, seed=0, avoid={e.question for e in evals})
     results: dict[str, dict[str, Any]] = {}
@@ -184,6 +186,8 @@ def run_task(task: str, args: argparse.Namespace, train: dict[str, Any], log: An
                                               **options), out / "run", base)
                 base = base or out / "run"
                 log(f"{task}: {name}: {results[name]['_seconds'] / 60:.1f} min")
+                if partial is not None:
+                    partial(summarise(task, results, args, time.perf_counter() - started))
             if "one pass, equal spend" in args.conditions and "rounds" in results:
                 # One pass at the spend of the rounds (run.json's cost_usd is the whole run's, every round
                 # included): as many samples per question as buys the same teacher spend as filters on did.
@@ -355,9 +359,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(line, file=sys.stderr, flush=True)
 
     for task in tasks:
-        report["tasks"].append(run_task(task, args, train, log))
-        if args.json:  # after each task, so that an interrupted run keeps the tasks it finished
-            args.json.write_text(json.dumps(report, indent=1))
+        def partial(summary: dict[str, Any]) -> None:  # so far, written after each condition
+            if args.json:
+                args.json.write_text(json.dumps({**report, "tasks": [*report["tasks"], summary], "partial": True},
+                                                indent=1))
+
+        report["tasks"].append(run_task(task, args, train, log, partial))
     report["minutes"] = round((time.perf_counter() - started) / 60, 1)
     text = markdown(report) + f"\nWhole benchmark: {report['minutes']} min.\n"
     print(text)

@@ -80,3 +80,39 @@ def test_closing_table_says_when_most_answers_were_unreadable():
     before, after = (line for line in text.splitlines() if "student accuracy" in line)
     assert "unreadable" not in before
     assert "answers parsed: 3/10 - most answers unreadable" in after
+
+
+@pytest.mark.parametrize(("round_share", "runs", "label"), [
+    (1.6, [2, 2, 4, 2, 3], "one pass, k=3 (rounds' spend)"),  # the rounds bought 60% more: one pass with 3 samples
+    (1.1, [2, 2, 4, 2], "one pass, k=2 (rounds' spend) = filters on"),  # rounds to 2 samples: filters on is that run
+])
+def test_every_condition_runs_once_and_one_pass_matches_the_rounds_spend(round_share, runs, label, tmp_path,
+                                                                         monkeypatch):
+    """The plumbing of `--conditions all` without training: `run` (one `distilforge run`) is replaced by a stub
+    whose spend is what the real one's would be, per sample and per round."""
+    import outcome_cpu
+
+    samples: list[int] = []
+
+    def stub(config: Path, out: Path, base: Path | None = None) -> dict:
+        import yaml
+
+        job = yaml.safe_load(config.read_text())
+        samples.append(job["generation"]["samples_per_seed"])
+        assert job["teacher"]["cache"] is False and job["train"] == {"enabled": True}
+        n = 6
+        return {"cost_usd": 0.01 * samples[-1] * (round_share if job.get("loop") else 1), "kept": 5, "_seconds": 1,
+                "_cpu_seconds": 1, "_before": [False] * n, "_after": [i < len(samples) for i in range(n)],
+                "_before_parsed": [True] * n, "_after_parsed": [True] * n, "train": {"train_loss": 0.1}}
+
+    monkeypatch.setattr(outcome_cpu, "run", stub)
+    report = outcome_cpu.main(["--task", "coin_flip", "--train", "10", "--eval", "6", "--conditions", "all",
+                               "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")])
+    assert samples == runs
+    rows = [r["condition"] for r in report["tasks"][0]["rows"]]
+    assert rows == ["base (before training)", "filters off", "filters on", "filters on, k=4", "rounds", label]
+    assert [p["comparison"] for p in report["tasks"][0]["pairs"]] == [
+        "filters on minus filters off", "filters on, k=4 minus filters on", "rounds minus one pass, equal spend"]
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert "partial" not in saved and len(saved["tasks"][0]["rows"]) == 6
+    assert "| rounds minus one pass, equal spend |" in (tmp_path / "r.md").read_text()
