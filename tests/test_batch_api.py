@@ -131,3 +131,30 @@ def test_a_cancelled_job_stops_polling_its_batch_within_seconds(fake, tmp_path, 
                      stages=("generate",))
     assert result.status == "cancelled" and time.monotonic() - started < 10
     assert len(fake.batches) == 1
+
+
+@pytest.mark.slow
+def test_batch_api_pays_only_for_the_seeds_the_pass_trains_on(fake, cli, tmp_path):
+    """With `loop:`, the first pass holds the probe split apart: the Batch API must not pay for its seeds
+    (it read the seed file itself, every row, and paid for the probe questions too)."""
+    from distilforge.pipeline.build import main_selection
+    from distilforge.pipeline.sources import SeedSource
+    from distilforge.schemas import load_config
+
+    config = _job(tmp_path, fake, n=20)
+    data = json.loads(json.dumps(__import__("yaml").safe_load(config.read_text())))
+    data["train"] = {"enabled": True}
+    data["loop"] = {"rounds": 1, "probe_fraction": 0.3}
+    config = write_config(tmp_path / "job.yaml", data)
+    loaded = load_config(str(config))
+    chosen = main_selection(loaded)
+    held = {seed.question.split(" ")[0] for seed in SeedSource(loaded).read() if not chosen(seed.seed_id)}
+    assert held  # the probe split: 30% of 20 seeds
+    out = tmp_path / "run"
+    result = cli("generate", config, "--output", out, expect=0)
+    assert result.exit_code == 0, result.output
+    asked = {r["body"]["messages"][-1]["content"].split(" ")[0] for r in fake.requests}
+    assert asked and not asked & held, (asked, held)
+    run = json.loads((out / "run.json").read_text())
+    assert run["batch"]["rows_ok"] == len(asked)
+    assert not run.get("rounds")  # `generate` is the data stage: no targeted rounds (they probe a trained student)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from distilforge.core.seeds import SeedSelection
 from distilforge.core.tokens import prompt_tokens_upper_bound
 from distilforge.modes import Prompter
 from distilforge.pipeline.sources import SeedSource
@@ -70,8 +71,11 @@ class _Writer:
 
 class BatchRun:
     def __init__(self, config: JobConfig, sampler: Sampler, prompter: Prompter, rank: int, world_size: int,
-                 log: Callable[[str], None]):
+                 log: Callable[[str], None], *, selection: SeedSelection | None = None, first_sample: int = 0):
         self.config, self.sampler, self.prompter = config, sampler, prompter
+        # The Generate step's seeds and sample indices (a targeted round: its targets, new indices; the first
+        # pass of a run with `loop:`: every seed but the probe split), so that only what it replays is paid.
+        self.selection, self.first_sample = selection, first_sample
         self.rank, self.world_size, self.log = rank, world_size, log
         self.journal, self.budget = sampler.journal, sampler.budget
         self.discount = config.budget.batch_discount
@@ -182,9 +186,10 @@ class BatchRun:
         t, g = self.config.teacher, self.config.generation
         writer = _Writer(folder, t.batch_max_requests)
         n_per = g.samples_per_seed if t.supports_n else 1
-        for seed in SeedSource(self.config).read(self.rank, self.world_size):
+        first = self.first_sample
+        for seed in SeedSource(self.config, self.selection).read(self.rank, self.world_size):
             messages, _ = self.prompter.build(seed)
-            keys = self.sampler.keys(messages, range(g.samples_per_seed))
+            keys = self.sampler.keys(messages, range(first, first + g.samples_per_seed))
             found = await self.journal.lookup_async([k for k, _ in keys])
             missing = [(k, i) for k, i in keys if k not in found]
             for start in range(0, len(missing), n_per):

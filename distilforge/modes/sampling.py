@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from distilforge.core.grading import grade, split_answer
+from distilforge.core.seeds import SeedSelection
 from distilforge.modes import Prompter, make_prompter, parse_record
 from distilforge.pipeline.steps import PipelineStep, RankContext, current_context
 from distilforge.quality.policy import majority
@@ -69,13 +70,15 @@ class Generate(PipelineStep):
     name = "generate"
 
     def __init__(self, config: JobConfig, generation: GenerationConfig | None = None, *, name: str = "generate",
-                 round: int = 0, first_sample: int = 0):
+                 round: int = 0, first_sample: int = 0, selection: SeedSelection | None = None):
         self.config = config
         self.generation = generation or config.generation
         self.name = name
         self.teacher_model = display_model(config.teacher)
         self.round = round  # a targeted round's records say so; its samples are new indices, so new requests
         self.first_sample = first_sample
+        # The seeds the pipeline's source lets through: the Batch API reads them itself, before the stream.
+        self.selection = selection
 
     # -- one seed ---------------------------------------------------------------------------------
     def _records(self, seed: Seed, outcome: Outcome, messages: list[dict[str, str]],
@@ -153,7 +156,8 @@ class Generate(PipelineStep):
         if self.config.teacher.batch_api:
             from distilforge.modes.batch import BatchRun
 
-            ctx.sections["batch"] = await BatchRun(self.config, sampler, prompter, rank, world_size, ctx.log).run()
+            ctx.sections["batch"] = await BatchRun(self.config, sampler, prompter, rank, world_size, ctx.log,
+                                                   selection=self.selection, first_sample=self.first_sample).run()
             sampler.replay_from_journal()
         window = sampler.teacher.max_concurrency * 2  # seeds open at once: the stream is read lazily
         out: asyncio.Queue[Any] = asyncio.Queue(maxsize=window * 2)

@@ -58,7 +58,8 @@ def build_pipeline(config: JobConfig, selection: SeedSelection | None = None, *,
         return Pipeline(config, steps, final, SeedSource(config, selection, answer_type="text"))
     from distilforge.modes.sampling import Generate
 
-    steps = [Generate(config, round=round, first_sample=first_sample), ParseAnswer(thinking), *filters_for(g.mode),
+    steps = [Generate(config, round=round, first_sample=first_sample, selection=selection), ParseAnswer(thinking),
+             *filters_for(g.mode),
              *thinking_filters(config.thinking, g.mode in ANSWERABLE), *tail]
     if g.self_consistency or g.keep != "all" or g.max_per_seed:
         steps.append(SeedPolicy(g))

@@ -146,8 +146,9 @@ def _run_stages(config: JobConfig, run_dir: Path, control: RunControl, console: 
         control.check()
         control.report({"stage": "eval"})
         run = eval_stage(config, run_dir, control, console, trained=trained)
+    # `loop.rounds` follow a first pass this invocation trained on (`run`); `generate` is the data stage only.
     if "rounds" in stages or (config.loop.rounds and status in ("completed", "stopped")
-                              and "generate" in stages and run.get("kept")):
+                              and "generate" in stages and "train" in stages and run.get("kept")):
         from distilforge.pipeline.rounds import run_rounds
 
         run = run_rounds(config, run_dir, control, console, config.loop.rounds, explicit="rounds" in stages)
