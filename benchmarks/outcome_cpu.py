@@ -129,6 +129,9 @@ def run(config: Path, out: Path, base: Path | None = None) -> dict[str, Any]:
         rows = [r for r in rows if r["set"] == "heldout"]
         summary[f"_{label}"] = [bool(r["correct"]) for r in rows]
         summary[f"_{label}_parsed"] = [r["answer"] is not None for r in rows]
+    if not summary["_after"]:  # nothing kept, so nothing trained: this condition's student is the base one
+        summary["_after"], summary["_after_parsed"] = summary["_before"], summary["_before_parsed"]
+        summary["_untrained"] = True
     return summary
 
 
@@ -231,6 +234,7 @@ def summarise(task: str, results: dict[str, dict[str, Any]], args: argparse.Name
     for name, summary in results.items():
         label = name if name != "one pass, equal spend" else (
             f"one pass, k={summary['_samples']} (rounds' spend)" + (" = filters on" if summary.get("_reused") else ""))
+        label += " (nothing kept: not trained)" if summary.get("_untrained") else ""
         rows.append({"condition": label, **_acc(summary["_after"]), "parsed": _share(summary["_after_parsed"]),
                      "kept": summary.get("kept"), "spend_usd": round(summary["cost_usd"], 6),
                      "minutes": round(summary["_seconds"] / 60, 1),

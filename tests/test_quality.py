@@ -168,3 +168,34 @@ def test_length_and_consistency_rules():
     consistency = ConsistencyFilter()
     assert consistency.check(record("36 * 0.5 = 18 dollars")) is None
     assert "ends at 20" in consistency.check(record("36 * 0.5 = 20"))
+
+
+def test_decontamination_ignores_a_templated_eval_sets_template_but_catches_copies(fake, cli, tmp_path):
+    """BIG-Bench's tracking-shuffled-objects questions share a 15-word template. Against a set of them, every
+    training question of the same task shared a 13-gram and was dropped; now the template (n-grams in 3 or
+    more eval questions) is not matched, and only the planted copy of an eval question is caught."""
+    import random
+
+    rng = random.Random(0)
+    names, colours = ["Alice", "Bob", "Claire", "Dave", "Eve", "Fred", "Gertrude"], \
+        ["red", "blue", "green", "pink", "white", "black", "purple", "orange"]
+
+    def question() -> dict:
+        a, b, c = rng.sample(names, 3)
+        x, y, z = rng.sample(colours, 3)
+        first, second = rng.sample([a, b, c], 2)
+        text = (f"{a}, {b}, and {c} are playing a game. At the start of the game, they are each holding a ball: "
+                f"{a} has a {x} ball, {b} has a {y} ball, {c} has a {z} ball. As the game progresses, pairs of "
+                f"players trade balls. First, {first} and {second} swap balls. At the end of the game, {a} has the")
+        return {"question": text, "answer": "#### 1"}
+
+    evals = [question() for _ in range(12)]
+    train = [question() for _ in range(5)] + [evals[3]]  # the last one is a copy of an eval question
+    assert len({r["question"] for r in train + evals}) == 17
+    for row in train:
+        fake.script[row["question"]] = Behaviour([f"{row['question'][:20]} ... so the answer is 1.\nThe answer is 1."])
+    data = _config(write_jsonl(tmp_path / "seeds.jsonl", train), fake.base_url)
+    data["filters"] = [{"name": "decontaminate", "eval_sets": [str(write_jsonl(tmp_path / "bbh.jsonl", evals))]}]
+    run, kept, _ = _run(cli, tmp_path, data)
+    assert run["rejected"] == {"decontaminate": 1} and run["kept"] == 5
+    assert evals[3]["question"] not in set(kept["question"])

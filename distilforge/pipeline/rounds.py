@@ -44,7 +44,7 @@ def probe_path(run_dir: Path) -> Path:
 
 def with_probe_guard(config: JobConfig, run_dir: Path) -> JobConfig:
     """The config with a decontamination filter against the probe questions: nothing reaches the
-    dataset that shares a 13-word run with one of them (a copy of a probe question under another id)."""
+    dataset that holds most of one of them (a copy of a probe question under another id)."""
     guard = DecontaminateSpec(name="decontaminate", eval_sets=[str(probe_path(run_dir))], fields=["question"])
     return config.model_copy(update={"filters": [*config.filters, guard]}, deep=True)
 

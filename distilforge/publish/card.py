@@ -85,7 +85,8 @@ Rejected rows by reason: {', '.join(f'{k} {v}' for k, v in sorted(run.get('rejec
     if decontam:
         sets = decontam[0].get("per_eval_set", {})
         spec = next(f for f in config.filters if f.name == "decontaminate")
-        body += (f"\n## Decontamination\n\n{spec.ngram}-gram overlap against: "
+        body += (f"\n## Decontamination\n\nRows holding {spec.min_overlap:.0%} or more of an eval question's own "
+                 f"{spec.ngram}-grams, against: "
                  + ", ".join(f"`{Path(s).name}`" for s in spec.eval_sets)
                  + f". Removed per eval set: {sets or 'none'}.\n")
     body += f"""

@@ -52,11 +52,17 @@ class EmbeddingDedupSpec(Strict):
 
 
 class DecontaminateSpec(Strict):
-    name: Literal["decontaminate"] = Field(description="drop records sharing an n-gram with an eval set")
+    name: Literal["decontaminate"] = Field(description="drop records that hold most of an eval question's n-grams")
     eval_sets: list[str] = Field(min_length=1, description="files or Hub dataset ids")
     ngram: int = Field(default=13, ge=3, description="words per n-gram")
     fields: list[str] = Field(default_factory=lambda: ["question"], description="eval-set fields to index")
     split: str = Field(default="test", description="the split read from Hub eval sets")
+    min_overlap: float = Field(
+        default=0.5, gt=0, le=1, description="a record is dropped when it holds this share of some eval question's "
+        "own n-grams (1.0: only whole copies)")
+    common_in: int | None = Field(
+        default=3, ge=2, description="an n-gram found in this many eval questions or more is the set's template "
+        "(instructions, option lists), not any question's own; null: every n-gram is a question's own")
 
 
 FilterSpec = Annotated[

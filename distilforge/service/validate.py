@@ -107,6 +107,7 @@ UNLIMITED = frozenset({
     # The trace checks' thresholds: a predicate on text already paid for.
     ("ThinkingConfig", "min_tokens"), ("ThinkingConfig", "max_tokens"), ("ThinkingConfig", "loop_repeats"),
     ("ThinkingConfig", "loop_share"), ("ThinkingConfig", "other_script_share"),
+    ("DecontaminateSpec", "common_in"), ("DecontaminateSpec", "min_overlap"),  # predicates on the index
 })
 # Fields that change what a request costs, set by the server at claim: a job that sets one gets a 422.
 SERVER_OWNED = {("budget", "batch_discount"): "a Batch API discount is a price: the server's "
