@@ -8,10 +8,13 @@ refused outright: each is a way to make one string mean two different URLs.
 
 from __future__ import annotations
 
+import base64
 import posixpath
 import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
+
+from distilforge.core.redact import register_secret
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f\\]")
@@ -100,10 +103,6 @@ def authorization(url: str, api_key: str, keyless: bool) -> str:
     (`api_key_env: null`, say a vLLM behind a proxy with a password) whose URL carries user:password gets
     them as HTTP Basic auth, as curl and httpx do. With a key, credentials in the URL are left out: a
     request has one Authorization header, and the key is what an OpenAI-compatible API reads."""
-    import base64
-
-    from distilforge.core.redact import register_secret
-
     parts = urlsplit(url)
     if not keyless or not (parts.username or parts.password):
         return f"Bearer {api_key}"

@@ -180,9 +180,11 @@ class OpenAITeacher(Teacher):
         register_secret(key)
         return key
 
+    def _authorization(self, url: str) -> str:
+        return authorization(url, self._key, keyless=self.config.api_key_env is None)
+
     def _headers(self, url: str) -> dict[str, str]:
-        headers = {"Authorization": authorization(url, self._key, self.config.api_key_env is None),
-                   "Content-Type": "application/json"}
+        headers = {"Authorization": self._authorization(url), "Content-Type": "application/json"}
         for variable, header in (("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project")):
             if os.environ.get(variable) and self._openai_host:
                 headers[header] = os.environ[variable]
@@ -218,8 +220,7 @@ class OpenAITeacher(Teacher):
             # The SDK's httpx client follows redirects by default; a 3xx is an error here, as on the chat path.
             url = (self.config.base_urls or [OPENAI_URL])[0]
             self._batch_client = openai.AsyncOpenAI(api_key=self._key, base_url=strip_userinfo(url),
-                                                    default_headers={"Authorization": authorization(
-                                                        url, self._key, self.config.api_key_env is None)},
+                                                    default_headers={"Authorization": self._authorization(url)},
                                                     max_retries=2, timeout=self.config.timeout,
                                                     http_client=openai.DefaultAsyncHttpxClient(
                                                         follow_redirects=False, timeout=self.config.timeout))
